@@ -1,0 +1,83 @@
+//! One module per subcommand; shared argument groups live here.
+pub mod capture;
+
+use std::{net::IpAddr, time::Duration};
+
+use clap::Args;
+use mirror_daemon::kernel::{CaptureConfig, XdpModeChoice};
+
+/// Where and what to capture: shared by every command that attaches the kernel programs.
+#[derive(Debug, Clone, Args)]
+pub struct AttachArgs {
+    /// Interface to attach to (repeatable): a node NIC or a pod's host-side veth.
+    #[arg(long = "interface", short = 'i', required = true, value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// Model server port (repeatable, up to 64); packets from or to it are captured.
+    #[arg(long = "port", short = 'p', required = true, value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Only capture packets from or to this server address (repeatable, up to 64).
+    #[arg(long = "server-addr", value_name = "IP")]
+    pub server_addrs: Vec<IpAddr>,
+    /// XDP attach mode: driver where supported with fallback to generic (auto), or forced.
+    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
+    pub xdp_mode: XdpModeChoice,
+    /// Kernel ring buffer size (power of two, e.g. 32MiB); when it is full, records are dropped
+    /// and counted, never the traffic.
+    #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+    pub ring_buffer_size: u32,
+}
+
+impl AttachArgs {
+    pub fn capture_config(&self) -> CaptureConfig {
+        CaptureConfig {
+            interfaces: self.interfaces.clone(),
+            ports: self.ports.clone(),
+            server_addrs: self.server_addrs.clone(),
+            xdp_mode: self.xdp_mode,
+            ring_bytes: self.ring_buffer_size,
+        }
+    }
+}
+
+/// `4096`, `64KiB`, `32MiB`, `1GiB` (K/M/G also accepted).
+pub fn parse_size(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 32MiB"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}`: use KiB, MiB or GiB")),
+    };
+    u32::try_from(n * factor).map_err(|_| format!("`{text}` is too large (at most 4GiB)"))
+}
+
+/// `10s`, `500ms`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (e.g. 10s, 500ms, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert!(parse_size("5GiB").is_err());
+        assert!(parse_size("12 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,388 @@
+//! The seam in front of the kernel: load the embedded eBPF programs, program their filters, attach
+//! them to interfaces and read their counters.
+//!
+//! Everything that needs privileges lives here. What comes out is a [`RingReader`] of typed
+//! segments and a [`Counters`] snapshot; nothing above this module knows about maps or programs.
+//! Dropping a [`KernelCapture`] detaches every program it attached (links are owned), and so does
+//! the process dying: the kernel releases links whose last file descriptor closes.
+pub mod preflight;
+
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::Path};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    util::KernelVersion,
+};
+use mirror_common::{MAX_PORTS, PORT_BITMAP_WORDS, config, counter};
+use tokio::io::unix::AsyncFd;
+
+use crate::capture::ring::{RingReader, register_readable};
+
+/// The compiled kernel programs, embedded at build time (empty when built without them).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror.bpf.o"));
+
+/// What can go wrong between the command line and attached programs.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("this binary was built without the kernel programs: build it with `cargo xtask build`")]
+    NotBuilt,
+    #[error(
+        "loading eBPF programs needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN: run with \
+         sudo, or grant them (AmbientCapabilities= in a systemd unit, securityContext in Kubernetes)"
+    )]
+    NotPrivileged,
+    #[error("interface {0} not found; list interfaces with `ip link`")]
+    NoInterface(String),
+    #[error("no port given: name the model server's port with --port (e.g. --port 8080)")]
+    NoPorts,
+    #[error("port 0 is not a valid server port: use 1-65535")]
+    PortZero,
+    #[error("{0} ports given; the kernel filter holds at most {MAX_PORTS}")]
+    TooManyPorts(usize),
+    #[error("too many server addresses: the kernel filter holds at most {}", mirror_common::MAX_ADDRS)]
+    TooManyAddrs,
+    #[error(
+        "this kernel has no BTF ({0} is missing): shadow mirror needs Linux >= 5.8 built with \
+         CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf(String),
+    #[error("kernel {0} has no BPF ring buffer: shadow mirror needs Linux >= 5.8")]
+    OldKernel(String),
+    #[error("ring buffer size {0} must be a power of two of at least 4096 bytes (e.g. 32MiB)")]
+    RingSize(u32),
+    #[error(
+        "interface {0} already has an XDP program attached, and shadow mirror never replaces one: \
+         see it with `ip link show dev {0}`; detach it (`ip link set dev {0} xdp off`) only if \
+         nothing needs it"
+    )]
+    XdpBusy(String),
+    #[error("load the kernel programs: {0}")]
+    Load(#[source] EbpfError),
+    #[error("load program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attach {program} to {iface}: {source}")]
+    Attach {
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("kernel map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("{0} is missing from the embedded kernel object: rebuild with `cargo xtask build`")]
+    Missing(&'static str),
+    #[error("ring buffer: {0}")]
+    Ring(#[source] std::io::Error),
+}
+
+/// How to attach XDP (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeChoice {
+    /// Driver mode where the interface supports it, generic mode otherwise.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Driver,
+    /// Generic (SKB) mode, supported by every interface.
+    Generic,
+}
+
+/// What to capture, and where.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    pub interfaces: Vec<String>,
+    pub ports: Vec<u16>,
+    /// When non-empty, only packets from or to these addresses match.
+    pub server_addrs: Vec<IpAddr>,
+    pub xdp_mode: XdpModeChoice,
+    pub ring_bytes: u32,
+}
+
+/// Loaded and attached kernel programs. Dropping it detaches them.
+pub struct KernelCapture {
+    ebpf: Ebpf,
+    /// Keeps the kernel log ring alive (see module docs of aya-log); flushed by [`Self::poll_logs`].
+    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    attachments: Vec<String>,
+}
+
+impl fmt::Debug for KernelCapture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KernelCapture").field("attachments", &self.attachments).finish()
+    }
+}
+
+impl KernelCapture {
+    /// Checks the environment, loads the programs, sets the filters and attaches to every
+    /// interface. Either everything is attached or nothing is (a failure drops what was done).
+    pub fn start(cfg: &CaptureConfig) -> Result<(Self, RingReader), KernelError> {
+        if OBJECT.is_empty() {
+            return Err(KernelError::NotBuilt);
+        }
+        preflight::check_ports(&cfg.ports)?;
+        preflight::check_ring_size(cfg.ring_bytes)?;
+        if cfg.server_addrs.len() > mirror_common::MAX_ADDRS as usize {
+            return Err(KernelError::TooManyAddrs);
+        }
+        for iface in &cfg.interfaces {
+            preflight::interface_index(iface)?;
+        }
+        preflight::check_capabilities(preflight::effective_capabilities())?;
+        preflight::check_kernel(&preflight::kernel_release(), Path::new("/sys/kernel/btf/vmlinux"))?;
+        raise_memlock_limit();
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", cfg.ring_bytes)
+            .load(OBJECT)
+            .map_err(KernelError::Load)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => register_readable(logger).ok(),
+            Err(err) => {
+                tracing::debug!(%err, "kernel log ring not available");
+                None
+            }
+        };
+
+        let mut this = Self { ebpf, logger, attachments: Vec::new() };
+        this.program_filters(cfg)?;
+        this.attach_all(cfg)?;
+
+        let events = this.ebpf.take_map("EVENTS").ok_or(KernelError::Missing("EVENTS"))?;
+        let ring = RingBuf::try_from(events).map_err(map_error("EVENTS"))?;
+        let reader = RingReader::new(ring).map_err(KernelError::Ring)?;
+        Ok((this, reader))
+    }
+
+    fn program_filters(&mut self, cfg: &CaptureConfig) -> Result<(), KernelError> {
+        let mut bitmap = [0u64; PORT_BITMAP_WORDS as usize];
+        for &port in &cfg.ports {
+            bitmap[usize::from(port >> 6)] |= 1u64 << (port & 63);
+        }
+        let mut ports: Array<_, u64> = Array::try_from(self.map_mut("PORTS")?).map_err(map_error("PORTS"))?;
+        for (i, word) in bitmap.iter().enumerate() {
+            if *word != 0 {
+                ports.set(i as u32, word, 0).map_err(map_error("PORTS"))?;
+            }
+        }
+        let mut addrs: HashMap<_, [u8; 16], u8> =
+            HashMap::try_from(self.map_mut("SERVER_ADDRS")?).map_err(map_error("SERVER_ADDRS"))?;
+        for addr in &cfg.server_addrs {
+            addrs.insert(address_key(*addr), 1, 0).map_err(map_error("SERVER_ADDRS"))?;
+        }
+        let flags = if cfg.server_addrs.is_empty() { 0 } else { config::FILTER_ADDRS };
+        let mut config_map: Array<_, u32> =
+            Array::try_from(self.map_mut("CONFIG")?).map_err(map_error("CONFIG"))?;
+        config_map.set(0, flags, 0).map_err(map_error("CONFIG"))?;
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
+        self.ebpf.map_mut(name).ok_or(KernelError::Missing(name))
+    }
+
+    fn attach_all(&mut self, cfg: &CaptureConfig) -> Result<(), KernelError> {
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut("mirror_xdp")
+            .ok_or(KernelError::Missing("mirror_xdp"))?
+            .try_into()
+            .map_err(|source| KernelError::Program { program: "mirror_xdp", source })?;
+        xdp.load().map_err(|source| KernelError::Program { program: "mirror_xdp", source })?;
+        for iface in &cfg.interfaces {
+            let mode = attach_xdp(xdp, iface, cfg.xdp_mode)?;
+            tracing::info!(interface = %iface, mode, "XDP (receive side) attached");
+            self.attachments.push(format!("xdp:{iface}"));
+        }
+
+        let tc_prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut("mirror_tc")
+            .ok_or(KernelError::Missing("mirror_tc"))?
+            .try_into()
+            .map_err(|source| KernelError::Program { program: "mirror_tc", source })?;
+        tc_prog.load().map_err(|source| KernelError::Program { program: "mirror_tc", source })?;
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        for iface in &cfg.interfaces {
+            if !tcx {
+                // Older kernels attach through the clsact qdisc; it may already exist.
+                let _ = tc::qdisc_add_clsact(iface);
+            }
+            tc_prog.attach(iface, TcAttachType::Egress).map_err(|source| KernelError::Attach {
+                program: "mirror_tc",
+                iface: iface.clone(),
+                source,
+            })?;
+            tracing::info!(
+                interface = %iface,
+                via = if tcx { "tcx link" } else { "clsact qdisc" },
+                "TC (transmit side) attached"
+            );
+            self.attachments.push(format!("tc:{iface}"));
+        }
+        Ok(())
+    }
+
+    /// Sums the kernel's per-CPU counters.
+    pub fn counters(&self) -> Result<Counters, KernelError> {
+        let map = self.ebpf.map("COUNTERS").ok_or(KernelError::Missing("COUNTERS"))?;
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_error("COUNTERS"))?;
+        let mut out = Counters::default();
+        for (i, slot) in out.values.iter_mut().enumerate() {
+            let per_cpu = counters.get(&(i as u32), 0).map_err(map_error("COUNTERS"))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Forwards pending kernel log records (aya-log) into the daemon's log. Returns when there are
+    /// none; never returns if logging is unavailable (use in `select!`).
+    pub async fn poll_logs(&mut self) {
+        match self.logger.as_mut() {
+            Some(fd) => {
+                if let Ok(mut guard) = fd.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Detaches everything now (the same happens on drop) and says so in the log.
+    pub fn detach(self) {
+        let attachments = self.attachments.clone();
+        drop(self);
+        tracing::info!(?attachments, "detached");
+    }
+}
+
+fn attach_xdp(xdp: &mut Xdp, iface: &str, choice: XdpModeChoice) -> Result<&'static str, KernelError> {
+    let attempt = |xdp: &mut Xdp, mode| {
+        xdp.attach(iface, mode).map(|_| ()).map_err(|source| {
+            if is_busy(&source) {
+                KernelError::XdpBusy(iface.to_string())
+            } else {
+                KernelError::Attach { program: "mirror_xdp", iface: iface.to_string(), source }
+            }
+        })
+    };
+    match choice {
+        XdpModeChoice::Driver => attempt(xdp, XdpMode::Driver).map(|()| "driver"),
+        XdpModeChoice::Generic => attempt(xdp, XdpMode::Skb).map(|()| "generic"),
+        XdpModeChoice::Auto => match attempt(xdp, XdpMode::Driver) {
+            Ok(()) => Ok("driver"),
+            Err(KernelError::XdpBusy(i)) => Err(KernelError::XdpBusy(i)),
+            Err(err) => {
+                tracing::debug!(%err, interface = iface, "driver-mode XDP unavailable, using generic mode");
+                attempt(xdp, XdpMode::Skb).map(|()| "generic")
+            }
+        },
+    }
+}
+
+/// The kernel answers EBUSY (or EEXIST across modes) when another XDP program holds the interface.
+fn is_busy(err: &ProgramError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST))
+        {
+            return true;
+        }
+        let text = e.to_string();
+        if text.contains("EBUSY") || text.contains("Device or resource busy") || text.contains("File exists")
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> KernelError {
+    move |source| KernelError::Map { map, source }
+}
+
+/// IPv4 addresses sit in the first 4 bytes of the 16-byte key, as the kernel writes them.
+fn address_key(addr: IpAddr) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    match addr {
+        IpAddr::V4(v4) => key[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => key = v6.octets(),
+    }
+    key
+}
+
+/// Older kernels charge BPF memory to RLIMIT_MEMLOCK; newer ones (5.11+) to the cgroup.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on Linux >= 5.11");
+    }
+}
+
+/// A snapshot of the kernel counters (`mirror_common::counter`), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub values: [u64; counter::COUNT as usize],
+}
+
+impl Counters {
+    pub fn get(&self, index: u32) -> u64 {
+        self.values[index as usize]
+    }
+
+    /// Name → value, in counter order.
+    pub fn named(&self) -> BTreeMap<&'static str, u64> {
+        counter::NAMES.iter().copied().zip(self.values).collect()
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, value)) in counter::NAMES.iter().zip(self.values).enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_keys_match_kernel_layout() {
+        let v4 = address_key("10.1.2.3".parse().unwrap());
+        assert_eq!(&v4[..4], &[10, 1, 2, 3]);
+        assert!(v4[4..].iter().all(|&b| b == 0));
+        let v6 = address_key("fd00::1".parse().unwrap());
+        assert_eq!(v6[0], 0xfd);
+        assert_eq!(v6[15], 1);
+    }
+
+    #[test]
+    fn counters_display_every_name() {
+        let mut c = Counters::default();
+        c.values[counter::RINGBUF_FULL as usize] = 3;
+        let text = c.to_string();
+        assert!(text.contains("ringbuf_full=3"), "{text}");
+        assert_eq!(text.split(' ').count(), counter::COUNT as usize);
+        assert_eq!(c.named()["ringbuf_full"], 3);
+    }
+}

@@ -1,0 +1,14 @@
+//! shadow mirror: a node agent that mirrors a model server's HTTP traffic from the kernel.
+//!
+//! Map of the crate, in the order data flows through it:
+//!
+//! - [`kernel`]: the seam in front of the kernel — loads the embedded eBPF programs, sets their
+//!   filters, attaches them to interfaces, reads their counters. Everything that needs root.
+//! - [`capture`]: ring-buffer records decoded into typed [`capture::Segment`]s, and the async reader
+//!   that produces them. Everything above this works on segments and is testable without root.
+//! - [`pcap`]: writes segments as a standard pcap file.
+//!
+//! Errors are `thiserror` enums per module; the binary adds context with `anyhow`.
+pub mod capture;
+pub mod kernel;
+pub mod pcap;

@@ -1,0 +1,368 @@
+//! Kernel side of shadow mirror: copy the TCP segments of a model server's ports into a ring buffer.
+//!
+//! Two programs share one parser and one copier: `mirror_xdp` sees what an interface receives and
+//! `mirror_tc` what it transmits, so together they see both halves of every conversation.
+//!
+//! They only observe. XDP always returns `XDP_PASS` and TC always returns `TC_ACT_UNSPEC` (continue
+//! with the next program or the default action), whatever happens here: a full ring buffer or a
+//! malformed packet costs a counter, never a packet.
+//!
+//! Payloads are copied in chunks of at most `CHUNK_SIZE` bytes through a per-CPU scratch area and
+//! `bpf_ringbuf_output`, which lets each record be exactly as long as its payload; a chunk that cannot
+//! be copied becomes a small `LOST` marker record so userspace sees the gap instead of guessing.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{TC_ACT_UNSPEC, xdp_action},
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::warn;
+use mirror_common::{
+    CHUNK_SIZE, HEADER_SIZE, MAX_ADDRS, MAX_CHUNKS, PORT_BITMAP_WORDS, Scratch, SegmentHeader, config,
+    counter, direction, record_flags, tcp_flags,
+};
+
+/// Captured records. Userspace sets the real size at load time.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// One bit per TCP port: set for the model server's ports.
+#[map]
+static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// Optional server-address filter (IPv4 addresses in the first 4 bytes, rest zero).
+#[map]
+static SERVER_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_ADDRS, 0);
+
+/// Word 0: `mirror_common::config` bits.
+#[map]
+static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_HLEN: u32 = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+
+/// Packet access, implemented once per hook.
+trait Packet: EbpfContext {
+    /// Total packet length, including non-linear parts.
+    fn len(&self) -> u32;
+    /// Copies a small fixed-size header field.
+    fn load<T: Copy>(&self, offset: u32) -> Option<T>;
+    /// Copies `len` bytes (1..=CHUNK_SIZE, already proven to the verifier) into `dst`.
+    fn load_into(&self, offset: u32, dst: *mut u8, len: u32) -> i64;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        // SAFETY: the helper only reads the context it is given.
+        unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
+    }
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: u32) -> Option<T> {
+        // Headers live in the linear part: direct packet access is the cheapest way to read them.
+        let start = self.data();
+        let end = self.data_end();
+        let at = start + offset as usize;
+        if at + core::mem::size_of::<T>() > end {
+            return None;
+        }
+        // SAFETY: bounds checked against data_end just above (and again by the verifier).
+        Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+    }
+
+    #[inline(always)]
+    fn load_into(&self, offset: u32, dst: *mut u8, len: u32) -> i64 {
+        // SAFETY: dst points into the scratch map value, which holds CHUNK_SIZE bytes >= len.
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst.cast(), len) }
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: u32) -> Option<T> {
+        TcContext::load(self, offset as usize).ok()
+    }
+
+    #[inline(always)]
+    fn load_into(&self, offset: u32, dst: *mut u8, len: u32) -> i64 {
+        // SAFETY: as above. `TcContext::load_bytes` is not used because its `min()` clamp compiles
+        // to a `[0, N]` range the verifier rejects ("invalid zero-sized read").
+        unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset, dst.cast(), len) }
+    }
+}
+
+#[xdp(frags)]
+pub fn mirror_xdp(ctx: XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    observe(&ctx, ifindex, direction::INGRESS);
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn mirror_tc(ctx: TcContext) -> i32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    observe(&ctx, ifindex, direction::EGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn count(index: u32, by: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; programs do not preempt each other on one CPU.
+        unsafe { *slot += by };
+    }
+}
+
+#[inline(always)]
+fn port_selected(port: u16) -> bool {
+    match PORTS.get(u32::from(port >> 6)) {
+        Some(word) => word & (1u64 << (port & 63)) != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn address_selected(src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    let filtered = CONFIG.get(0).is_some_and(|c| c & config::FILTER_ADDRS != 0);
+    // SAFETY: lookups only read the map.
+    !filtered || unsafe { SERVER_ADDRS.get(src).is_some() || SERVER_ADDRS.get(dst).is_some() }
+}
+
+/// The TCP header fields we read, in wire order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHeader {
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    data_offset: u8,
+    flags: u8,
+    window: [u8; 2],
+}
+
+#[inline(always)]
+fn observe<P: Packet>(p: &P, ifindex: u32, dir: u8) {
+    count(counter::SEEN, 1);
+
+    let Some(mut ethertype) = p.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+        return;
+    };
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let Some(inner) = p.load::<[u8; 2]>(16).map(u16::from_be_bytes) else {
+            return;
+        };
+        ethertype = inner;
+        l3 += 4;
+    }
+
+    let mut src_addr = [0u8; 16];
+    let mut dst_addr = [0u8; 16];
+    let ip_version: u8;
+    let l4: u32;
+    let ip_end: u32;
+    let mut fragmented = false;
+    let packet_len = p.len();
+    if ethertype == ETH_P_IP {
+        // version/ihl, tos, total length, id, flags/fragment offset, ttl, protocol
+        let Some(h) = p.load::<[u8; 10]>(l3) else {
+            return;
+        };
+        if h[9] != IPPROTO_TCP {
+            return;
+        }
+        let Some(addrs) = p.load::<[u8; 8]>(l3 + 12) else {
+            return;
+        };
+        src_addr[..4].copy_from_slice(&addrs[..4]);
+        dst_addr[..4].copy_from_slice(&addrs[4..]);
+        ip_version = 4;
+        l4 = l3 + u32::from(h[0] & 0x0f) * 4;
+        let total = u32::from(u16::from_be_bytes([h[2], h[3]]));
+        // A GSO packet above 64 KiB (BIG TCP) carries total length 0.
+        ip_end = if total == 0 { packet_len } else { l3 + total };
+        // More-fragments bit or a non-zero fragment offset.
+        fragmented = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
+    } else if ethertype == ETH_P_IPV6 {
+        let Some(h) = p.load::<[u8; 8]>(l3) else {
+            return;
+        };
+        let Some(addrs) = p.load::<[u8; 32]>(l3 + 8) else {
+            return;
+        };
+        src_addr.copy_from_slice(&addrs[..16]);
+        dst_addr.copy_from_slice(&addrs[16..]);
+        ip_version = 6;
+        l4 = l3 + 40;
+        let payload = u32::from(u16::from_be_bytes([h[4], h[5]]));
+        ip_end = if payload == 0 { packet_len } else { l4 + payload };
+        if h[6] != IPPROTO_TCP {
+            // Extension headers before TCP are rare on a model server's traffic; whether this
+            // is our traffic is unknown without walking them, so only TCP-first packets count.
+            return;
+        }
+    } else {
+        return;
+    }
+
+    let Some(tcp) = p.load::<TcpHeader>(l4) else {
+        return;
+    };
+    let src_port = u16::from_be_bytes(tcp.src_port);
+    let dst_port = u16::from_be_bytes(tcp.dst_port);
+    if !(port_selected(dst_port) || port_selected(src_port)) {
+        return;
+    }
+    if !address_selected(&src_addr, &dst_addr) {
+        return;
+    }
+    count(counter::MATCHED, 1);
+    if fragmented {
+        count(counter::UNPARSED, 1);
+        return;
+    }
+
+    let payload_off = l4 + u32::from(tcp.data_offset >> 4) * 4;
+    let ip_end = if ip_end > packet_len { packet_len } else { ip_end };
+    let payload_len = ip_end.saturating_sub(payload_off);
+    if payload_len == 0 && tcp.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
+        return; // a bare ACK: nothing for userspace
+    }
+
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch value is ours for the duration of this program run.
+    let scratch = unsafe { &mut *scratch };
+    scratch.header = SegmentHeader {
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        seq: u32::from_be_bytes(tcp.seq),
+        ack: u32::from_be_bytes(tcp.ack),
+        payload_len,
+        chunk_offset: 0,
+        chunk_len: 0,
+        captured_len: 0,
+        ifindex,
+        src_port,
+        dst_port,
+        ip_version,
+        direction: dir,
+        tcp_flags: tcp.flags,
+        flags: 0,
+        window: u16::from_be_bytes(tcp.window),
+        _pad: [0; 2],
+        src_addr,
+        dst_addr,
+    };
+
+    if payload_len == 0 {
+        output(scratch, 0);
+        return;
+    }
+
+    let mut done: u32 = 0;
+    let mut load_error: i64 = 0;
+    for _ in 0..MAX_CHUNKS {
+        if done >= payload_len {
+            break;
+        }
+        let remaining = payload_len - done;
+        let n = if remaining > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { remaining };
+        scratch.header.chunk_offset = done;
+        scratch.header.chunk_len = n;
+        done += n;
+        // Make the verifier see n in [1, CHUNK_SIZE]: LLVM must forget its own range first.
+        // SAFETY: reading a local.
+        let n = unsafe { core::ptr::read_volatile(&n) };
+        let n = (n.wrapping_sub(1) & (CHUNK_SIZE as u32 - 1)) + 1;
+        let loaded = p.load_into(payload_off + scratch.header.chunk_offset, scratch.data.as_mut_ptr(), n);
+        if loaded != 0 {
+            load_error = loaded;
+            count(counter::TRUNCATED, 1);
+            lost(scratch);
+        } else if output(scratch, n) {
+            count(counter::BYTES, u64::from(n));
+        } else {
+            count(counter::RINGBUF_FULL, 1);
+            lost(scratch);
+        }
+    }
+    if load_error != 0 {
+        // Rare (a malformed length): one log line per affected packet, never per healthy one.
+        warn!(p, "mirror: payload load failed: {}", load_error);
+    }
+    if done < payload_len {
+        // Beyond the per-packet copy limit: say so rather than cut silently.
+        scratch.header.chunk_offset = done;
+        scratch.header.chunk_len = payload_len - done;
+        count(counter::TRUNCATED, 1);
+        lost(scratch);
+    }
+}
+
+/// Writes the scratch header plus `captured` payload bytes as one record.
+#[inline(always)]
+fn output(scratch: &mut Scratch, captured: u32) -> bool {
+    scratch.header.captured_len = captured;
+    scratch.header.flags = 0;
+    if EVENTS.output::<[u8]>(scratch_bytes(scratch, HEADER_SIZE + captured as usize), 0).is_ok() {
+        count(counter::EMITTED, 1);
+        true
+    } else {
+        false
+    }
+}
+
+/// Writes a header-only `LOST` record for the current chunk range.
+#[inline(always)]
+fn lost(scratch: &mut Scratch) {
+    scratch.header.captured_len = 0;
+    scratch.header.flags = record_flags::LOST;
+    if EVENTS.output::<[u8]>(scratch_bytes(scratch, HEADER_SIZE), 0).is_ok() {
+        count(counter::EMITTED, 1);
+    } else {
+        count(counter::MARKER_LOST, 1);
+    }
+}
+
+/// The first `len` bytes of the scratch value (`len <= size_of::<Scratch>()`).
+#[inline(always)]
+fn scratch_bytes(scratch: &Scratch, len: usize) -> &[u8] {
+    // SAFETY: a map value is zero-initialised memory of `size_of::<Scratch>()` bytes, and every
+    // caller passes HEADER_SIZE + at most CHUNK_SIZE.
+    unsafe { core::slice::from_raw_parts((scratch as *const Scratch).cast::<u8>(), len) }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
