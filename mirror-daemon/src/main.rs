@@ -33,5 +33,6 @@ fn main() -> Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MIRROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aya=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }

@@ -1,0 +1,173 @@
+//! Runs the real `mirror-daemon` binary inside a namespace and collects what it reports.
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+/// The daemon binary next to the test binary (target/<profile>/mirror-daemon), or
+/// `MIRROR_DAEMON_BIN`. `cargo xtask test` builds it with the kernel programs embedded.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MIRROR_DAEMON_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/mirror-daemon
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("mirror-daemon");
+    assert!(bin.exists(), "{} is missing: build it with `cargo xtask build --debug`", bin.display());
+    bin
+}
+
+/// A running daemon. Its stderr is collected in the background; stdout is left to the caller.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    stderr_lines: mpsc::Receiver<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `mirror-daemon ARGS...` in `ns` and waits until it says it is capturing.
+    pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        let mut child = ns
+            .command(binary())
+            .args(args)
+            .env("MIRROR_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mirror-daemon");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut daemon = Self { child, stderr_lines: rx, stderr: Vec::new() };
+        daemon.wait_for("capturing", Duration::from_secs(30));
+        daemon
+    }
+
+    /// Waits for a stderr line containing `needle`; panics with everything seen so far if it does
+    /// not come (or the daemon exits first).
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.stderr.iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr_lines.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => self.stderr.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        self.collect();
+                        panic!(
+                            "mirror-daemon exited ({status}) before `{needle}`:\n{}",
+                            self.stderr.join("\n")
+                        );
+                    }
+                    if left.is_zero() {
+                        panic!(
+                            "no `{needle}` from mirror-daemon within {timeout:?}:\n{}",
+                            self.stderr.join("\n")
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("mirror-daemon closed stderr before `{needle}`:\n{}", self.stderr.join("\n"));
+                }
+            }
+        }
+    }
+
+    fn collect(&mut self) {
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(100)) {
+            self.stderr.push(line);
+        }
+    }
+
+    /// Sends a signal to the daemon (through `ip netns exec`, which execs it: same pid).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGINT, then waits for exit; returns (success, stdout, stderr lines).
+    pub fn stop(self) -> Finished {
+        self.signal(libc::SIGINT);
+        self.finish()
+    }
+
+    /// Waits for the daemon to exit by itself (e.g. `--duration`).
+    pub fn finish(mut self) -> Finished {
+        self.finish_in_place()
+    }
+
+    fn finish_in_place(&mut self) -> Finished {
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_string(&mut stdout).expect("read daemon stdout");
+        }
+        let status = self.child.wait().expect("wait daemon");
+        let mut rest = Vec::new();
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(2)) {
+            rest.push(line);
+        }
+        self.stderr.extend(rest);
+        Finished { success: status.success(), stdout, stderr: self.stderr.join("\n") }
+    }
+}
+
+impl Drop for Daemon {
+    /// A test that fails half-way must not leave a daemon attached behind it.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a finished daemon left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// A kernel counter from the "kernel counters:" line printed at exit.
+    pub fn counter(&self, name: &str) -> u64 {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("kernel counters:"))
+            .unwrap_or_else(|| panic!("no kernel counters in daemon output:\n{}", self.stderr));
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {name} in `{line}`"))
+    }
+}
+
+/// Runs the daemon to completion (for argument errors); returns (success, stderr).
+pub fn run_to_end(ns: Option<&Netns>, args: &[&str]) -> (bool, String) {
+    let mut cmd = match ns {
+        Some(ns) => ns.command(binary()),
+        None => std::process::Command::new(binary()),
+    };
+    let out = cmd.args(args).env("NO_COLOR", "1").output().expect("run mirror-daemon");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

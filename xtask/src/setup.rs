@@ -1,0 +1,106 @@
+//! Installs what the eBPF build needs, skipping what is already there.
+//!
+//! Debian provides a rustc (1.96) with a prebuilt `core` for `bpfel-unknown-none`
+//! (`libstd-rust-web-dev-bpf`), so no nightly `-Z build-std` is needed; bpf-linker is built from
+//! crates.io against Debian's LLVM 22. Test tools (tcpdump, wrk, curl, python3) come from Debian too.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Result, bail};
+
+use crate::util::{run_command, succeeds};
+
+/// Debian packages: the BPF toolchain, then what the tests and the demo drive.
+pub const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "bpftool",
+    "tcpdump",
+    "curl",
+    "wrk",
+    "python3",
+    "util-linux",
+];
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Where `cargo install` puts bpf-linker.
+pub fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
+        .join("bin")
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new(cargo_bin_dir().join("bpf-linker"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+/// True when everything the build needs is present.
+pub fn ready() -> bool {
+    missing_packages().is_empty()
+        && bpf_linker_ok()
+        && std::path::Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists()
+}
+
+pub fn run_setup_if_needed() -> Result<()> {
+    if ready() { Ok(()) } else { self::run() }
+}
+
+pub fn run() -> Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        eprintln!("setup: Debian packages present");
+    } else {
+        if !crate::util::is_root() {
+            bail!("setup must install {missing:?}: run it as root (sudo -E cargo xtask setup)");
+        }
+        run_command(Command::new("apt-get").args(["update", "-qq"]))?;
+        run_command(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if bpf_linker_ok() {
+        eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} present");
+    } else {
+        // Without LLVM_PREFIX its build script searches /usr/lib64 and fails with
+        // "unable to find library -lLLVM".
+        run_command(
+            crate::util::cargo()
+                .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+                .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
+        )?;
+    }
+    if !succeeds(Command::new("/usr/bin/rustc").arg("--version")) {
+        bail!("/usr/bin/rustc (Debian's rustc-web) does not run after setup");
+    }
+    Ok(())
+}
