@@ -93,7 +93,7 @@ pub fn run() -> Result<()> {
         // "unable to find library -lLLVM".
         run_command(
             crate::util::cargo()
-                .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
                 .args(["--no-default-features", "--features", "llvm-22"])
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22")
                 .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
