@@ -134,9 +134,17 @@ pub mod counter {
         ["seen", "matched", "emitted", "bytes", "ringbuf_full", "truncated", "marker_lost", "unparsed"];
 }
 
-/// Bits of the `CONFIG` map's word 0.
+/// The `CONFIG` map: words set by userspace before attaching.
 pub mod config {
-    /// Only packets from or to an address in `SERVER_ADDRS` match.
+    /// Index of the flags word.
+    pub const FLAGS: u32 = 0;
+    /// Index of the wake-up threshold: the kernel wakes the reader only once this many bytes are
+    /// waiting in the ring buffer (the reader also polls on a short timer). Waking it for every
+    /// record costs more than copying a small one.
+    pub const WAKEUP_BYTES: u32 = 1;
+    /// Number of words.
+    pub const WORDS: u32 = 2;
+    /// Flag: only packets from or to an address in `SERVER_ADDRS` match.
     pub const FILTER_ADDRS: u32 = 1;
 }
 

@@ -11,4 +11,5 @@
 //! Errors are `thiserror` enums per module; the binary adds context with `anyhow`.
 pub mod capture;
 pub mod kernel;
+pub mod logging;
 pub mod pcap;

@@ -1,6 +1,7 @@
 //! `mirror-daemon`: the command-line front of shadow mirror.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use mirror_daemon::logging::LogFormat;
 
 mod commands;
 
@@ -8,6 +9,9 @@ mod commands;
 #[derive(Debug, Parser)]
 #[command(name = "mirror-daemon", version, about)]
 struct Cli {
+    /// Log format: journald under systemd, JSON in a container, pretty on a terminal (auto).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,19 +24,11 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    mirror_daemon::logging::init(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Capture(args) => commands::capture::run(args).await,
         }
     })
-}
-
-/// Daemon logs go to stderr so that stdout stays free for data (segment lines, JSON records).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MIRROR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aya=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }

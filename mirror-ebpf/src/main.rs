@@ -15,7 +15,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -39,9 +39,9 @@ static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 #[map]
 static SERVER_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_ADDRS, 0);
 
-/// Word 0: `mirror_common::config` bits.
+/// `mirror_common::config` words.
 #[map]
-static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+static CONFIG: Array<u32> = Array::with_max_entries(config::WORDS, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -145,7 +145,7 @@ fn port_selected(port: u16) -> bool {
 
 #[inline(always)]
 fn address_selected(src: &[u8; 16], dst: &[u8; 16]) -> bool {
-    let filtered = CONFIG.get(0).is_some_and(|c| c & config::FILTER_ADDRS != 0);
+    let filtered = CONFIG.get(config::FLAGS).is_some_and(|c| c & config::FILTER_ADDRS != 0);
     // SAFETY: lookups only read the map.
     !filtered || unsafe { SERVER_ADDRS.get(src).is_some() || SERVER_ADDRS.get(dst).is_some() }
 }
@@ -329,7 +329,8 @@ fn observe<P: Packet>(p: &P, ifindex: u32, dir: u8) {
 fn output(scratch: &mut Scratch, captured: u32) -> bool {
     scratch.header.captured_len = captured;
     scratch.header.flags = 0;
-    if EVENTS.output::<[u8]>(scratch_bytes(scratch, HEADER_SIZE + captured as usize), 0).is_ok() {
+    if EVENTS.output::<[u8]>(scratch_bytes(scratch, HEADER_SIZE + captured as usize), wakeup_flags()).is_ok()
+    {
         count(counter::EMITTED, 1);
         true
     } else {
@@ -342,10 +343,21 @@ fn output(scratch: &mut Scratch, captured: u32) -> bool {
 fn lost(scratch: &mut Scratch) {
     scratch.header.captured_len = 0;
     scratch.header.flags = record_flags::LOST;
-    if EVENTS.output::<[u8]>(scratch_bytes(scratch, HEADER_SIZE), 0).is_ok() {
+    if EVENTS.output::<[u8]>(scratch_bytes(scratch, HEADER_SIZE), wakeup_flags()).is_ok() {
         count(counter::EMITTED, 1);
     } else {
         count(counter::MARKER_LOST, 1);
+    }
+}
+
+/// Wake the reader only when enough is waiting; it also polls on a timer.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let threshold = CONFIG.get(config::WAKEUP_BYTES).copied().unwrap_or(0);
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(threshold) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 

@@ -5,7 +5,7 @@ use clap::Args;
 
 use crate::{
     build::{self, BuildArgs},
-    util::{cargo, is_root, run_command, workspace_root},
+    util::{cargo, is_root, workspace_root},
 };
 
 #[derive(Debug, Args)]
@@ -33,5 +33,51 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if let Some(filter) = &args.filter {
         cmd.arg(filter);
     }
-    run_command(&mut cmd)
+    run_counting(&mut cmd)
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line of totals over every
+/// test binary (cargo's own last line is the count of the last binary, often doc-tests).
+fn run_counting(cmd: &mut std::process::Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("+ {}", crate::util::describe(cmd));
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut totals = [0u64; 3]; // passed, failed, ignored
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for (i, word) in ["passed", "failed", "ignored"].iter().enumerate() {
+                totals[i] += count_before(rest, word);
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {} passed, {} failed, {} skipped", totals[0], totals[1], totals[2]);
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// In "ok. 13 passed; 0 failed; ...", the number before `word`.
+fn count_before(text: &str, word: &str) -> u64 {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[1].trim_end_matches([';', ',']) == word)
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_cargo_result_lines() {
+        let line = "FAILED. 13 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.02s";
+        assert_eq!(super::count_before(line, "passed"), 13);
+        assert_eq!(super::count_before(line, "failed"), 2);
+        assert_eq!(super::count_before(line, "ignored"), 1);
+    }
 }

@@ -6,7 +6,12 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{Segment, record};
 
-/// Ring-buffer reader: drains every available record on each readiness notification.
+/// How long records may wait in the ring before the reader looks. The kernel wakes the reader
+/// only when a sizeable backlog builds up (see `mirror_common::config::WAKEUP_BYTES`): one
+/// wake-up per record would cost more than the copy itself.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Ring-buffer reader: drains every available record on each wake-up or poll tick.
 pub struct RingReader {
     fd: AsyncFd<RingBuf<MapData>>,
     /// Records that did not decode (kernel/daemon mismatch); counted, never fatal.
@@ -24,11 +29,20 @@ impl RingReader {
         Ok(Self { fd: register_readable(ring)?, undecodable: 0 })
     }
 
-    /// Waits for records, then passes every available one to `sink`. Returns the number of
-    /// segments delivered. Cancel-safe: records are consumed only inside the synchronous drain.
-    pub async fn read(&mut self, mut sink: impl FnMut(Segment)) -> std::io::Result<usize> {
-        let mut guard = self.fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+    /// Waits for records (a kernel wake-up, or at most [`POLL_INTERVAL`]), then passes every
+    /// available one to `sink`. Returns the number of segments delivered. Cancel-safe: records are
+    /// consumed only inside the synchronous drain.
+    pub async fn read(&mut self, sink: impl FnMut(Segment)) -> std::io::Result<usize> {
+        tokio::select! {
+            guard = self.fd.readable_mut() => guard?.clear_ready(),
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+        Ok(self.drain(sink))
+    }
+
+    /// Drains what is in the ring right now without waiting.
+    pub fn drain(&mut self, mut sink: impl FnMut(Segment)) -> usize {
+        let ring = self.fd.get_mut();
         let mut delivered = 0;
         while let Some(item) = ring.next() {
             match record::decode(&item) {
@@ -42,22 +56,6 @@ impl RingReader {
                         tracing::warn!(%err, "undecodable capture record (kernel object and daemon differ?)");
                     }
                 }
-            }
-        }
-        guard.clear_ready();
-        Ok(delivered)
-    }
-
-    /// Drains what is in the ring right now without waiting (used at shutdown).
-    pub fn drain(&mut self, mut sink: impl FnMut(Segment)) -> usize {
-        let ring = self.fd.get_mut();
-        let mut delivered = 0;
-        while let Some(item) = ring.next() {
-            if let Ok(segment) = record::decode(&item) {
-                delivered += 1;
-                sink(segment);
-            } else {
-                self.undecodable += 1;
             }
         }
         delivered

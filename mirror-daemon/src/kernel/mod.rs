@@ -182,7 +182,9 @@ impl KernelCapture {
         let flags = if cfg.server_addrs.is_empty() { 0 } else { config::FILTER_ADDRS };
         let mut config_map: Array<_, u32> =
             Array::try_from(self.map_mut("CONFIG")?).map_err(map_error("CONFIG"))?;
-        config_map.set(0, flags, 0).map_err(map_error("CONFIG"))?;
+        config_map.set(config::FLAGS, flags, 0).map_err(map_error("CONFIG"))?;
+        // Wake the reader when 1/16 of the ring is waiting; below that it polls (RingReader).
+        config_map.set(config::WAKEUP_BYTES, cfg.ring_bytes / 16, 0).map_err(map_error("CONFIG"))?;
         Ok(())
     }
 
