@@ -7,9 +7,17 @@
 //! - [`capture`]: ring-buffer records decoded into typed [`capture::Segment`]s, and the async reader
 //!   that produces them. Everything above this works on segments and is testable without root.
 //! - [`pcap`]: writes segments as a standard pcap file.
+//! - [`flows`]: TCP reassembly, one ordered byte stream per direction, gaps made explicit.
+//! - [`http`]: HTTP/1.1 framing and first-in-first-out request/response pairing per connection.
+//! - [`exchange`]: the rebuilt [`exchange::Exchange`]s, drop counters, and the pure
+//!   [`exchange::Assembler`] that runs segments through `flows` and `http`.
 //!
 //! Errors are `thiserror` enums per module; the binary adds context with `anyhow`.
 pub mod capture;
+pub mod exchange;
+pub mod flows;
+pub mod http;
 pub mod kernel;
 pub mod logging;
 pub mod pcap;
+pub mod report;

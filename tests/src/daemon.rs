@@ -15,12 +15,7 @@ pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("MIRROR_DAEMON_BIN") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/mirror-daemon
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("mirror-daemon");
-    assert!(bin.exists(), "{} is missing: build it with `cargo xtask build --debug`", bin.display());
-    bin
+    crate::sibling_binary("mirror-daemon")
 }
 
 /// A running daemon. Its stderr is collected in the background; stdout is left to the caller.

@@ -9,3 +9,32 @@ pub mod gate;
 pub mod model_server;
 pub mod netns;
 pub mod pcap_streams;
+
+use std::{path::PathBuf, process::Child};
+
+/// A child process killed on drop (servers, tcpdump, load tools).
+#[derive(Debug)]
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A file path in this test process's scratch directory.
+pub fn scratch_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mirror-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// A binary built next to the running test binary (target/<profile>/NAME).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} is missing: build it with `cargo xtask build --debug`", bin.display());
+    bin
+}

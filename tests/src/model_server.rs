@@ -66,3 +66,22 @@ pub async fn serve(addrs: Vec<SocketAddr>, delay: Duration) -> std::io::Result<(
     }
     Ok(())
 }
+
+/// Starts the `model-server` binary in `ns` on the server's IPv4 and IPv6 addresses for each
+/// port, and waits until it listens.
+pub fn spawn(pair: &crate::netns::Pair, ports: &[u16]) -> crate::ChildGuard {
+    use std::io::BufRead;
+    let mut cmd = pair.server.command(crate::sibling_binary("model-server"));
+    for port in ports {
+        cmd.arg("--listen").arg(SocketAddr::new(pair.server_ip(false), *port).to_string());
+        cmd.arg("--listen").arg(SocketAddr::new(pair.server_ip(true), *port).to_string());
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("spawn model-server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for _ in 0..ports.len() * 2 {
+        let line = lines.next().expect("model-server ended early").expect("read");
+        assert!(line.starts_with("listening on"), "model-server said {line}");
+    }
+    crate::ChildGuard(child)
+}

@@ -3,45 +3,25 @@
 //! received and with tcpdump's capture of the same traffic.
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use mirror_tests::{
+    ChildGuard as Guard,
     client::{Ask, Transcript, run_connection},
     daemon::{Daemon, run_to_end},
     gate::kernel_tests_allowed,
     netns::{Netns, Pair},
     pcap_streams::{self, Streams},
+    scratch_file,
 };
 
 const PORT: u16 = 8080;
 
-/// A child process killed on drop (servers, tcpdump).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_server(pair: &Pair, ports: &[u16]) -> Guard {
-    let mut cmd = pair.server.command(env!("CARGO_BIN_EXE_model-server"));
-    for port in ports {
-        cmd.arg("--listen").arg(SocketAddr::new(pair.server_ip(false), *port).to_string());
-        cmd.arg("--listen").arg(SocketAddr::new(pair.server_ip(true), *port).to_string());
-    }
-    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn model-server");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    for _ in 0..ports.len() * 2 {
-        let line = lines.next().expect("model-server ended early").expect("read");
-        assert!(line.starts_with("listening on"), "model-server said {line}");
-    }
-    Guard(child)
+    mirror_tests::model_server::spawn(pair, ports)
 }
 
 fn start_tcpdump(ns: &Netns, iface: &str, file: &Path) -> Guard {
@@ -65,12 +45,6 @@ fn stop_tcpdump(mut guard: Guard) {
     // SAFETY: kill(2) on our child; SIGINT makes tcpdump flush and close the file.
     unsafe { libc::kill(guard.0.id() as i32, libc::SIGINT) };
     let _ = guard.0.wait();
-}
-
-fn scratch_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mirror-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join(name)
 }
 
 /// Every byte each transcript sent and received appears, in order and without holes, in `streams`.

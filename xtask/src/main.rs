@@ -5,6 +5,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -28,6 +29,8 @@ enum Command {
     Test(test::TestArgs),
     /// Build everything and run a self-contained demo in network namespaces (needs root).
     Demo(demo::DemoArgs),
+    /// Run the benchmarks (criterion): reassembly + framing throughput, heap per exchange.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -36,5 +39,6 @@ fn main() -> Result<()> {
         Command::Build(args) => build::run(&args).map(|_| ()),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; shared argument groups live here.
 pub mod capture;
+pub mod run;
 
 use std::{net::IpAddr, time::Duration};
 

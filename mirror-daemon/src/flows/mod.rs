@@ -1,0 +1,510 @@
+//! TCP reassembly: captured segments become one ordered byte stream per direction and connection.
+//!
+//! The HTTP layer needs exact bytes in order, and must learn about every byte it will never see:
+//! a guessed byte could turn into a wrong comparison. So this layer
+//!
+//! - keys connections by their 4-tuple, oriented client → server by the configured server ports;
+//! - works in 64-bit stream offsets (relative to the first byte), so sequence wrap-around is a
+//!   non-event;
+//! - keeps out-of-order data in a bounded buffer, and lets the first-seen copy of a byte win over
+//!   retransmissions and overlaps, so no byte is ever delivered twice;
+//! - reports every missing range as an explicit [`FlowEvent::Gap`]: a `lost` range from the kernel,
+//!   or a hole that a buffer limit or the idle timeout forces it to skip;
+//! - marks a stream first seen without its SYN (the daemon started mid-connection) so that the
+//!   layer above can refuse to guess where messages start;
+//! - treats a new SYN on a closed (or differently numbered) 4-tuple as a new connection.
+//!
+//! Time only comes from segments and from the `now_ns` given to [`FlowTable::tick`].
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+};
+
+use bytes::Bytes;
+
+use crate::{capture::Segment, exchange::DropCounters};
+
+/// Identifies one connection for its whole life; a reused 4-tuple gets a new id.
+pub type ConnId = u64;
+
+/// Bookkeeping cost charged per buffered out-of-order range, so that many tiny segments hit the
+/// byte limits too.
+const PIECE_OVERHEAD: usize = 64;
+
+/// Bounds of the reassembly state. Hitting one is counted, never blocks.
+#[derive(Clone, Debug)]
+pub struct FlowLimits {
+    /// Connections tracked at most; the least recently active is evicted first.
+    pub max_connections: usize,
+    /// Out-of-order bytes buffered per connection (both directions) before holes are skipped.
+    pub max_buffered_per_conn: usize,
+    /// Out-of-order bytes buffered across all connections.
+    pub max_buffered_total: usize,
+    /// A connection without a segment for this long is expired by [`FlowTable::tick`].
+    pub idle_timeout_ns: u64,
+    /// Segments further than this ahead of the next expected byte are ignored.
+    pub max_ahead_bytes: u64,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            max_buffered_per_conn: 4 << 20,
+            max_buffered_total: 256 << 20,
+            idle_timeout_ns: 120_000_000_000,
+            max_ahead_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What to track: segments to or from one of `server_ports` belong to a connection whose server
+/// side is that port.
+#[derive(Clone, Debug, Default)]
+pub struct FlowConfig {
+    pub server_ports: Vec<u16>,
+    pub limits: FlowLimits,
+}
+
+/// Which endpoint sent the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The client (requests).
+    Client,
+    /// The server (responses).
+    Server,
+}
+
+impl Side {
+    fn index(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Server => 1,
+        }
+    }
+}
+
+/// A connection's endpoints, oriented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides sent FIN and all their bytes were delivered.
+    Finished,
+    /// A RST was seen.
+    Reset,
+    /// No segment for the idle timeout.
+    IdleTimeout,
+    /// Evicted because the connection table was full.
+    Evicted,
+    /// A new SYN reused the 4-tuple.
+    Reused,
+}
+
+/// Reassembled stream events, in stream order per side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowEvent {
+    /// A new connection; always the first event of `id`.
+    Opened { id: ConnId, key: ConnKey },
+    /// A side's stream starts; `mid_stream` when its SYN was not seen, so its first byte is not
+    /// known to be the start of anything.
+    StreamStart { id: ConnId, side: Side, mid_stream: bool },
+    /// The next bytes of a side's stream, carried by a segment seen at `ts_ns`.
+    Data { id: ConnId, side: Side, data: Bytes, ts_ns: u64 },
+    /// The next `len` bytes of a side's stream are missing and will never be delivered.
+    Gap { id: ConnId, side: Side, len: u64 },
+    /// The side sent FIN and every byte before it was delivered (as data or gaps).
+    Fin { id: ConnId, side: Side, ts_ns: u64 },
+    /// The connection ended; always its last event.
+    Closed { id: ConnId, reason: CloseReason },
+}
+
+impl FlowEvent {
+    /// The connection the event belongs to.
+    pub fn id(&self) -> ConnId {
+        match self {
+            FlowEvent::Opened { id, .. }
+            | FlowEvent::StreamStart { id, .. }
+            | FlowEvent::Data { id, .. }
+            | FlowEvent::Gap { id, .. }
+            | FlowEvent::Fin { id, .. }
+            | FlowEvent::Closed { id, .. } => *id,
+        }
+    }
+}
+
+/// An out-of-order range: captured bytes, or a range the kernel reported lost.
+#[derive(Clone, Debug)]
+struct Piece {
+    len: u64,
+    data: Option<Bytes>,
+    ts_ns: u64,
+}
+
+impl Piece {
+    fn cost(&self) -> usize {
+        self.data.as_ref().map_or(0, Bytes::len) + PIECE_OVERHEAD
+    }
+
+    /// The part of the piece starting `skip` bytes in.
+    fn tail(&self, skip: u64) -> Piece {
+        Piece {
+            len: self.len - skip,
+            data: self.data.as_ref().map(|d| d.slice(skip as usize..)),
+            ts_ns: self.ts_ns,
+        }
+    }
+
+    /// The first `len` bytes of the piece.
+    fn head(&self, len: u64) -> Piece {
+        Piece { len, data: self.data.as_ref().map(|d| d.slice(..len as usize)), ts_ns: self.ts_ns }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    started: bool,
+    /// Sequence number of stream offset 0.
+    base_seq: u32,
+    /// ISN when the SYN was seen.
+    isn: Option<u32>,
+    /// Offset of the next byte to deliver.
+    next: u64,
+    /// Out-of-order pieces by start offset; they never overlap each other.
+    pending: BTreeMap<u64, Piece>,
+    buffered: usize,
+    fin_at: Option<u64>,
+    fin_ts: u64,
+    finished: bool,
+}
+
+impl Stream {
+    /// Stream offset of sequence number `seq`, if it lies in the window around `next`.
+    fn offset_of(&self, seq: u32) -> Option<u64> {
+        let next_seq = self.base_seq.wrapping_add(self.next as u32);
+        let delta = seq.wrapping_sub(next_seq) as i32 as i64;
+        let off = self.next as i64 + delta;
+        (off >= 0).then_some(off as u64)
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    key: ConnKey,
+    streams: [Stream; 2],
+    last_ts: u64,
+    /// Closed (FIN both ways or RST): kept until idle so that late retransmissions are not taken
+    /// for a new mid-stream connection.
+    closed: bool,
+}
+
+impl Conn {
+    fn buffered(&self) -> usize {
+        self.streams[0].buffered + self.streams[1].buffered
+    }
+}
+
+/// All tracked connections.
+#[derive(Debug)]
+pub struct FlowTable {
+    server_ports: HashSet<u16>,
+    limits: FlowLimits,
+    conns: HashMap<ConnKey, Conn>,
+    next_id: ConnId,
+    buffered: usize,
+}
+
+impl FlowTable {
+    pub fn new(config: FlowConfig) -> Self {
+        Self {
+            server_ports: config.server_ports.into_iter().collect(),
+            limits: config.limits,
+            conns: HashMap::new(),
+            next_id: 1,
+            buffered: 0,
+        }
+    }
+
+    /// Connections tracked, closed ones awaiting expiry included.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Out-of-order bytes buffered across all connections (with per-range overhead).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// Adds one segment; the stream events it makes possible are appended to `out`.
+    pub fn push(&mut self, seg: &Segment, out: &mut Vec<FlowEvent>, stats: &mut DropCounters) {
+        let (key, side) = if self.server_ports.contains(&seg.dst.port()) {
+            (ConnKey { client: seg.src, server: seg.dst }, Side::Client)
+        } else if self.server_ports.contains(&seg.src.port()) {
+            (ConnKey { client: seg.dst, server: seg.src }, Side::Server)
+        } else {
+            stats.not_server_port_segments += 1;
+            return;
+        };
+
+        if let Some(conn) = self.conns.get(&key) {
+            let stream = &conn.streams[side.index()];
+            // A client SYN with a new ISN, or any SYN on a closed connection, starts over.
+            let reused = seg.is_syn()
+                && (conn.closed || (side == Side::Client && stream.isn.is_some_and(|isn| isn != seg.seq)));
+            if reused {
+                let reason = if conn.closed { CloseReason::Finished } else { CloseReason::Reused };
+                self.remove(&key, reason, out);
+            } else if conn.closed {
+                return;
+            }
+        }
+        if !self.conns.contains_key(&key) {
+            if seg.is_rst() {
+                return;
+            }
+            self.make_room(out, stats);
+            let id = self.next_id;
+            self.next_id += 1;
+            let conn = Conn { id, key, streams: Default::default(), last_ts: seg.ts_ns, closed: false };
+            self.conns.insert(key, conn);
+            out.push(FlowEvent::Opened { id, key });
+        }
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        conn.last_ts = conn.last_ts.max(seg.ts_ns);
+        let id = conn.id;
+
+        if seg.is_rst() {
+            out.push(FlowEvent::Closed { id, reason: CloseReason::Reset });
+            self.buffered -= conn.buffered();
+            conn.streams = Default::default();
+            conn.closed = true;
+            return;
+        }
+
+        let stream = &mut conn.streams[side.index()];
+        if !stream.started {
+            stream.started = true;
+            if seg.is_syn() {
+                stream.isn = Some(seg.seq);
+                stream.base_seq = seg.seq.wrapping_add(1);
+            } else {
+                stream.base_seq = seg.range_seq();
+            }
+            out.push(FlowEvent::StreamStart { id, side, mid_stream: !seg.is_syn() });
+        }
+        if stream.finished {
+            return;
+        }
+
+        if seg.is_fin() && stream.fin_at.is_none() {
+            let fin_seq = seg.seq.wrapping_add(seg.segment_len);
+            if let Some(at) = stream.offset_of(fin_seq) {
+                stream.fin_at = Some(at);
+                stream.fin_ts = seg.ts_ns;
+            }
+        }
+
+        // Payload of a SYN (TCP Fast Open) is not handled: the request would start before ISN+1.
+        if seg.range_len() > 0 && !seg.is_syn() {
+            match stream.offset_of(seg.range_seq()) {
+                Some(start) if start.saturating_sub(stream.next) <= self.limits.max_ahead_bytes => {
+                    let data = (!seg.payload.is_empty()).then(|| seg.payload.clone());
+                    let piece = Piece { len: u64::from(seg.range_len()), data, ts_ns: seg.ts_ns };
+                    let before = stream.buffered;
+                    insert(stream, start, piece, id, side, out);
+                    self.buffered = self.buffered + stream.buffered - before;
+                }
+                // Entirely before the stream start or absurdly far ahead: not this stream's bytes.
+                _ => stats.out_of_window_segments += 1,
+            }
+        }
+
+        // Bounds: skip holes (as gaps) until this connection, then the whole table, fit.
+        let other = conn.streams[1 - side.index()].buffered;
+        let stream = &mut conn.streams[side.index()];
+        while stream.buffered + other > self.limits.max_buffered_per_conn && !stream.pending.is_empty() {
+            stats.out_of_order_overflow_events += 1;
+            let before = stream.buffered;
+            skip_hole(stream, id, side, out);
+            self.buffered -= before - stream.buffered;
+        }
+        while self.buffered > self.limits.max_buffered_total && !stream.pending.is_empty() {
+            stats.memory_limit_events += 1;
+            let before = stream.buffered;
+            skip_hole(stream, id, side, out);
+            self.buffered -= before - stream.buffered;
+        }
+
+        self.buffered -= check_fin(stream, id, side, out);
+        if conn.streams.iter().all(|s| s.finished) {
+            out.push(FlowEvent::Closed { id, reason: CloseReason::Finished });
+            conn.closed = true;
+        }
+    }
+
+    /// Expires idle connections: holes become gaps, pending data is delivered, then `Closed`.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<FlowEvent>, stats: &mut DropCounters) {
+        let timeout = self.limits.idle_timeout_ns;
+        let expired: Vec<ConnKey> = self
+            .conns
+            .values()
+            .filter(|c| now_ns.saturating_sub(c.last_ts) > timeout)
+            .map(|c| c.key)
+            .collect();
+        for key in expired {
+            let Some(conn) = self.conns.get_mut(&key) else { continue };
+            if conn.closed {
+                self.conns.remove(&key);
+                continue;
+            }
+            stats.idle_timeout_connections += 1;
+            let id = conn.id;
+            for side in [Side::Client, Side::Server] {
+                let stream = &mut conn.streams[side.index()];
+                let before = stream.buffered;
+                while !stream.pending.is_empty() {
+                    skip_hole(stream, id, side, out);
+                }
+                self.buffered -= before - stream.buffered;
+                self.buffered -= check_fin(stream, id, side, out);
+            }
+            self.remove(&key, CloseReason::IdleTimeout, out);
+        }
+    }
+
+    fn remove(&mut self, key: &ConnKey, reason: CloseReason, out: &mut Vec<FlowEvent>) {
+        if let Some(conn) = self.conns.remove(key) {
+            self.buffered -= conn.buffered();
+            if !conn.closed {
+                out.push(FlowEvent::Closed { id: conn.id, reason });
+            }
+        }
+    }
+
+    /// Evicts one connection if the table is full: closed ones first, then the least recently
+    /// active. A linear scan, but only when the table is full.
+    fn make_room(&mut self, out: &mut Vec<FlowEvent>, stats: &mut DropCounters) {
+        if self.conns.len() < self.limits.max_connections.max(1) {
+            return;
+        }
+        let victim = self.conns.values().min_by_key(|c| (!c.closed, c.last_ts)).map(|c| (c.key, c.closed));
+        if let Some((key, closed)) = victim {
+            if !closed {
+                stats.conn_limit_evicted_connections += 1;
+            }
+            self.remove(&key, CloseReason::Evicted, out);
+        }
+    }
+}
+
+/// Places `piece` at `start`, keeping only bytes not seen before, and delivers what became
+/// contiguous.
+fn insert(stream: &mut Stream, start: u64, piece: Piece, id: ConnId, side: Side, out: &mut Vec<FlowEvent>) {
+    let end = start + piece.len;
+    if end <= stream.next {
+        return; // Retransmission of delivered bytes.
+    }
+    let (start, piece) =
+        if start < stream.next { (stream.next, piece.tail(stream.next - start)) } else { (start, piece) };
+    if stream.pending.is_empty() && start == stream.next {
+        // Fast path: in order, nothing buffered.
+        deliver(stream, piece, id, side, out);
+        return;
+    }
+    // First seen wins: keep only the parts not covered by buffered pieces.
+    let mut cursor = start;
+    let mut fresh = Vec::new();
+    let before = stream.pending.range(..start).next_back().map(|(&s, p)| s + p.len);
+    if let Some(prev_end) = before {
+        cursor = cursor.max(prev_end);
+    }
+    for (&s, p) in stream.pending.range(start..end) {
+        if s > cursor {
+            fresh.push((cursor, s));
+        }
+        cursor = cursor.max(s + p.len);
+    }
+    if cursor < end {
+        fresh.push((cursor, end));
+    }
+    for (s, e) in fresh {
+        let part = piece.tail(s - start).head(e - s);
+        stream.buffered += part.cost();
+        stream.pending.insert(s, part);
+    }
+    drain(stream, id, side, out);
+}
+
+fn deliver(stream: &mut Stream, piece: Piece, id: ConnId, side: Side, out: &mut Vec<FlowEvent>) {
+    let mut piece = piece;
+    if let Some(fin) = stream.fin_at {
+        // Nothing exists after the FIN.
+        if stream.next >= fin {
+            return;
+        }
+        if stream.next + piece.len > fin {
+            piece = piece.head(fin - stream.next);
+        }
+    }
+    stream.next += piece.len;
+    match piece.data {
+        Some(data) => out.push(FlowEvent::Data { id, side, data, ts_ns: piece.ts_ns }),
+        None => out.push(FlowEvent::Gap { id, side, len: piece.len }),
+    }
+}
+
+/// Delivers buffered pieces that are now contiguous.
+fn drain(stream: &mut Stream, id: ConnId, side: Side, out: &mut Vec<FlowEvent>) {
+    while let Some(entry) = stream.pending.first_entry() {
+        let s = *entry.key();
+        if s > stream.next {
+            break;
+        }
+        let piece = entry.remove();
+        stream.buffered -= piece.cost();
+        if s + piece.len > stream.next {
+            deliver(stream, piece.tail(stream.next - s), id, side, out);
+        }
+    }
+}
+
+/// Gives up on the first hole: reports it as a gap and delivers what follows it.
+fn skip_hole(stream: &mut Stream, id: ConnId, side: Side, out: &mut Vec<FlowEvent>) {
+    if stream.fin_at.is_some_and(|fin| stream.next >= fin) {
+        // Whatever is buffered lies after the FIN: it cannot be stream data.
+        stream.pending.clear();
+        stream.buffered = 0;
+        return;
+    }
+    if let Some((&s, _)) = stream.pending.first_key_value()
+        && s > stream.next
+    {
+        let len = s - stream.next;
+        deliver(stream, Piece { len, data: None, ts_ns: 0 }, id, side, out);
+    }
+    drain(stream, id, side, out);
+}
+
+/// Emits `Fin` once every byte before the FIN was delivered; returns the buffer bytes freed.
+fn check_fin(stream: &mut Stream, id: ConnId, side: Side, out: &mut Vec<FlowEvent>) -> usize {
+    if stream.finished || stream.fin_at.is_none_or(|f| stream.next < f) {
+        return 0;
+    }
+    stream.finished = true;
+    stream.pending.clear();
+    out.push(FlowEvent::Fin { id, side, ts_ns: stream.fin_ts });
+    std::mem::take(&mut stream.buffered)
+}
+
+#[cfg(test)]
+mod tests;

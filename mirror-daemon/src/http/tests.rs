@@ -1,0 +1,447 @@
+//! Framing and pairing rules, driven through the whole pipeline with segments built in memory.
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use mirror_common::tcp_flags::{ACK, FIN, SYN};
+
+use crate::{
+    capture::{Direction, Segment},
+    exchange::{Assembler, AssemblerConfig, DropCounters, Exchange},
+    flows::{FlowConfig, FlowLimits},
+    http::HttpConfig,
+};
+
+const CISN: u32 = 1000;
+const SISN: u32 = 5000;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+/// One TCP connection's worth of segments.
+struct Conn {
+    client: SocketAddr,
+    server: SocketAddr,
+    cseq: u32,
+    sseq: u32,
+    ts: u64,
+    segs: Vec<Segment>,
+}
+
+impl Conn {
+    fn new() -> Self {
+        let mut c = Conn {
+            client: addr("10.0.0.1:40000"),
+            server: addr("10.0.0.2:8080"),
+            cseq: CISN + 1,
+            sseq: SISN + 1,
+            ts: 0,
+            segs: Vec::new(),
+        };
+        c.push_raw(true, CISN, SYN, Bytes::new(), 0);
+        c.push_raw(false, SISN, SYN | ACK, Bytes::new(), 0);
+        c
+    }
+
+    fn push_raw(&mut self, from_client: bool, seq: u32, flags: u8, payload: Bytes, lost: u32) {
+        self.ts += 10;
+        let (src, dst) = if from_client { (self.client, self.server) } else { (self.server, self.client) };
+        self.segs.push(Segment {
+            ts_ns: self.ts,
+            ifindex: 1,
+            direction: Direction::Ingress,
+            src,
+            dst,
+            seq,
+            ack: 0,
+            flags,
+            window: 0,
+            segment_len: payload.len() as u32 + lost,
+            offset: 0,
+            payload,
+            lost,
+        });
+    }
+
+    /// Sends `bytes` from one side in segments of at most `mss` bytes.
+    fn send(&mut self, from_client: bool, bytes: &[u8], mss: usize) -> &mut Self {
+        for part in bytes.chunks(mss.max(1)) {
+            let seq = if from_client { self.cseq } else { self.sseq };
+            self.push_raw(from_client, seq, ACK, Bytes::copy_from_slice(part), 0);
+            let next = seq.wrapping_add(part.len() as u32);
+            if from_client { self.cseq = next } else { self.sseq = next }
+        }
+        self
+    }
+
+    fn client(&mut self, bytes: &str) -> &mut Self {
+        self.send(true, bytes.as_bytes(), 1460)
+    }
+
+    fn server(&mut self, bytes: &str) -> &mut Self {
+        self.send(false, bytes.as_bytes(), 1460)
+    }
+
+    /// `len` bytes the capture lost.
+    fn lose(&mut self, from_client: bool, len: u32) -> &mut Self {
+        let seq = if from_client { self.cseq } else { self.sseq };
+        self.push_raw(from_client, seq, ACK, Bytes::new(), len);
+        let next = seq.wrapping_add(len);
+        if from_client {
+            self.cseq = next
+        } else {
+            self.sseq = next
+        }
+        self
+    }
+
+    fn fin(&mut self) -> &mut Self {
+        self.push_raw(true, self.cseq, FIN | ACK, Bytes::new(), 0);
+        self.push_raw(false, self.sseq, FIN | ACK, Bytes::new(), 0);
+        self
+    }
+
+    fn run_with(&self, http: HttpConfig) -> (Vec<Exchange>, DropCounters, Assembler) {
+        let cfg = AssemblerConfig {
+            flows: FlowConfig { server_ports: vec![8080], limits: FlowLimits::default() },
+            http,
+        };
+        let mut a = Assembler::new(cfg);
+        let mut out = Vec::new();
+        for s in &self.segs {
+            a.push(s.clone(), &mut out);
+        }
+        let stats = a.stats().clone();
+        (out, stats, a)
+    }
+
+    fn run(&self) -> (Vec<Exchange>, DropCounters) {
+        let (out, stats, a) = self.run_with(HttpConfig::default());
+        assert_eq!(a.memory_bytes(), 0, "everything released after the connection ended");
+        (out, stats)
+    }
+}
+
+fn header<'a>(h: &'a [crate::exchange::Header], name: &str) -> Option<&'a [u8]> {
+    h.iter().find(|f| f.name.eq_ignore_ascii_case(name)).map(|f| &f.value[..])
+}
+
+#[test]
+fn content_length_request_and_response() {
+    let (out, stats) = Conn::new()
+        .client("POST /v1/predict HTTP/1.1\r\nHost: m\r\nContent-Length: 5\r\n\r\nhello")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .fin()
+        .run();
+    assert_eq!(out.len(), 1, "{stats:?}");
+    let e = &out[0];
+    assert_eq!(e.request.method, "POST");
+    assert_eq!(e.request.target, "/v1/predict");
+    assert_eq!(&e.request.body[..], b"hello");
+    assert_eq!(header(&e.request.headers, "host"), Some(&b"m"[..]));
+    assert_eq!(e.response.status, 200);
+    assert_eq!(e.response.reason, "OK");
+    assert_eq!(&e.response.body[..], b"ok");
+    assert_eq!(e.client, addr("10.0.0.1:40000"));
+    assert_eq!(stats, DropCounters::default());
+}
+
+#[test]
+fn chunked_bodies_with_trailers_are_dechunked() {
+    let (out, _) = Conn::new()
+        .client("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 9\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n")
+        .fin()
+        .run();
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0].request.body[..], b"abcde");
+    assert_eq!(out[0].request.trailers.len(), 1);
+    assert_eq!(header(&out[0].request.trailers, "x-sum"), Some(&b"9"[..]));
+    assert_eq!(&out[0].response.body[..], b"0123456789");
+}
+
+#[test]
+fn one_byte_segments_give_the_same_exchange() {
+    let req = "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let resp = "HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nxyz";
+    let mut c = Conn::new();
+    c.send(true, req.as_bytes(), 1).send(false, resp.as_bytes(), 1).fin();
+    let (out, _) = c.run();
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0].request.body[..], b"abc");
+    assert_eq!(out[0].response.status, 201);
+    assert_eq!(&out[0].response.body[..], b"xyz");
+}
+
+#[test]
+fn request_without_body_and_keep_alive_sequence() {
+    let (out, _) = Conn::new()
+        .client("GET /a HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA")
+        .client("GET /b HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nB")
+        .fin()
+        .run();
+    let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), e.response.status)).collect();
+    assert_eq!(pairs, [("/a", 200), ("/b", 404)]);
+}
+
+#[test]
+fn expect_continue_interim_response_is_skipped() {
+    let (out, _) = Conn::new()
+        .client("POST /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        .server("HTTP/1.1 100 Continue\r\n\r\n")
+        .client("abc")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .fin()
+        .run();
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0].request.body[..], b"abc");
+    assert_eq!(out[0].response.status, 200);
+    // The final response's first byte, not the 100's.
+    assert!(out[0].timing.response_first_ns > out[0].timing.request_last_ns);
+}
+
+#[test]
+fn head_204_and_304_responses_have_no_body() {
+    let (out, stats) = Conn::new()
+        .client(
+            "HEAD /h HTTP/1.1\r\n\r\nGET /n HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\nGET /z HTTP/1.1\r\n\r\n",
+        )
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
+        .server("HTTP/1.1 204 No Content\r\n\r\n")
+        .server("HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz")
+        .fin()
+        .run();
+    let got: Vec<_> =
+        out.iter().map(|e| (e.request.target.as_str(), e.response.status, e.response.body.len())).collect();
+    assert_eq!(got, [("/h", 200, 0), ("/n", 204, 0), ("/c", 304, 0), ("/z", 200, 1)], "{stats:?}");
+}
+
+#[test]
+fn close_delimited_response_ends_at_fin() {
+    let (out, _) = Conn::new()
+        .client("GET / HTTP/1.0\r\n\r\n")
+        .server("HTTP/1.0 200 OK\r\n\r\nall of ")
+        .server("this until close")
+        .fin()
+        .run();
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0].response.body[..], b"all of this until close");
+    assert_eq!(out[0].request.version, 0);
+}
+
+#[test]
+fn pipelined_requests_pair_first_in_first_out() {
+    let (out, _) = Conn::new()
+        .client(
+            "GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 2\r\n\r\nxxGET /3 HTTP/1.1\r\n\r\n",
+        )
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1HTTP/1.1 201 OK\r\nContent-Length: 1\r\n\r\n2")
+        .server("HTTP/1.1 202 OK\r\nContent-Length: 1\r\n\r\n3")
+        .fin()
+        .run();
+    let got: Vec<_> =
+        out.iter().map(|e| (e.request.target.clone(), e.response.status, e.response.body.clone())).collect();
+    assert_eq!(
+        got,
+        [
+            ("/1".to_string(), 200, Bytes::from_static(b"1")),
+            ("/2".to_string(), 201, Bytes::from_static(b"2")),
+            ("/3".to_string(), 202, Bytes::from_static(b"3"))
+        ]
+    );
+}
+
+#[test]
+fn response_captured_before_its_request_still_pairs() {
+    let mut c = Conn::new();
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").client("GET /late HTTP/1.1\r\n\r\n").fin();
+    let (out, _) = c.run();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].request.target, "/late");
+}
+
+#[test]
+fn connection_close_completes_then_ends_and_counts_unanswered() {
+    let (out, stats) = Conn::new()
+        .client("GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx")
+        .fin()
+        .run();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].request.target, "/1");
+    assert_eq!(stats.unanswered_request, 1);
+}
+
+#[test]
+fn upgrade_connect_and_http2_stop_parsing() {
+    let (out, stats) = Conn::new()
+        .client("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .server("HTTP/1.1 101 Switching Protocols\r\n\r\n\u{1}\u{2}binary")
+        .fin()
+        .run();
+    assert!(out.is_empty());
+    assert_eq!(stats.unsupported_upgrade, 1);
+    assert!(stats.desync_skipped_bytes > 0);
+
+    let (out, stats) = Conn::new().client("CONNECT host:443 HTTP/1.1\r\n\r\n").fin().run();
+    assert!(out.is_empty());
+    assert_eq!(stats.unsupported_connect, 1);
+
+    let (out, stats) =
+        Conn::new().client("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").server("\0\0\0\u{4}\0\0\0\0\0").fin().run();
+    assert!(out.is_empty());
+    assert_eq!(stats.unsupported_http2_connections, 1);
+
+    // A 101 without an `Upgrade` request is stopped at the response.
+    let (out, stats) = Conn::new()
+        .client("GET / HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        .fin()
+        .run();
+    assert!(out.is_empty());
+    assert_eq!(stats.unsupported_upgrade, 1);
+}
+
+#[test]
+fn header_limit_stops_and_body_limit_drops_one_exchange() {
+    let http = HttpConfig { max_header_bytes: 64, max_body_bytes: 4, ..HttpConfig::default() };
+    let mut c = Conn::new();
+    c.client("POST /big HTTP/1.1\r\nContent-Length: 5\r\n\r\n12345")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+        .client("GET /small HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\ny")
+        .fin();
+    let (out, stats, _) = c.run_with(http.clone());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].request.target, "/small");
+    assert_eq!(stats.body_too_large, 1);
+
+    let mut c = Conn::new();
+    c.client(&format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(100))).fin();
+    let (out, stats, _) = c.run_with(http);
+    assert!(out.is_empty());
+    assert_eq!(stats.header_too_large, 1);
+}
+
+#[test]
+fn gap_inside_a_known_length_body_drops_only_that_exchange() {
+    let (out, stats) = Conn::new()
+        .client("POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+        .lose(true, 6)
+        .client("ij")
+        .server("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhe")
+        .lose(false, 2)
+        .server("o\r\n0\r\n\r\n")
+        .client("GET /b HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        .fin()
+        .run();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].request.target, "/b");
+    assert_eq!(&out[0].response.body[..], b"b");
+    assert_eq!(stats.gap, 1);
+    assert_eq!(stats.gap_desync_connections, 0);
+}
+
+#[test]
+fn gap_in_a_head_stops_the_connection() {
+    let (out, stats) = Conn::new()
+        .client("GET /a HTTP/1.1\r\n\r\nGET /b HT")
+        .lose(true, 8)
+        .client("\r\nGET /c HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc")
+        .fin()
+        .run();
+    // The client stream is captured first here, so the gap stops the connection while /a still
+    // waits for its response: /a and the partial /b are dropped, and nothing after the gap pairs.
+    assert!(out.is_empty());
+    assert_eq!(stats.gap_desync_connections, 1);
+    assert_eq!(stats.gap, 2);
+    assert!(stats.desync_skipped_bytes > 0);
+}
+
+#[test]
+fn mid_stream_connection_is_not_parsed() {
+    let mut c = Conn::new();
+    c.segs.clear(); // no SYNs seen
+    c.client("GET /a HTTP/1.1\r\n\r\n").server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let (out, stats, _) = c.run_with(HttpConfig::default());
+    assert!(out.is_empty());
+    assert_eq!(stats.mid_stream_connections, 1);
+    assert!(stats.mid_stream_skipped_bytes > 0);
+}
+
+#[test]
+fn malformed_and_unpaired_messages_are_counted() {
+    let (out, stats) = Conn::new().client("NOT HTTP AT ALL\r\n\r\n").fin().run();
+    assert!(out.is_empty());
+    assert_eq!(stats.malformed_request, 1);
+
+    let (out, stats) = Conn::new().server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").fin().run();
+    assert!(out.is_empty());
+    assert_eq!(stats.unpaired_response, 1);
+
+    let (out, stats) =
+        Conn::new().client("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab").fin().run();
+    assert!(out.is_empty());
+    assert_eq!(stats.malformed_request, 1);
+}
+
+#[test]
+fn timestamps_and_latency_come_from_the_segments() {
+    let (out, _) = Conn::new()
+        .client("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n")
+        .client("ab")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        .server("ok")
+        .fin()
+        .run();
+    // SYN 10, SYN-ACK 20, then one segment every 10 ns.
+    let t = out[0].timing;
+    assert_eq!(
+        (t.request_first_ns, t.request_last_ns, t.response_first_ns, t.response_last_ns),
+        (30, 40, 50, 60)
+    );
+    assert_eq!(out[0].production_latency_ns(), 20);
+    assert_eq!(out[0].time_to_first_byte_ns(), 10);
+}
+
+#[test]
+fn reset_counts_pending_exchanges() {
+    let mut c = Conn::new();
+    c.client("GET / HTTP/1.1\r\n\r\n");
+    c.push_raw(false, c.sseq, mirror_common::tcp_flags::RST, Bytes::new(), 0);
+    let (out, stats, a) = c.run_with(HttpConfig::default());
+    assert!(out.is_empty());
+    assert_eq!(stats.reset_with_pending, 1);
+    assert_eq!(a.memory_bytes(), 0);
+}
+
+#[test]
+fn final_answer_to_expect_before_the_body_stops_the_connection() {
+    let (out, stats) = Conn::new()
+        .client("POST /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        .server("HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")
+        .client("GET /next HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .fin()
+        .run();
+    assert!(out.is_empty(), "the next request must not be taken for the body");
+    assert_eq!(stats.expect_ambiguous, 1);
+}
+
+#[test]
+fn missing_server_syn_drops_the_requests_already_seen() {
+    let mut c = Conn::new();
+    c.segs.remove(1); // the SYN-ACK was not captured
+    c.client("GET /a HTTP/1.1\r\n\r\n").server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").fin();
+    let (out, stats) = c.run();
+    assert!(out.is_empty());
+    assert_eq!(stats.mid_stream_connections, 1);
+    assert_eq!(stats.gap, 1);
+}

@@ -1,0 +1,273 @@
+//! The JSON-lines record written for every rebuilt exchange (`--record FILE.jsonl`).
+//!
+//! The schema is documented in the README and kept stable: fields are only ever added. Secrets stay
+//! out: `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie` and configured headers are
+//! redacted, and bodies are written only when asked for (`--record-bodies`).
+use std::{collections::HashSet, net::SocketAddr};
+
+use base64::Engine as _;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::exchange::{Exchange, Header};
+
+/// Version of the record layout, written in every record.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Headers whose values never reach a log or a record.
+pub const ALWAYS_REDACTED: [&str; 5] =
+    ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"];
+
+/// Replaces the value of sensitive headers.
+#[derive(Clone, Debug)]
+pub struct Redactor {
+    names: HashSet<String>,
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
+impl Redactor {
+    /// The always-redacted headers plus `extra` (case-insensitive).
+    pub fn new(extra: &[String]) -> Self {
+        let names =
+            ALWAYS_REDACTED.iter().map(|s| s.to_string()).chain(extra.iter().map(|s| s.to_ascii_lowercase()));
+        Self { names: names.collect() }
+    }
+
+    pub fn is_redacted(&self, name: &str) -> bool {
+        self.names.contains(&name.to_ascii_lowercase())
+    }
+
+    /// `[name, value]` pairs in wire order; values lossily decoded, secrets replaced.
+    pub fn headers(&self, headers: &[Header]) -> Vec<[String; 2]> {
+        headers
+            .iter()
+            .map(|h| {
+                let value = if self.is_redacted(&h.name) {
+                    "[redacted]".to_string()
+                } else {
+                    String::from_utf8_lossy(&h.value).into_owned()
+                };
+                [h.name.clone(), value]
+            })
+            .collect()
+    }
+}
+
+/// How records are written.
+#[derive(Clone, Debug, Default)]
+pub struct RecordOptions {
+    /// Include request and response bodies.
+    pub bodies: bool,
+    pub redactor: Redactor,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC in ns, to turn kernel stamps into wall time.
+    pub realtime_offset_ns: i128,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Connection {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+/// One side of an exchange as recorded.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Message {
+    /// Body length after removing chunked framing.
+    pub bytes: usize,
+    /// SHA-256 of that body, lowercase hex.
+    pub sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    pub headers: Vec<[String; 2]>,
+    /// The body as text, when bodies are recorded and it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body in base64, when bodies are recorded and it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+/// The production response as recorded.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Production {
+    pub status: u16,
+    /// Response last byte − request last byte, from kernel timestamps.
+    pub latency_ms: f64,
+    /// Response first byte − request last byte.
+    pub ttfb_ms: f64,
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+/// One line of the `--record` file.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ExchangeRecord {
+    pub schema: u32,
+    /// Wall-clock time of the request's first byte (RFC 3339, UTC, microseconds).
+    pub ts: String,
+    pub connection: Connection,
+    pub method: String,
+    /// Request path without the query string (queries can carry credentials).
+    pub path: String,
+    pub request: Message,
+    pub production: Production,
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    let mut out = String::with_capacity(64);
+    for byte in digest {
+        use std::fmt::Write;
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+fn message(headers: &[Header], body: &[u8], options: &RecordOptions) -> Message {
+    let content_type = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-type"))
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned());
+    let (text, encoded) = if options.bodies {
+        match std::str::from_utf8(body) {
+            Ok(text) => (Some(text.to_string()), None),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(body))),
+        }
+    } else {
+        (None, None)
+    };
+    Message {
+        bytes: body.len(),
+        sha256: sha256_hex(body),
+        content_type,
+        headers: options.redactor.headers(headers),
+        body: text,
+        body_base64: encoded,
+    }
+}
+
+fn ms(ns: u64) -> f64 {
+    (ns as f64 / 1_000.0).round() / 1_000.0
+}
+
+/// Kernel CLOCK_MONOTONIC ns → RFC 3339 wall-clock time.
+pub fn wall_time(ts_ns: u64, realtime_offset_ns: i128) -> String {
+    let wall = (i128::from(ts_ns) + realtime_offset_ns).max(0) as u64;
+    humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall))
+        .to_string()
+}
+
+impl ExchangeRecord {
+    pub fn new(exchange: &Exchange, options: &RecordOptions) -> Self {
+        let target = &exchange.request.target;
+        let path = target.split_once('?').map_or(target.as_str(), |(path, _)| path).to_string();
+        Self {
+            schema: SCHEMA_VERSION,
+            ts: wall_time(exchange.timing.request_first_ns, options.realtime_offset_ns),
+            connection: Connection { client: exchange.client, server: exchange.server },
+            method: exchange.request.method.clone(),
+            path,
+            request: message(&exchange.request.headers, &exchange.request.body, options),
+            production: Production {
+                status: exchange.response.status,
+                latency_ms: ms(exchange.production_latency_ns()),
+                ttfb_ms: ms(exchange.time_to_first_byte_ns()),
+                message: message(&exchange.response.headers, &exchange.response.body, options),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{Request, Response, Timing};
+    use bytes::Bytes;
+
+    fn header(name: &str, value: &str) -> Header {
+        Header { name: name.into(), value: Bytes::copy_from_slice(value.as_bytes()) }
+    }
+
+    fn exchange() -> Exchange {
+        Exchange {
+            client: "10.0.0.1:40000".parse().unwrap(),
+            server: "10.0.0.2:8080".parse().unwrap(),
+            request: Request {
+                method: "POST".into(),
+                target: "/v2/models/m/infer?api_key=hunter2".into(),
+                version: 1,
+                headers: vec![
+                    header("Content-Type", "application/json"),
+                    header("Authorization", "Bearer secret-token"),
+                    header("X-Tenant", "acme"),
+                ],
+                body: Bytes::from_static(b"{\"inputs\":[1]}"),
+                trailers: vec![],
+            },
+            response: Response {
+                status: 200,
+                reason: "OK".into(),
+                version: 1,
+                headers: vec![
+                    header("Set-Cookie", "session=abc"),
+                    header("Content-Type", "application/octet-stream"),
+                ],
+                body: Bytes::from_static(&[0xff, 0x00, 0x10]),
+                trailers: vec![],
+            },
+            timing: Timing {
+                request_first_ns: 1_000_000_000,
+                request_last_ns: 1_000_500_000,
+                response_first_ns: 1_002_000_000,
+                response_last_ns: 1_003_250_000,
+            },
+        }
+    }
+
+    #[test]
+    fn record_has_the_documented_fields_and_no_secrets() {
+        let options =
+            RecordOptions { redactor: Redactor::new(&["x-tenant".into()]), ..RecordOptions::default() };
+        let record = ExchangeRecord::new(&exchange(), &options);
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["schema"], 1);
+        assert_eq!(json["ts"], "1970-01-01T00:00:01.000000Z");
+        assert_eq!(json["connection"]["client"], "10.0.0.1:40000");
+        assert_eq!(json["connection"]["server"], "10.0.0.2:8080");
+        assert_eq!(json["method"], "POST");
+        assert_eq!(json["path"], "/v2/models/m/infer");
+        assert_eq!(json["request"]["bytes"], 14);
+        assert_eq!(json["request"]["sha256"], sha256_hex(b"{\"inputs\":[1]}"));
+        assert_eq!(json["request"]["content_type"], "application/json");
+        assert_eq!(json["production"]["status"], 200);
+        assert_eq!(json["production"]["bytes"], 3);
+        assert_eq!(json["production"]["latency_ms"], 2.75);
+        assert_eq!(json["production"]["ttfb_ms"], 1.5);
+        assert!(json["request"].get("body").is_none(), "bodies only when asked for");
+        let text = json.to_string();
+        for secret in ["secret-token", "session=abc", "hunter2", "acme"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert_eq!(json["request"]["headers"][1], serde_json::json!(["Authorization", "[redacted]"]));
+    }
+
+    #[test]
+    fn bodies_as_text_or_base64_when_asked() {
+        let options = RecordOptions { bodies: true, ..RecordOptions::default() };
+        let json = serde_json::to_value(ExchangeRecord::new(&exchange(), &options)).unwrap();
+        assert_eq!(json["request"]["body"], "{\"inputs\":[1]}");
+        assert_eq!(json["production"]["body_base64"], "/wAQ");
+        assert!(json["production"].get("body").is_none());
+    }
+
+    #[test]
+    fn sha256_matches_known_vector() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

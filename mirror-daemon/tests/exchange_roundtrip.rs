@@ -1,0 +1,463 @@
+//! Property: random HTTP/1.1 conversations, serialised to TCP segments and then cut, reordered,
+//! duplicated and overlapped, come out of the [`Assembler`] exactly as they went in. With capture
+//! losses injected, whatever comes out is still exactly one of the originals, correctly paired, and
+//! every missing exchange shows up in a drop counter.
+use std::{collections::HashMap, net::SocketAddr};
+
+use bytes::Bytes;
+use mirror_common::tcp_flags::{ACK, FIN, SYN};
+use mirror_daemon::{
+    capture::{Direction, Segment},
+    exchange::{Assembler, AssemblerConfig, Exchange, Header, Request, Response},
+    flows::{FlowConfig, FlowLimits},
+    http::HttpConfig,
+};
+use proptest::prelude::*;
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "HEAD", "DELETE"];
+const STATUSES: [(u16, &str); 6] = [
+    (200, "OK"),
+    (201, "Created"),
+    (204, "No Content"),
+    (304, "Not Modified"),
+    (404, "Not Found"),
+    (500, "Oops"),
+];
+
+#[derive(Clone, Debug)]
+struct ExSpec {
+    method: usize,
+    req_len: usize,
+    req_chunks: Option<Vec<usize>>,
+    status: usize,
+    resp_len: usize,
+    resp_chunks: Option<Vec<usize>>,
+}
+
+#[derive(Clone, Debug)]
+struct ConnSpec {
+    exchanges: Vec<ExSpec>,
+    depth: usize,
+    mss: usize,
+    client_isn: u32,
+    server_isn: u32,
+    /// The last response is delimited by the end of the connection.
+    close_delimited_last: bool,
+}
+
+fn body_len() -> impl Strategy<Value = usize> {
+    prop_oneof![3 => 0usize..200, 1 => 0usize..65_536]
+}
+
+fn chunks() -> impl Strategy<Value = Option<Vec<usize>>> {
+    prop::option::of(prop::collection::vec(1usize..20_000, 1..6))
+}
+
+fn ex_spec() -> impl Strategy<Value = ExSpec> {
+    (0..METHODS.len(), body_len(), chunks(), 0..STATUSES.len(), body_len(), chunks()).prop_map(
+        |(method, req_len, req_chunks, status, resp_len, resp_chunks)| ExSpec {
+            method,
+            req_len,
+            req_chunks,
+            status,
+            resp_len,
+            resp_chunks,
+        },
+    )
+}
+
+fn conn_spec() -> impl Strategy<Value = ConnSpec> {
+    (
+        prop::collection::vec(ex_spec(), 1..=5),
+        1usize..=4,
+        prop::sample::select(vec![50usize, 333, 1460, 16_384]),
+        any::<u32>(),
+        prop_oneof![any::<u32>(), Just(u32::MAX - 100)],
+        any::<bool>(),
+    )
+        .prop_map(|(exchanges, depth, mss, client_isn, server_isn, close_delimited_last)| ConnSpec {
+            exchanges,
+            depth,
+            mss,
+            client_isn,
+            server_isn,
+            close_delimited_last,
+        })
+}
+
+fn pattern(len: usize, salt: usize) -> Bytes {
+    (0..len).map(|i| (i.wrapping_mul(31).wrapping_add(salt) % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header { name: name.to_string(), value: Bytes::copy_from_slice(value.as_bytes()) }
+}
+
+/// Head and body bytes on the wire for a message with `headers` (framing fields appended here).
+fn serialise(
+    start: &str,
+    headers: &mut Vec<Header>,
+    body: &Bytes,
+    chunks: &Option<Vec<usize>>,
+    framed: bool,
+) -> Vec<u8> {
+    let mut trailers = Vec::new();
+    match chunks {
+        Some(_) if framed => {
+            headers.push(header("Transfer-Encoding", "chunked"));
+            trailers.push(header("X-Trailer", "t"));
+        }
+        None if framed => headers.push(header("Content-Length", &body.len().to_string())),
+        _ => {}
+    }
+    let mut out = Vec::with_capacity(body.len() + 256);
+    out.extend_from_slice(start.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers.iter() {
+        out.extend_from_slice(format!("{}: ", h.name).as_bytes());
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    match chunks {
+        Some(sizes) if framed => {
+            let mut rest = &body[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                out.extend_from_slice(&rest[..n]);
+                out.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            out.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+        }
+        _ => out.extend_from_slice(body),
+    }
+    out
+}
+
+/// The expected exchanges of one connection and its two byte streams, one entry per pipelined batch.
+struct Built {
+    expected: Vec<Exchange>,
+    batches: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn build(c: usize, spec: &ConnSpec, client: SocketAddr, server: SocketAddr) -> Built {
+    let mut expected = Vec::new();
+    let mut batches = Vec::new();
+    let n = spec.exchanges.len();
+    for (b, batch) in spec.exchanges.chunks(spec.depth).enumerate() {
+        let (mut cbytes, mut sbytes) = (Vec::new(), Vec::new());
+        for (k, ex) in batch.iter().enumerate() {
+            let i = b * spec.depth + k;
+            let method = METHODS[ex.method];
+            let target = format!("/c{c}/r{i}");
+            let has_req_body = !matches!(method, "GET" | "HEAD");
+            let req_body = if has_req_body { pattern(ex.req_len, i) } else { Bytes::new() };
+            let mut req_headers = vec![header("Host", "model"), header("X-Id", &target)];
+            let req_chunks = if has_req_body { ex.req_chunks.clone() } else { None };
+            cbytes.extend(serialise(
+                &format!("{method} {target} HTTP/1.1"),
+                &mut req_headers,
+                &req_body,
+                &req_chunks,
+                has_req_body,
+            ));
+            let req_trailers = if req_chunks.is_some() { vec![header("X-Trailer", "t")] } else { vec![] };
+
+            let (status, reason) = STATUSES[ex.status];
+            let last = i + 1 == n;
+            let close_delimited = last && spec.close_delimited_last;
+            let no_body = method == "HEAD" || matches!(status, 204 | 304);
+            let mut resp_headers = vec![header("X-For", &target)];
+            if close_delimited {
+                resp_headers.push(header("Connection", "close"));
+            }
+            let resp_chunks = if no_body || close_delimited { None } else { ex.resp_chunks.clone() };
+            let wire_body =
+                if matches!(status, 204 | 304) { Bytes::new() } else { pattern(ex.resp_len, i + 7) };
+            // HEAD answers carry the length of the body they do not send.
+            let mut s = serialise(
+                &format!("HTTP/1.1 {status} {reason}"),
+                &mut resp_headers,
+                &wire_body,
+                &resp_chunks,
+                !close_delimited && !matches!(status, 204 | 304),
+            );
+            let resp_body = if no_body {
+                let head_end = s.windows(4).position(|w| w == b"\r\n\r\n").map_or(s.len(), |p| p + 4);
+                s.truncate(head_end);
+                Bytes::new()
+            } else {
+                wire_body
+            };
+            sbytes.extend(s);
+            let resp_trailers =
+                if resp_chunks.is_some() && !no_body { vec![header("X-Trailer", "t")] } else { vec![] };
+            expected.push(Exchange {
+                client,
+                server,
+                request: Request {
+                    method: method.to_string(),
+                    target,
+                    version: 1,
+                    headers: req_headers,
+                    body: req_body,
+                    trailers: req_trailers,
+                },
+                response: Response {
+                    status,
+                    reason: reason.to_string(),
+                    version: 1,
+                    headers: resp_headers,
+                    body: resp_body,
+                    trailers: resp_trailers,
+                },
+                timing: Default::default(),
+            });
+        }
+        batches.push((cbytes, sbytes));
+        if spec.close_delimited_last && expected.len() == n {
+            break;
+        }
+    }
+    Built { expected, batches }
+}
+
+/// Small deterministic generator for the network's misbehaviour.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Chaos {
+    /// Reordering, duplicates and overlaps only: everything must come out exactly.
+    Clean,
+    /// Also lost ranges and dropped segments.
+    Lossy,
+}
+
+struct Wire {
+    segments: Vec<Segment>,
+    expected: HashMap<SocketAddr, Vec<Exchange>>,
+}
+
+fn segment(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload: Bytes, ts_ns: u64) -> Segment {
+    Segment {
+        ts_ns,
+        ifindex: 1,
+        direction: Direction::Ingress,
+        src,
+        dst,
+        seq,
+        ack: 0,
+        flags,
+        window: 0,
+        segment_len: payload.len() as u32,
+        offset: 0,
+        payload,
+        lost: 0,
+    }
+}
+
+fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
+    let mut rng = Rng(seed | 1);
+    let server: SocketAddr = "10.1.0.1:8080".parse().expect("address");
+    let mut head = Vec::new();
+    let mut per_conn: Vec<Vec<Segment>> = Vec::new();
+    let mut expected = HashMap::new();
+    let mut ts = 0u64;
+    for (c, spec) in conns.iter().enumerate() {
+        let client: SocketAddr = format!("10.2.0.{}:{}", c + 1, 40_000 + c).parse().expect("address");
+        let built = build(c, spec, client, server);
+        expected.insert(client, built.expected);
+        ts += 1;
+        head.push(segment(client, server, spec.client_isn, SYN, Bytes::new(), ts));
+        head.push(segment(server, client, spec.server_isn, SYN | ACK, Bytes::new(), ts));
+        let mut segs = Vec::new();
+        let (mut cseq, mut sseq) = (spec.client_isn.wrapping_add(1), spec.server_isn.wrapping_add(1));
+        let mut streams: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        for (cbytes, sbytes) in &built.batches {
+            for (from_client, bytes) in [(true, cbytes), (false, sbytes)] {
+                let (src, dst, seq) =
+                    if from_client { (client, server, &mut cseq) } else { (server, client, &mut sseq) };
+                streams[usize::from(!from_client)].extend_from_slice(bytes);
+                let bytes = Bytes::copy_from_slice(bytes);
+                for start in (0..bytes.len()).step_by(spec.mss) {
+                    let part = bytes.slice(start..(start + spec.mss).min(bytes.len()));
+                    ts += 1;
+                    let len = part.len() as u32;
+                    let s = segment(src, dst, *seq, ACK, part, ts);
+                    if len > 8 && rng.below(6) == 0 {
+                        // The kernel's split of a large segment into two records.
+                        let k = 1 + rng.below(u64::from(len) - 1) as usize;
+                        let mut a = s.clone();
+                        a.payload = s.payload.slice(..k);
+                        let mut b = s.clone();
+                        b.offset = k as u32;
+                        b.payload = s.payload.slice(k..);
+                        segs.push(a);
+                        segs.push(b);
+                    } else {
+                        segs.push(s);
+                    }
+                    *seq = seq.wrapping_add(len);
+                }
+            }
+        }
+        ts += 1;
+        segs.push(segment(client, server, cseq, FIN | ACK, Bytes::new(), ts));
+        segs.push(segment(server, client, sseq, FIN | ACK, Bytes::new(), ts));
+        // Retransmissions covering arbitrary ranges (overlapping several original segments).
+        for _ in 0..rng.below(4) {
+            let side = rng.below(2) as usize;
+            let stream = &streams[side];
+            if stream.is_empty() {
+                continue;
+            }
+            let a = rng.below(stream.len() as u64) as usize;
+            let b = (a + 1 + rng.below(3000) as usize).min(stream.len());
+            let (src, dst, isn) =
+                if side == 0 { (client, server, spec.client_isn) } else { (server, client, spec.server_isn) };
+            let seq = isn.wrapping_add(1).wrapping_add(a as u32);
+            let pos = rng.below(segs.len() as u64 + 1) as usize;
+            segs.insert(pos, segment(src, dst, seq, ACK, Bytes::copy_from_slice(&stream[a..b]), ts));
+        }
+        per_conn.push(segs);
+    }
+    // Interleave connections, keeping each connection's order for now.
+    let mut merged = Vec::new();
+    let mut idx = vec![0usize; per_conn.len()];
+    loop {
+        let open: Vec<usize> = (0..per_conn.len()).filter(|&c| idx[c] < per_conn[c].len()).collect();
+        if open.is_empty() {
+            break;
+        }
+        let c = open[rng.below(open.len() as u64) as usize];
+        merged.push(per_conn[c][idx[c]].clone());
+        idx[c] += 1;
+    }
+    // Reorder within a bounded window, and duplicate some segments.
+    let window = 8;
+    for i in 0..merged.len() {
+        if rng.below(4) == 0 {
+            let j = (i + 1 + rng.below(window) as usize).min(merged.len() - 1);
+            merged.swap(i, j);
+        }
+    }
+    let mut out = head;
+    for s in merged {
+        if chaos == Chaos::Lossy && rng.below(40) == 0 {
+            match rng.below(2) {
+                0 => continue, // dropped: a hole that only a limit or the timeout resolves
+                _ => {
+                    let mut lost = s.clone();
+                    lost.lost = s.payload.len() as u32;
+                    lost.payload = Bytes::new();
+                    out.push(lost);
+                    continue;
+                }
+            }
+        }
+        if rng.below(10) == 0 {
+            out.push(s.clone());
+        }
+        out.push(s);
+    }
+    if chaos == Chaos::Lossy && rng.below(5) == 0 {
+        // Sometimes a handshake segment is lost too.
+        let victim = rng.below(out.len().min(4) as u64) as usize;
+        out.remove(victim);
+    }
+    Wire { segments: out, expected }
+}
+
+fn assemble(w: &Wire) -> (Vec<Exchange>, Assembler) {
+    let cfg = AssemblerConfig {
+        flows: FlowConfig {
+            server_ports: vec![8080],
+            limits: FlowLimits { idle_timeout_ns: 1_000_000, ..FlowLimits::default() },
+        },
+        http: HttpConfig::default(),
+    };
+    let mut a = Assembler::new(cfg);
+    let mut out = Vec::new();
+    for s in &w.segments {
+        a.push(s.clone(), &mut out);
+    }
+    a.tick(u64::MAX / 2, &mut out);
+    (out, a)
+}
+
+/// Timestamps depend on the cut; everything else must match exactly.
+fn strip(e: &Exchange) -> Exchange {
+    Exchange { timing: Default::default(), ..e.clone() }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn clean_capture_round_trips_exactly(conns in prop::collection::vec(conn_spec(), 1..=3), seed in any::<u64>()) {
+        let w = wire(&conns, seed, Chaos::Clean);
+        let (out, a) = assemble(&w);
+        let mut got: HashMap<SocketAddr, Vec<Exchange>> = HashMap::new();
+        for e in &out {
+            prop_assert!(e.timing.request_first_ns <= e.timing.request_last_ns);
+            prop_assert!(e.timing.response_first_ns <= e.timing.response_last_ns);
+            got.entry(e.client).or_default().push(strip(e));
+        }
+        for (client, expected) in &w.expected {
+            let got = got.remove(client).unwrap_or_default();
+            prop_assert_eq!(got.len(), expected.len(), "{:?}", a.stats());
+            for (g, x) in got.iter().zip(expected) {
+                prop_assert_eq!(g, x);
+            }
+        }
+        let drops: Vec<_> = a.stats().list().into_iter().filter(|&(_, v)| v > 0).collect();
+        prop_assert!(drops.is_empty(), "{:?}", drops);
+        prop_assert_eq!(a.memory_bytes(), 0);
+        prop_assert_eq!(a.connections(), 0);
+    }
+
+    #[test]
+    fn lossy_capture_never_mispairs_and_counts_what_is_missing(
+        conns in prop::collection::vec(conn_spec(), 1..=3),
+        seed in any::<u64>(),
+    ) {
+        let w = wire(&conns, seed, Chaos::Lossy);
+        let (out, a) = assemble(&w);
+        let mut last_index: HashMap<SocketAddr, usize> = HashMap::new();
+        for e in &out {
+            let expected = &w.expected[&e.client];
+            let pos = expected.iter().position(|x| x.request.target == e.request.target);
+            prop_assert!(pos.is_some(), "unknown request {}", e.request.target);
+            let pos = pos.unwrap_or_default();
+            // Exactly the original request with exactly its own response.
+            prop_assert_eq!(&strip(e), &expected[pos]);
+            if let Some(&prev) = last_index.get(&e.client) {
+                prop_assert!(pos > prev, "out of order or duplicated");
+            }
+            last_index.insert(e.client, pos);
+        }
+        let total: usize = w.expected.values().map(Vec::len).sum();
+        let drops: u64 = a.stats().list().into_iter().map(|(_, v)| v).sum();
+        if out.len() < total {
+            prop_assert!(drops > 0, "{} of {} exchanges missing without a counter", total - out.len(), total);
+        }
+        prop_assert_eq!(a.memory_bytes(), 0);
+        prop_assert_eq!(a.connections(), 0);
+    }
+}
