@@ -66,9 +66,34 @@ pub struct Timing {
     pub response_last_ns: u64,
 }
 
+/// Identifies one exchange from its request to its response: the connection and the request's
+/// position on it. A replay started when the request completed is joined with the production
+/// response through it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExchangeId {
+    /// The connection (unique for the daemon's lifetime, also across 4-tuple reuse).
+    pub connection: u64,
+    /// The request's position on the connection, from 0.
+    pub seq: u64,
+}
+
+/// A request that is complete and undamaged, announced before its response (when
+/// [`AssemblerConfig::announce_requests`] is set) so that it can be replayed right away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyRequest {
+    pub id: ExchangeId,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub request: Request,
+    /// Kernel timestamps of the request's first and last byte.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
 /// One request and the production response that answered it, both taken from the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
+    pub id: ExchangeId,
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub request: Request,
@@ -182,6 +207,8 @@ counters! {
 pub struct AssemblerConfig {
     pub flows: FlowConfig,
     pub http: HttpConfig,
+    /// Announce each complete request before its response ([`Assembler::take_ready_requests`]).
+    pub announce_requests: bool,
 }
 
 /// Segments in, exchanges out: TCP reassembly, HTTP framing and FIFO pairing, bounded and counted.
@@ -193,6 +220,8 @@ pub struct Assembler {
     events: Vec<FlowEvent>,
     stats: DropCounters,
     http_buffered: usize,
+    announce_requests: bool,
+    ready: Vec<ReadyRequest>,
 }
 
 impl Assembler {
@@ -204,7 +233,16 @@ impl Assembler {
             events: Vec::new(),
             stats: DropCounters::default(),
             http_buffered: 0,
+            announce_requests: config.announce_requests,
+            ready: Vec::new(),
         }
+    }
+
+    /// Requests completed since the last call, in completion order (only with
+    /// [`AssemblerConfig::announce_requests`]). Each may still end up without an exchange (a
+    /// damaged or missing response), so consumers must expire what they wait for.
+    pub fn take_ready_requests(&mut self) -> std::vec::Drain<'_, ReadyRequest> {
+        self.ready.drain(..)
     }
 
     /// Feeds one captured segment; exchanges it completes are appended to `out`.
@@ -244,13 +282,16 @@ impl Assembler {
         for event in events.drain(..) {
             let id = event.id();
             if let FlowEvent::Opened { id, key } = event {
-                self.conns.insert(id, http::Connection::new(key.client, key.server));
+                let mut conn = http::Connection::new(key.client, key.server);
+                conn.identify(id, self.announce_requests);
+                self.conns.insert(id, conn);
                 continue;
             }
             let Some(conn) = self.conns.get_mut(&id) else { continue };
             let before = conn.buffered();
             let closed = matches!(event, FlowEvent::Closed { .. });
             conn.handle(event, &self.http_config, &mut self.stats, out);
+            conn.take_ready(&mut self.ready);
             let after = conn.buffered();
             self.http_buffered = self.http_buffered + after - before;
             if closed {

@@ -14,6 +14,7 @@
 //!
 //! Errors are `thiserror` enums per module; the binary adds context with `anyhow`.
 pub mod capture;
+pub mod compare;
 pub mod exchange;
 pub mod flows;
 pub mod http;

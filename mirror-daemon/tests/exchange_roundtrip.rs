@@ -8,7 +8,7 @@ use bytes::Bytes;
 use mirror_common::tcp_flags::{ACK, FIN, SYN};
 use mirror_daemon::{
     capture::{Direction, Segment},
-    exchange::{Assembler, AssemblerConfig, Exchange, Header, Request, Response},
+    exchange::{Assembler, AssemblerConfig, Exchange, ExchangeId, Header, Request, Response},
     flows::{FlowConfig, FlowLimits},
     http::HttpConfig,
 };
@@ -197,6 +197,7 @@ fn build(c: usize, spec: &ConnSpec, client: SocketAddr, server: SocketAddr) -> B
             let resp_trailers =
                 if resp_chunks.is_some() && !no_body { vec![header("X-Trailer", "t")] } else { vec![] };
             expected.push(Exchange {
+                id: ExchangeId::default(),
                 client,
                 server,
                 request: Request {
@@ -391,19 +392,37 @@ fn assemble(w: &Wire) -> (Vec<Exchange>, Assembler) {
             limits: FlowLimits { idle_timeout_ns: 1_000_000, ..FlowLimits::default() },
         },
         http: HttpConfig::default(),
+        announce_requests: true,
     };
     let mut a = Assembler::new(cfg);
     let mut out = Vec::new();
+    // Every exchange must have been announced, with the same request, no later than it is emitted:
+    // the early replay of a request and the production response it is compared with never differ.
+    let mut announced: HashMap<ExchangeId, Request> = HashMap::new();
+    let mut checked = 0;
+    let mut check = |a: &mut Assembler, out: &Vec<Exchange>, checked: &mut usize| {
+        for r in a.take_ready_requests() {
+            assert!(announced.insert(r.id, r.request).is_none(), "announced twice: {:?}", r.id);
+        }
+        for e in &out[*checked..] {
+            let request =
+                announced.get(&e.id).unwrap_or_else(|| panic!("exchange {:?} never announced", e.id));
+            assert_eq!(request, &e.request, "announced request differs from the exchange's");
+        }
+        *checked = out.len();
+    };
     for s in &w.segments {
         a.push(s.clone(), &mut out);
+        check(&mut a, &out, &mut checked);
     }
     a.tick(u64::MAX / 2, &mut out);
+    check(&mut a, &out, &mut checked);
     (out, a)
 }
 
 /// Timestamps depend on the cut; everything else must match exactly.
 fn strip(e: &Exchange) -> Exchange {
-    Exchange { timing: Default::default(), ..e.clone() }
+    Exchange { timing: Default::default(), id: ExchangeId::default(), ..e.clone() }
 }
 
 proptest! {

@@ -97,6 +97,7 @@ fuzz_target!(|data: &[u8]| {
             max_backlog_bytes: 64 << 10,
             max_buffered_total: HTTP_TOTAL,
         },
+        announce_requests: true,
     });
     let mut out = Vec::new();
     let mut last_ts = 0;
@@ -104,6 +105,9 @@ fuzz_target!(|data: &[u8]| {
         last_ts = s.ts_ns;
         a.push(s, &mut out);
         assert!(a.memory_bytes() <= FLOW_TOTAL + HTTP_TOTAL, "memory {}", a.memory_bytes());
+        // Announced requests are handed out, never accumulated.
+        let announced = a.take_ready_requests().count();
+        assert!(announced <= 64, "announced {announced} requests from one segment");
         if out.len() > 64 {
             out.clear();
         }

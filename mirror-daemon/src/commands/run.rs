@@ -91,6 +91,7 @@ impl LimitArgs {
                 max_buffered_total: self.max_buffered_total as usize,
                 ..HttpConfig::default()
             },
+            announce_requests: false,
         }
     }
 }

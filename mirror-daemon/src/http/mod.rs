@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::{
-    exchange::{DropCounters, Exchange, Header, Request, Response, Timing},
+    exchange::{DropCounters, Exchange, ExchangeId, Header, ReadyRequest, Request, Response, Timing},
     flows::{CloseReason, FlowEvent, Side},
 };
 
@@ -511,6 +511,7 @@ fn parse_response(head: &Bytes, cfg: &HttpConfig) -> Result<Response, Stop> {
 /// A request waiting for its response to complete (or for its own end, after an early response).
 #[derive(Debug)]
 struct Pending {
+    id: ExchangeId,
     request: Request,
     expect_continue: bool,
     request_done: bool,
@@ -547,9 +548,27 @@ pub struct Connection {
     pending_bytes: usize,
     backlog: VecDeque<Input>,
     backlog_bytes: usize,
+    /// The flow table's id of this connection, for [`ExchangeId`]s.
+    conn_id: u64,
+    /// Requests seen so far (the next request's [`ExchangeId::seq`]).
+    next_seq: u64,
+    /// Announce complete requests into `ready`.
+    announce: bool,
+    ready: Vec<ReadyRequest>,
 }
 
 impl Connection {
+    /// Sets the connection's id and whether complete requests are announced early.
+    pub fn identify(&mut self, conn_id: u64, announce: bool) {
+        self.conn_id = conn_id;
+        self.announce = announce;
+    }
+
+    /// Moves the requests announced since the last call into `out`.
+    pub fn take_ready(&mut self, out: &mut Vec<ReadyRequest>) {
+        out.append(&mut self.ready);
+    }
+
     pub fn new(client: SocketAddr, server: SocketAddr) -> Self {
         Self {
             client,
@@ -562,6 +581,10 @@ impl Connection {
             pending_bytes: 0,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
+            conn_id: 0,
+            next_seq: 0,
+            announce: false,
+            ready: Vec::new(),
         }
     }
 
@@ -721,7 +744,10 @@ impl Connection {
                 };
                 self.requests.phase = framing.phase();
                 let expect_continue = has_token(&request.headers, "expect", "100-continue");
+                let id = ExchangeId { connection: self.conn_id, seq: self.next_seq };
+                self.next_seq += 1;
                 self.pending.push_back(Pending {
+                    id,
                     request,
                     expect_continue,
                     request_done: false,
@@ -769,6 +795,17 @@ impl Connection {
             p.damage = p.damage.or(damage);
             p.bytes += p.request.body.len();
             self.pending_bytes += p.request.body.len();
+            if self.announce && p.damage.is_none() {
+                // Bodies and header values are reference-counted: the copy is cheap.
+                self.ready.push(ReadyRequest {
+                    id: p.id,
+                    client: self.client,
+                    server: self.server,
+                    request: p.request.clone(),
+                    first_ns: p.request_first_ns,
+                    last_ns: p.request_last_ns,
+                });
+            }
         }
         self.emit(stats, out);
     }
@@ -945,6 +982,7 @@ impl Connection {
             }
             let Some(response) = p.response else { continue };
             out.push(Exchange {
+                id: p.id,
                 client: self.client,
                 server: self.server,
                 request: p.request,

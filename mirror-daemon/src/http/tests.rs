@@ -105,6 +105,7 @@ impl Conn {
         let cfg = AssemblerConfig {
             flows: FlowConfig { server_ports: vec![8080], limits: FlowLimits::default() },
             http,
+            announce_requests: false,
         };
         let mut a = Assembler::new(cfg);
         let mut out = Vec::new();
@@ -124,6 +125,39 @@ impl Conn {
 
 fn header<'a>(h: &'a [crate::exchange::Header], name: &str) -> Option<&'a [u8]> {
     h.iter().find(|f| f.name.eq_ignore_ascii_case(name)).map(|f| &f.value[..])
+}
+
+#[test]
+fn complete_requests_are_announced_before_their_response() {
+    let mut c = Conn::new();
+    c.client("POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi").client("GET /b HTTP/1.1\r\n\r\n");
+    let mut a = Assembler::new(AssemblerConfig {
+        flows: FlowConfig { server_ports: vec![8080], limits: FlowLimits::default() },
+        http: HttpConfig::default(),
+        announce_requests: true,
+    });
+    let mut out = Vec::new();
+    let sent = c.segs.len();
+    for s in &c.segs {
+        a.push(s.clone(), &mut out);
+    }
+    assert!(out.is_empty(), "no response yet");
+    let ready: Vec<_> = a.take_ready_requests().collect();
+    assert_eq!(ready.len(), 2, "both requests are complete");
+    assert_eq!((ready[0].request.target.as_str(), &ready[0].request.body[..]), ("/a", &b"hi"[..]));
+    assert_eq!(ready[1].request.target, "/b");
+    assert_eq!((ready[0].id.seq, ready[1].id.seq), (0, 1));
+    assert_eq!(ready[0].id.connection, ready[1].id.connection);
+    assert!(a.take_ready_requests().next().is_none(), "announced once");
+
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx").server("HTTP/1.1 204 No Content\r\n\r\n");
+    for s in &c.segs[sent..] {
+        a.push(s.clone(), &mut out);
+    }
+    assert_eq!(out.len(), 2, "{:?}", a.stats());
+    assert_eq!(out[0].id, ready[0].id);
+    assert_eq!(out[1].id, ready[1].id);
+    assert_eq!(out[1].response.status, 204);
 }
 
 #[test]

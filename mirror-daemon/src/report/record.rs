@@ -196,6 +196,7 @@ mod tests {
 
     fn exchange() -> Exchange {
         Exchange {
+            id: crate::exchange::ExchangeId::default(),
             client: "10.0.0.1:40000".parse().unwrap(),
             server: "10.0.0.2:8080".parse().unwrap(),
             request: Request {
