@@ -20,5 +20,8 @@ pub mod flows;
 pub mod http;
 pub mod kernel;
 pub mod logging;
+pub mod metrics;
+pub mod mirror;
 pub mod pcap;
+pub mod replay;
 pub mod report;

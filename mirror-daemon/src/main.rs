@@ -1,5 +1,6 @@
 //! `mirror-daemon`: the command-line front of shadow mirror.
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use mirror_daemon::logging::LogFormat;
 
@@ -28,20 +29,51 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Capture, rebuild every HTTP exchange, log and record it (the default).
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Capture the model server's TCP segments (both directions) and print them or write a pcap file.
     Capture(commands::capture::CaptureArgs),
+    /// Summarise comparison records (one or several nodes') and decide: exit 0 PROMOTE, 1 HOLD,
+    /// 2 REJECT, 3 no report possible.
+    Report(commands::report::ReportArgs),
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    mirror_daemon::logging::init(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Some(Command::Capture(args)) => commands::capture::run(args).await,
-            Some(Command::Run(args)) => commands::run::run(args).await,
-            None => commands::run::run(cli.run).await,
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Usage errors exit 3, not clap's 2: `report` uses 2 for REJECT.
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 3 } else { 0 });
         }
-    })
+    };
+    if let Some(Command::Report(args)) = cli.command {
+        // Pure file processing: no logging setup, no runtime; the exit status is the decision.
+        return commands::report::run(args).unwrap_or_else(|err| {
+            eprintln!("Error: {err:#}");
+            ExitCode::from(3)
+        });
+    }
+    mirror_daemon::logging::init(cli.log_format);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Into::into)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match cli.command {
+                    Some(Command::Capture(args)) => commands::capture::run(args).await,
+                    Some(Command::Run(args)) => commands::run::run(*args).await,
+                    Some(Command::Report(_)) => unreachable!("handled above"),
+                    None => commands::run::run(cli.run).await,
+                }
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

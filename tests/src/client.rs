@@ -84,3 +84,29 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     }
     Ok(raw)
 }
+
+/// Sends one POST with a JSON body over a keep-alive connection; returns (status, body, latency).
+pub fn post_json(stream: &mut TcpStream, host: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>, Duration) {
+    let started = std::time::Instant::now();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).unwrap_or_else(|e| panic!("send to {host}: {e}"));
+    let raw = read_response(stream).unwrap_or_else(|e| panic!("response from {host}: {e}"));
+    let latency = started.elapsed();
+    let header_end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("complete head") + 4;
+    let status: u16 = String::from_utf8_lossy(&raw[9..12]).parse().expect("status code");
+    (status, raw[header_end..].to_vec(), latency)
+}
+
+/// A keep-alive connection for [`post_json`].
+pub fn connect(server: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&server, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {server}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+}

@@ -1,8 +1,14 @@
 //! A small HTTP/1.1 server that stands in for a model server in tests and the demo.
 //!
-//! Built on hyper, keep-alive by default. Any request is read in full; the response body has the
-//! size asked for with `?size=N` (or the `x-response-size` header) and deterministic content, so a
-//! client can check every byte it got. `x-request-bytes` echoes how many body bytes arrived.
+//! Built on hyper, keep-alive by default. Two kinds of endpoint:
+//!
+//! - `POST /v2/models/{name}/infer` speaks the Open Inference Protocol (KServe v2): a tiny
+//!   deterministic classifier ([`Model`]) answers class probabilities per input row. A candidate
+//!   ("v2") can be told to flip the top label on a known share of rows (chosen by a hash of the row,
+//!   so anyone can compute which) and to be slower.
+//! - Anything else is read in full and answered with the size asked for with `?size=N` (or the
+//!   `x-response-size` header) and deterministic content, so a client can check every byte it got.
+//!   `x-request-bytes` echoes how many body bytes arrived.
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
@@ -25,7 +31,122 @@ fn requested_size(req: &Request<Incoming>) -> usize {
     from_query.or(from_header).unwrap_or(2)
 }
 
-async fn handle(req: Request<Incoming>, delay: Duration) -> Result<Response<Full<Bytes>>, Infallible> {
+/// The classifier behind the inference endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub name: String,
+    pub version: String,
+    /// Share of rows (0–100) whose top label this model flips.
+    pub disagree_percent: f64,
+}
+
+/// Classes of the demo classifier.
+pub const CLASSES: usize = 3;
+
+/// FNV-1a of a row's feature bits: decides, reproducibly, whether a candidate flips it.
+pub fn row_hash(row: &[f64]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in row {
+        for byte in (*x as f32).to_bits().to_le_bytes() {
+            h ^= u64::from(byte);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Whether a model that disagrees on `percent` of rows flips this one.
+pub fn flips(row: &[f64], percent: f64) -> bool {
+    (row_hash(row) % 10_000) as f64 / 100.0 < percent
+}
+
+impl Model {
+    /// Class probabilities of one row (softmax of fixed linear scores), rounded to 6 digits.
+    pub fn predict(&self, row: &[f64]) -> [f64; CLASSES] {
+        let mut scores = [0.0f64; CLASSES];
+        for (c, score) in scores.iter_mut().enumerate() {
+            for (j, x) in row.iter().enumerate() {
+                let w = ((c * 7 + j * 3) % 5) as f64 - 2.0;
+                *score += 0.5 * w * x;
+            }
+        }
+        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+        let mut p = scores.map(|s| (((s - max).exp() / sum) * 1e6).round() / 1e6);
+        if flips(row, self.disagree_percent) {
+            // Swap the two most likely classes: the label changes, the values stay plausible.
+            let mut order: Vec<usize> = (0..CLASSES).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            p.swap(order[0], order[1]);
+        }
+        p
+    }
+
+    /// Answers an Open Inference Protocol request body.
+    pub fn infer(&self, body: &[u8]) -> Result<serde_json::Value, String> {
+        let request: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+        let input = request["inputs"].get(0).ok_or("no inputs[0]")?;
+        let shape: Vec<usize> = input["shape"]
+            .as_array()
+            .ok_or("no shape")?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize).ok_or("bad shape"))
+            .collect::<Result<_, _>>()?;
+        let data: Vec<f64> =
+            input["data"].as_array().ok_or("no data")?.iter().filter_map(|v| v.as_f64()).collect();
+        let [rows, features] = shape[..] else { return Err("shape must be [rows, features]".into()) };
+        if rows * features != data.len() || features == 0 {
+            return Err("data does not match shape".into());
+        }
+        let out: Vec<f64> = data.chunks(features).flat_map(|row| self.predict(row)).collect();
+        Ok(serde_json::json!({
+            "model_name": self.name,
+            "model_version": self.version,
+            "id": request.get("id").cloned().unwrap_or(serde_json::Value::Null),
+            "outputs": [{"name": "probabilities", "shape": [rows, CLASSES], "datatype": "FP32", "data": out}]
+        }))
+    }
+}
+
+/// An OIP request body for `rows` (used by clients and tests).
+pub fn infer_request(id: &str, rows: &[Vec<f64>]) -> Vec<u8> {
+    let features = rows.first().map_or(0, Vec::len);
+    let data: Vec<f64> = rows.iter().flatten().copied().collect();
+    serde_json::to_vec(&serde_json::json!({
+        "id": id,
+        "inputs": [{"name": "features", "shape": [rows.len(), features], "datatype": "FP32", "data": data}]
+    }))
+    .expect("serialisable")
+}
+
+fn json_response(status: u16, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())))
+        .expect("static response parts are valid")
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    delay: Duration,
+    model: std::sync::Arc<Model>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/v2/models/") && path.ends_with("/infer") && req.method() == hyper::Method::POST {
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return Ok(match model.infer(&body) {
+            Ok(answer) => json_response(200, &answer),
+            Err(error) => json_response(400, &serde_json::json!({ "error": error })),
+        });
+    }
+    if path == "/v2/health/ready" {
+        return Ok(json_response(200, &serde_json::json!({ "ready": true })));
+    }
     let size = requested_size(&req);
     let body_len = match req.into_body().collect().await {
         Ok(body) => body.to_bytes().len(),
@@ -43,17 +164,20 @@ async fn handle(req: Request<Incoming>, delay: Duration) -> Result<Response<Full
 }
 
 /// Serves on every address until the process ends. Prints "listening on ADDR" once bound.
-pub async fn serve(addrs: Vec<SocketAddr>, delay: Duration) -> std::io::Result<()> {
+pub async fn serve(addrs: Vec<SocketAddr>, delay: Duration, model: Model) -> std::io::Result<()> {
+    let model = std::sync::Arc::new(model);
     let mut tasks = Vec::new();
     for addr in addrs {
         let listener = TcpListener::bind(addr).await?;
         println!("listening on {addr}");
+        let model = model.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
+                let model = model.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, delay));
+                    let service = service_fn(move |req| handle(req, delay, model.clone()));
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
             }

@@ -121,3 +121,55 @@ impl Default for Pair {
         Self::new()
     }
 }
+
+/// Joins `a` and `b` with a veth pair `a_if`/`b_if` and gives them `net.1` and `net.2` (/24).
+fn link(a: &Netns, b: &Netns, a_if: &str, b_if: &str, net: [u8; 3]) -> (Ipv4Addr, Ipv4Addr) {
+    ip(&["link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
+    let a_addr = Ipv4Addr::new(net[0], net[1], net[2], 1);
+    let b_addr = Ipv4Addr::new(net[0], net[1], net[2], 2);
+    for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        ip(&["-n", &ns.name, "addr", "add", &format!("{addr}/24"), "dev", ifname]);
+        ip(&["-n", &ns.name, "link", "set", ifname, "up"]);
+    }
+    (a_addr, b_addr)
+}
+
+/// Client ↔ production ↔ shadow: the daemon runs in `production`, attached to `production_if`
+/// (facing the client), and replays to the shadow over the second link.
+#[derive(Debug)]
+pub struct Trio {
+    pub client: Netns,
+    pub production: Netns,
+    pub shadow: Netns,
+    /// Production's interface towards the client (capture here).
+    pub production_if: String,
+    pub client_addr: Ipv4Addr,
+    pub production_addr: Ipv4Addr,
+    pub shadow_addr: Ipv4Addr,
+}
+
+impl Trio {
+    pub fn new() -> Self {
+        let client = Netns::new("cli");
+        let production = Netns::new("prod");
+        let shadow = Netns::new("shadow");
+        let n = (NEXT.fetch_add(1, Ordering::Relaxed) % 250) as u8;
+        let (client_addr, production_addr) = link(&client, &production, "smc0", "smp0", [198, 18, n]);
+        let (_, shadow_addr) = link(&production, &shadow, "smq0", "smr0", [198, 19, n]);
+        Self {
+            client,
+            production,
+            shadow,
+            production_if: "smp0".into(),
+            client_addr,
+            production_addr,
+            shadow_addr,
+        }
+    }
+}
+
+impl Default for Trio {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -19,13 +19,15 @@ pub fn run(args: &TestArgs) -> Result<()> {
         bail!("the integration tests load eBPF programs and create network namespaces: run as root");
     }
     let object = build::build_ebpf()?;
-    // Debug builds: the integration tests start the debug daemon next to them in target/debug.
-    build::run_build(&BuildArgs { debug: true })?;
+    // The integration tests drive real load through the daemon: they run the release binary,
+    // the one users run. Test support binaries (the model server) are built with the tests.
+    let daemon = build::run_build(&BuildArgs { debug: false })?;
 
     let mut cmd = cargo();
     cmd.current_dir(workspace_root())
         .args(["test", "--workspace"])
         .env("MIRROR_EBPF_OBJECT", &object)
+        .env("MIRROR_DAEMON_BIN", &daemon)
         .env("MIRROR_REQUIRE_KERNEL_TESTS", "1");
     cmd.arg("--");
     // Kernel tests share the machine's 2 cores and time traffic; one at a time keeps them honest.

@@ -1,5 +1,6 @@
 //! One module per subcommand; shared argument groups live here.
 pub mod capture;
+pub mod report;
 pub mod run;
 
 use std::{net::IpAddr, time::Duration};
@@ -38,6 +39,42 @@ impl AttachArgs {
             xdp_mode: self.xdp_mode,
             ring_bytes: self.ring_buffer_size,
         }
+    }
+}
+
+/// Promotion criteria, shared by `run` (live verdict) and `report` (from records).
+#[derive(Debug, Clone, Args)]
+pub struct CriteriaArgs {
+    /// Comparisons needed before a verdict other than HOLD.
+    #[arg(long, default_value_t = mirror_daemon::report::criteria::DEFAULT_MIN_SAMPLES)]
+    pub min_samples: u64,
+    /// Agreement the 95% interval's lower bound must reach (0.95 = 95%).
+    #[arg(long, default_value_t = mirror_daemon::report::criteria::DEFAULT_MIN_AGREEMENT)]
+    pub min_agreement: f64,
+    /// Largest acceptable shadow p99 latency / production p99 latency.
+    #[arg(long, default_value_t = mirror_daemon::report::criteria::DEFAULT_MAX_P99_LATENCY_RATIO)]
+    pub max_p99_latency_ratio: f64,
+    /// Largest acceptable increase of the error rate (0.01 = one percentage point).
+    #[arg(long, default_value_t = mirror_daemon::report::criteria::DEFAULT_MAX_ERROR_RATE_INCREASE)]
+    pub max_error_rate_increase: f64,
+}
+
+impl CriteriaArgs {
+    /// The criteria as given, not yet validated.
+    pub fn unchecked(&self) -> mirror_daemon::report::criteria::Criteria {
+        mirror_daemon::report::criteria::Criteria {
+            min_samples: self.min_samples,
+            min_agreement: self.min_agreement,
+            max_p99_latency_ratio: self.max_p99_latency_ratio,
+            max_error_rate_increase: self.max_error_rate_increase,
+        }
+    }
+
+    /// The criteria, checked.
+    pub fn criteria(&self) -> anyhow::Result<mirror_daemon::report::criteria::Criteria> {
+        let criteria = self.unchecked();
+        criteria.validate()?;
+        Ok(criteria)
     }
 }
 

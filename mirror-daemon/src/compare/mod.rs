@@ -1,4 +1,290 @@
 //! Comparing a shadow model's answer with the production answer taken from the wire, the way an
 //! ML engineer would: status first, then bodies after undoing `Content-Encoding`, then
 //! protocol-aware (inference protocols), then generic JSON, then bytes.
+//!
+//! [`compare`] is pure: no I/O, no clock, no async. It never panics on any input, because both
+//! answers come from the network (and the shadow is, by definition, untested); whatever cannot be
+//! understood is reported as a mismatch with a [`Comparison::note`] saying why.
+//!
+//! Order of decisions:
+//! 1. The shadow timed out or failed: [`Verdict::ShadowTimeout`] / [`Verdict::ShadowError`].
+//! 2. Statuses differ: [`Verdict::ShadowError`] when production was 2xx and the shadow is not,
+//!    [`Verdict::Mismatch`] otherwise. Bodies are then not compared; the single [`Diff`] has the
+//!    pointer `""` (the whole answer) and `{"status": s, "bytes": n}` on each side, and the note
+//!    says `status 200 vs 503`. A synthetic pointer such as `/_status` was avoided because it
+//!    could collide with a real body field.
+//! 3. Bodies are decoded ([`body`]); a corrupt or oversized encoded body is a mismatch with a note.
+//!    An unknown coding leaves the bodies as sent and compares them as bytes, with a note.
+//! 4. Bodies that both parse as JSON are compared as the detected protocol ([`protocol`]): Open
+//!    Inference Protocol (`oip.rs`), TensorFlow Serving and MLflow (`predictions.rs`), OpenAI
+//!    (`openai.rs`), else generic JSON (`json_diff.rs`). Otherwise they are compared as bytes.
+//!
+//! The verdict is [`Verdict::Match`] when nothing differs, [`Verdict::WithinTolerance`] when the
+//! only differences are numbers within [`CompareRules`]' tolerance (and no argmax label flipped),
+//! [`Verdict::Mismatch`] otherwise.
+pub mod body;
+pub mod config;
+mod json_diff;
+mod oip;
+mod openai;
+mod pointer;
+mod predictions;
+pub mod protocol;
 pub mod verdict;
+
+#[cfg(test)]
+mod tests;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+pub use self::{
+    config::{CompareRules, ProtocolChoice},
+    protocol::Protocol,
+    verdict::Verdict,
+};
+use self::{json_diff::Collector, pointer::IgnoreSet};
+use crate::exchange::Header;
+
+/// An HTTP response as compared: production's from the wire, or the shadow's.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<'a> {
+    pub status: u16,
+    pub headers: &'a [Header],
+    /// The body as sent (de-chunked, still content-encoded).
+    pub body: &'a [u8],
+}
+
+/// The request both answers respond to; its path selects the protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    /// Request target as sent (`/path?query`).
+    pub path: &'a str,
+    pub headers: &'a [Header],
+    pub body: &'a [u8],
+}
+
+/// What the shadow did with the replayed request.
+#[derive(Clone, Copy, Debug)]
+pub enum ShadowOutcome<'a> {
+    Answered(Message<'a>),
+    TimedOut,
+    /// The request failed (connection refused, reset, not HTTP); the text says how.
+    Failed(&'a str),
+}
+
+/// One difference between the answers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Diff {
+    /// RFC 6901 JSON Pointer into the production body (`""` for the whole answer).
+    pub pointer: String,
+    /// Production's value (`null` when missing); long values are clipped or summarised, and
+    /// byte bodies are summarised as `{"bytes": n}`.
+    pub production: Value,
+    /// The shadow's value, as for `production`.
+    pub shadow: Value,
+}
+
+/// Prediction-level measurements; only the fields that apply to the protocol are set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PredictionMetrics {
+    /// Prediction rows compared (batch size, `predictions` elements, or choices).
+    pub rows: u64,
+    /// Rows (or label elements) whose predicted label agrees.
+    pub label_agreements: u64,
+    /// Rows (or label elements) whose predicted label differs.
+    pub label_flips: u64,
+    /// Largest absolute difference over compared floating-point values.
+    pub max_abs_error: Option<f64>,
+    /// Mean absolute difference over compared floating-point values.
+    pub mean_abs_error: Option<f64>,
+    /// OpenAI: every choice's generated text is equal.
+    pub text_equal: Option<bool>,
+    /// OpenAI: every choice's `finish_reason` is equal.
+    pub finish_reason_equal: Option<bool>,
+    /// OpenAI: production's `usage.completion_tokens` (else `total_tokens`).
+    pub prod_tokens: Option<u64>,
+    /// OpenAI: the shadow's `usage.completion_tokens` (else `total_tokens`).
+    pub shadow_tokens: Option<u64>,
+}
+
+/// The result of comparing one exchange.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Comparison {
+    pub verdict: Verdict,
+    /// The protocol the bodies were compared as. When bodies were not compared (timeout, error,
+    /// status difference, undecodable body) it is the protocol the rules or the path name, or
+    /// `bytes`.
+    pub protocol: Protocol,
+    /// The first [`CompareRules::max_diffs`] differences.
+    pub diffs: Vec<Diff>,
+    /// All differences, including those not kept in `diffs`.
+    pub diff_count: usize,
+    pub metrics: PredictionMetrics,
+    /// Why the comparison came out as it did when the diffs alone do not say
+    /// (`status 200 vs 503`, `shadow body is not valid gzip (...)`).
+    pub note: Option<String>,
+}
+
+impl Comparison {
+    fn bare(verdict: Verdict, protocol: Protocol, note: Option<String>) -> Self {
+        Self {
+            verdict,
+            protocol,
+            diffs: Vec::new(),
+            diff_count: 0,
+            metrics: PredictionMetrics::default(),
+            note,
+        }
+    }
+}
+
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+fn summary(message: &Message<'_>) -> Value {
+    json!({ "status": message.status, "bytes": message.body.len() })
+}
+
+/// Compares the shadow's outcome with production's answer to `request`.
+pub fn compare(
+    request: &RequestView<'_>,
+    production: &Message<'_>,
+    shadow: &ShadowOutcome<'_>,
+    rules: &CompareRules,
+) -> Comparison {
+    let hinted = protocol::hinted(rules.protocol, request.path).unwrap_or(Protocol::Bytes);
+    let shadow = match shadow {
+        ShadowOutcome::Answered(message) => message,
+        ShadowOutcome::TimedOut => {
+            return Comparison::bare(Verdict::ShadowTimeout, hinted, Some("shadow timed out".into()));
+        }
+        ShadowOutcome::Failed(error) => {
+            return Comparison::bare(Verdict::ShadowError, hinted, Some((*error).to_string()));
+        }
+    };
+
+    if production.status != shadow.status {
+        let verdict = if is_success(production.status) && !is_success(shadow.status) {
+            Verdict::ShadowError
+        } else {
+            Verdict::Mismatch
+        };
+        let note = format!("status {} vs {}", production.status, shadow.status);
+        let mut comparison = Comparison::bare(verdict, hinted, Some(note));
+        if rules.max_diffs > 0 {
+            comparison.diffs.push(Diff {
+                pointer: String::new(),
+                production: summary(production),
+                shadow: summary(shadow),
+            });
+        }
+        comparison.diff_count = 1;
+        return comparison;
+    }
+
+    let decoded = (
+        body::decode(production.headers, production.body, rules.max_decoded_bytes),
+        body::decode(shadow.headers, shadow.body, rules.max_decoded_bytes),
+    );
+    let (prod_body, shadow_body) = match decoded {
+        (Ok(p), Ok(s)) => (p, s),
+        (p, s) => {
+            let mut notes = Vec::new();
+            if let Err(e) = &p {
+                notes.push(format!("production body is {e}"));
+            }
+            if let Err(e) = &s {
+                notes.push(format!("shadow body is {e}"));
+            }
+            return Comparison::bare(Verdict::Mismatch, hinted, Some(notes.join("; ")));
+        }
+    };
+    let mut notes = Vec::new();
+    for (side, decoded) in [("production", &prod_body), ("shadow", &shadow_body)] {
+        if let Some(coding) = &decoded.unknown_coding {
+            notes.push(format!("{side} body has unknown content-encoding {coding}; compared as sent"));
+        }
+    }
+    if !notes.is_empty() || rules.protocol == ProtocolChoice::Bytes {
+        return bytes(&prod_body.body, &shadow_body.body, notes, rules);
+    }
+
+    let parsed = (
+        serde_json::from_slice::<Value>(&prod_body.body),
+        serde_json::from_slice::<Value>(&shadow_body.body),
+    );
+    let (a, b) = match parsed {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(_), Err(_)) => {
+            if rules.protocol != ProtocolChoice::Auto {
+                notes.push("neither body is JSON; compared as bytes".into());
+            }
+            return bytes(&prod_body.body, &shadow_body.body, notes, rules);
+        }
+        (p, s) => {
+            for (side, result, raw) in
+                [("production", &p, &prod_body.body), ("shadow", &s, &shadow_body.body)]
+            {
+                match result {
+                    Err(_) if raw.is_empty() => notes.push(format!("{side} body is empty")),
+                    Err(e) => notes.push(format!("{side} body is not JSON ({e})")),
+                    Ok(_) => {}
+                }
+            }
+            return bytes(&prod_body.body, &shadow_body.body, notes, rules);
+        }
+    };
+
+    let (protocol, note) = protocol::choose(rules.protocol, request.path, &a);
+    notes.extend(note);
+    let mut ignores: Vec<&str> = rules.ignore.iter().map(String::as_str).collect();
+    if rules.protocol_default_ignores {
+        ignores.extend(protocol::default_ignores(protocol));
+    }
+    let mut c = Collector::new(rules, IgnoreSet::new(ignores));
+    let mut metrics = PredictionMetrics::default();
+    match (protocol, &a, &b) {
+        (Protocol::Oip, Value::Object(x), Value::Object(y)) => oip::compare(&mut c, x, y, &mut metrics),
+        (Protocol::OpenAi, Value::Object(x), Value::Object(y)) => openai::compare(&mut c, x, y, &mut metrics),
+        (Protocol::TfServing | Protocol::Mlflow, a, b) => predictions::compare(&mut c, a, b, &mut metrics),
+        // A protocol other than JSON gets here only when the shadow body lacks its shape.
+        (_, a, b) => {
+            if protocol != Protocol::Json {
+                notes.push(format!("shadow body does not have the {protocol} shape"));
+            }
+            json_diff::diff_values(&mut c, a, b);
+        }
+    }
+    metrics.max_abs_error = c.errors.max();
+    metrics.mean_abs_error = c.errors.mean();
+    notes.append(&mut c.notes);
+    Comparison {
+        verdict: c.verdict(),
+        protocol,
+        diff_count: c.diff_count,
+        diffs: std::mem::take(&mut c.diffs),
+        metrics,
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
+    }
+}
+
+/// Byte-for-byte comparison, for bodies that are not JSON.
+fn bytes(a: &[u8], b: &[u8], notes: Vec<String>, rules: &CompareRules) -> Comparison {
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
+    if a == b {
+        return Comparison::bare(Verdict::Match, Protocol::Bytes, note);
+    }
+    let mut comparison = Comparison::bare(Verdict::Mismatch, Protocol::Bytes, note);
+    if rules.max_diffs > 0 {
+        comparison.diffs.push(Diff {
+            pointer: String::new(),
+            production: json!({ "bytes": a.len() }),
+            shadow: json!({ "bytes": b.len() }),
+        });
+    }
+    comparison.diff_count = 1;
+    comparison
+}

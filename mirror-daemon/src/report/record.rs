@@ -272,3 +272,141 @@ mod tests {
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }
+
+/// The shadow's side of a comparison record.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ShadowRecord {
+    pub model_id: String,
+    pub version: String,
+    pub endpoint: String,
+    pub status: Option<u16>,
+    pub bytes: Option<usize>,
+    pub sha256: Option<String>,
+    /// From sending the request to the last byte of the answer (also for timeouts and failures).
+    pub latency_ms: Option<f64>,
+    /// `timeout`, or what failed (`connect: ...`); null when the shadow answered.
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+impl ShadowRecord {
+    /// A shadow that was not asked (sampled out, queue full...).
+    pub fn absent(model: &crate::replay::target::ModelInfo, endpoint: &str) -> Self {
+        Self {
+            model_id: model.model_id.clone(),
+            version: model.version.clone(),
+            endpoint: endpoint.to_string(),
+            status: None,
+            bytes: None,
+            sha256: None,
+            latency_ms: None,
+            error: None,
+            content_type: None,
+            body: None,
+            body_base64: None,
+        }
+    }
+
+    pub fn from_result(
+        model: &crate::replay::target::ModelInfo,
+        endpoint: &str,
+        result: &crate::replay::join::ShadowResult,
+        options: &RecordOptions,
+    ) -> Self {
+        use crate::replay::join::ShadowResult;
+        let mut record = Self::absent(model, endpoint);
+        record.latency_ms = result.latency_ns().map(ms);
+        match result {
+            ShadowResult::Answered { answer, .. } => {
+                let message = message(&answer.headers, &answer.body, options);
+                record.status = Some(answer.status);
+                record.bytes = Some(message.bytes);
+                record.sha256 = Some(message.sha256);
+                record.content_type = message.content_type;
+                record.body = message.body;
+                record.body_base64 = message.body_base64;
+            }
+            ShadowResult::TimedOut { .. } => record.error = Some("timeout".into()),
+            ShadowResult::Failed { error, .. } => record.error = Some(error.clone()),
+            ShadowResult::NotSent => record.error = Some("not sent: queue full".into()),
+        }
+        record
+    }
+}
+
+/// One line of the `--record` file when shadows are configured: the exchange record plus the
+/// shadow's answer and the comparison (one line per exchange and shadow).
+#[derive(Debug, Serialize)]
+pub struct ComparisonRecord<'a> {
+    #[serde(flatten)]
+    pub exchange: &'a ExchangeRecord,
+    /// `METHOD /path`.
+    pub route: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub production_model: Option<&'a crate::replay::target::ModelInfo>,
+    pub shadow: ShadowRecord,
+    /// A [`crate::compare::verdict::Verdict`] name, or `not_compared`.
+    pub verdict: &'static str,
+    /// Why it was not compared (`sampled_out`, `route_filtered`, `queue_full`, `not_replayed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'a str>,
+    pub diff_count: usize,
+    pub diffs: &'a [crate::compare::Diff],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<&'a crate::compare::PredictionMetrics>,
+}
+
+impl<'a> ComparisonRecord<'a> {
+    pub fn compared(
+        exchange: &'a ExchangeRecord,
+        route: &'a str,
+        production_model: Option<&'a crate::replay::target::ModelInfo>,
+        shadow: ShadowRecord,
+        comparison: &'a crate::compare::Comparison,
+    ) -> Self {
+        Self {
+            exchange,
+            route,
+            production_model,
+            shadow,
+            verdict: comparison.verdict.as_str(),
+            reason: None,
+            protocol: Some(comparison.protocol.as_str()),
+            note: comparison.note.as_deref(),
+            diff_count: comparison.diff_count,
+            diffs: &comparison.diffs,
+            metrics: Some(&comparison.metrics),
+        }
+    }
+
+    pub fn not_compared(
+        exchange: &'a ExchangeRecord,
+        route: &'a str,
+        production_model: Option<&'a crate::replay::target::ModelInfo>,
+        shadow: ShadowRecord,
+        reason: &'static str,
+    ) -> Self {
+        Self {
+            exchange,
+            route,
+            production_model,
+            shadow,
+            verdict: "not_compared",
+            reason: Some(reason),
+            protocol: None,
+            note: None,
+            diff_count: 0,
+            diffs: &[],
+            metrics: None,
+        }
+    }
+}

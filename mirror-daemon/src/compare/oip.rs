@@ -1,0 +1,260 @@
+//! Open Inference Protocol (KServe v2, Triton) answers: `outputs[]` tensors.
+//!
+//! Outputs are matched by name (by position when the rules ignore `/outputs/*/name`, i.e. the
+//! candidate renamed its outputs). Each tensor's `data` is flat and row-major (nested arrays are
+//! flattened too) and must have as many elements as its `shape` says; when it does not, the output
+//! is compared as generic JSON and the mismatch is noted, since reshaping would be guesswork.
+//!
+//! How a tensor compares depends on what it holds:
+//! - `FP*`/`BF16` with shape `[rows, classes]`, classes >= 2: classification scores. Each row's
+//!   argmax is a label; agreeing rows and flips are counted and a flip is a difference whatever
+//!   the tolerance. Every element also compares numerically.
+//! - Other floating-point tensors: numeric, element by element, with tolerance.
+//! - `INT*`, `UINT*`, `BOOL`, `BYTES` (and unknown datatypes with non-numeric data): labels,
+//!   compared exactly; each differing element is a flip.
+//!
+//! Absolute error statistics cover floating-point tensors only: the distance between two class ids
+//! means nothing. Ignore patterns apply down to an output's fields (`/outputs/*/data`), not to
+//! single tensor elements.
+use serde_json::{Map, Value, json};
+
+use super::{
+    PredictionMetrics,
+    json_diff::{Collector, diff_fields, diff_values, exact_eq},
+};
+
+/// Compares two OIP answers (both known to have an `outputs` array).
+pub(crate) fn compare(
+    c: &mut Collector<'_>,
+    a: &Map<String, Value>,
+    b: &Map<String, Value>,
+    m: &mut PredictionMetrics,
+) {
+    diff_fields(c, a, b, &["outputs"]);
+    let empty = Vec::new();
+    let xs = a.get("outputs").and_then(Value::as_array).unwrap_or(&empty);
+    let Some(ys) = b.get("outputs").and_then(Value::as_array) else {
+        c.at("outputs", |c| {
+            diff_values(c, a.get("outputs").unwrap_or(&Value::Null), b.get("outputs").unwrap_or(&Value::Null))
+        });
+        return;
+    };
+    c.at("outputs", |c| {
+        if c.ignored() {
+            return;
+        }
+        let by_position = c.at("0", |c| c.at("name", |c| c.ignored()));
+        let pairs = pair(xs, ys, by_position);
+        for (i, j) in pairs {
+            match (i, j) {
+                (Some(i), Some(j)) => c.at(i.to_string(), |c| output(c, &xs[i], &ys[j], m)),
+                (Some(i), None) => c.at(i.to_string(), |c| {
+                    if !c.ignored() {
+                        c.record(&xs[i], &Value::Null)
+                    }
+                }),
+                (None, Some(j)) => c.at(j.to_string(), |c| {
+                    if !c.ignored() {
+                        c.record(&Value::Null, &ys[j])
+                    }
+                }),
+                (None, None) => {}
+            }
+        }
+    });
+}
+
+fn name(output: &Value) -> Option<&str> {
+    output.get("name").and_then(Value::as_str)
+}
+
+/// Pairs production outputs with shadow outputs: by name, or by position.
+fn pair(xs: &[Value], ys: &[Value], by_position: bool) -> Vec<(Option<usize>, Option<usize>)> {
+    let mut used = vec![false; ys.len()];
+    let mut pairs = Vec::with_capacity(xs.len().max(ys.len()));
+    for (i, x) in xs.iter().enumerate() {
+        let j = if by_position {
+            (i < ys.len()).then_some(i)
+        } else {
+            match name(x) {
+                Some(n) => (0..ys.len()).find(|&j| !used[j] && name(&ys[j]) == Some(n)),
+                None => (i < ys.len() && !used[i] && name(&ys[i]).is_none()).then_some(i),
+            }
+        };
+        if let Some(j) = j {
+            used[j] = true;
+        }
+        pairs.push((Some(i), j));
+    }
+    pairs.extend(used.iter().enumerate().filter(|(_, u)| !**u).map(|(j, _)| (None, Some(j))));
+    pairs
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Scores { classes: usize },
+    Numeric,
+    Labels,
+}
+
+fn kind(datatype: &str, shape: &[usize], data: &[&Value]) -> Kind {
+    let upper = datatype.to_ascii_uppercase();
+    let float = upper.starts_with("FP") || upper == "BF16";
+    if float {
+        match shape {
+            [_, classes] if *classes >= 2 => Kind::Scores { classes: *classes },
+            _ => Kind::Numeric,
+        }
+    } else if upper.starts_with("INT") || upper.starts_with("UINT") || upper == "BOOL" || upper == "BYTES" {
+        Kind::Labels
+    } else if data.iter().all(|v| v.is_number()) {
+        Kind::Numeric
+    } else {
+        Kind::Labels
+    }
+}
+
+fn shape_of(output: &Value) -> Option<Vec<usize>> {
+    output
+        .get("shape")?
+        .as_array()?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect()
+}
+
+fn flatten<'v>(value: &'v Value, out: &mut Vec<&'v Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
+        other => out.push(other),
+    }
+}
+
+/// Compares one pair of outputs at the current location (`/outputs/{i}`).
+fn output(c: &mut Collector<'_>, x: &Value, y: &Value, m: &mut PredictionMetrics) {
+    if c.ignored() {
+        return;
+    }
+    let (Some(xo), Some(yo)) = (x.as_object(), y.as_object()) else {
+        return diff_values(c, x, y);
+    };
+    diff_fields(c, xo, yo, &["shape", "datatype", "data"]);
+    // Shape and datatype compare exactly: a tolerance on a dimension makes no sense.
+    for field in ["shape", "datatype"] {
+        let (a, b) = (xo.get(field).unwrap_or(&Value::Null), yo.get(field).unwrap_or(&Value::Null));
+        c.at(field, |c| {
+            if !c.ignored() && !exact_eq(a, b) {
+                c.record(a, b);
+            }
+        });
+    }
+    let (xd, yd) = (xo.get("data").unwrap_or(&Value::Null), yo.get("data").unwrap_or(&Value::Null));
+    c.at("data", |c| {
+        if c.ignored() {
+            return;
+        }
+        let label = name(x).unwrap_or("?").to_string();
+        let (Some(xs), Some(ys)) = (shape_of(x), shape_of(y)) else {
+            c.note(format!("output {label}: shape is not a list of dimensions"));
+            return diff_values(c, xd, yd);
+        };
+        if xs != ys || !xd.is_array() || !yd.is_array() {
+            // The shape difference is already recorded; element-wise errors would be noise.
+            return diff_values(c, xd, yd);
+        }
+        let (mut xf, mut yf) = (Vec::new(), Vec::new());
+        flatten(xd, &mut xf);
+        flatten(yd, &mut yf);
+        let expected = xs.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        for (side, len) in [("production", xf.len()), ("shadow", yf.len())] {
+            if expected != Some(len) {
+                c.note(format!("output {label}: shape {xs:?} does not match {len} data elements on {side}"));
+                return diff_values(c, xd, yd);
+            }
+        }
+        let datatype = xo.get("datatype").and_then(Value::as_str).unwrap_or("");
+        let kind = kind(datatype, &xs, &xf);
+        m.rows = m.rows.max(xs.first().map_or(1, |&d| d as u64));
+        tensor(c, kind, &xf, &yf, m);
+    });
+}
+
+/// Compares two flattened tensors of the same shape at the current location (`.../data`).
+fn tensor(c: &mut Collector<'_>, kind: Kind, xs: &[&Value], ys: &[&Value], m: &mut PredictionMetrics) {
+    for (k, (a, b)) in xs.iter().zip(ys).enumerate() {
+        c.at(k.to_string(), |c| match (kind, a, b) {
+            (Kind::Labels, a, b) => {
+                if exact_eq(a, b) {
+                    m.label_agreements += 1;
+                } else {
+                    m.label_flips += 1;
+                    c.record(a, b);
+                }
+            }
+            (_, Value::Number(a), Value::Number(b)) => {
+                c.numbers(a, b, true);
+            }
+            (_, a, b) => {
+                if !exact_eq(a, b) {
+                    c.record(a, b);
+                }
+            }
+        });
+    }
+    if let Kind::Scores { classes } = kind {
+        for (row, (xr, yr)) in xs.chunks(classes).zip(ys.chunks(classes)).enumerate() {
+            let (Some(xl), Some(yl)) = (argmax(xr), argmax(yr)) else { continue };
+            if xl == yl {
+                m.label_agreements += 1;
+            } else {
+                m.label_flips += 1;
+                c.record(&json!({"row": row, "label": xl}), &json!({"row": row, "label": yl}));
+            }
+        }
+    }
+}
+
+/// Index of the largest score (first on ties); `None` when a score is not a number.
+pub(crate) fn argmax(row: &[&Value]) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, v) in row.iter().enumerate() {
+        let x = v.as_f64()?;
+        if best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        let row = [json!(0.1), json!(0.7), json!(0.7)];
+        assert_eq!(argmax(&row.iter().collect::<Vec<_>>()), Some(1));
+        assert_eq!(argmax(&[]), None);
+        let bad = [json!(0.1), json!("x")];
+        assert_eq!(argmax(&bad.iter().collect::<Vec<_>>()), None);
+    }
+
+    #[test]
+    fn kinds_follow_datatype_and_shape() {
+        assert_eq!(kind("FP32", &[2, 3], &[]), Kind::Scores { classes: 3 });
+        assert_eq!(kind("FP32", &[2, 1], &[]), Kind::Numeric);
+        assert_eq!(kind("fp16", &[4], &[]), Kind::Numeric);
+        assert_eq!(kind("INT64", &[4], &[]), Kind::Labels);
+        assert_eq!(kind("BYTES", &[1], &[]), Kind::Labels);
+        let nums = [json!(1)];
+        assert_eq!(kind("", &[1], &nums.iter().collect::<Vec<_>>()), Kind::Numeric);
+    }
+
+    #[test]
+    fn outputs_pair_by_name_then_leftovers() {
+        let xs = [json!({"name": "a"}), json!({"name": "b"})];
+        let ys = [json!({"name": "b"}), json!({"name": "c"})];
+        assert_eq!(pair(&xs, &ys, false), vec![(Some(0), None), (Some(1), Some(0)), (None, Some(1))]);
+        assert_eq!(pair(&xs, &ys, true), vec![(Some(0), Some(0)), (Some(1), Some(1))]);
+    }
+}

@@ -1,0 +1,123 @@
+//! OpenAI-compatible answers: `/v1/completions` (`choices[].text`) and `/v1/chat/completions`
+//! (`choices[].message.content`).
+//!
+//! Generated text is what users see, so the verdict rests on it: each choice's text, its tool
+//! calls, and its `finish_reason` (a model that stops on length where production stopped
+//! naturally has not answered the same). Per-choice `logprobs`, `index` and `role` are not
+//! compared. Other top-level fields compare as generic JSON, minus the default ignores (`id`,
+//! `created`, `model`, `system_fingerprint`, `usage`): token usage is reported in the metrics
+//! (`completion_tokens`, else `total_tokens`) rather than judged.
+//!
+//! `text_equal` and `finish_reason_equal` are measured whatever the ignore rules say; the ignores
+//! only keep differences out of the verdict.
+use serde_json::{Map, Value};
+
+use super::{
+    PredictionMetrics,
+    json_diff::{Collector, diff_fields, diff_values},
+};
+
+/// Compares two answers whose production side has a `choices` array of objects.
+pub(crate) fn compare(
+    c: &mut Collector<'_>,
+    a: &Map<String, Value>,
+    b: &Map<String, Value>,
+    m: &mut PredictionMetrics,
+) {
+    diff_fields(c, a, b, &["choices"]);
+    m.prod_tokens = tokens(a);
+    m.shadow_tokens = tokens(b);
+    let empty = Vec::new();
+    let xs = a.get("choices").and_then(Value::as_array).unwrap_or(&empty);
+    let Some(ys) = b.get("choices").and_then(Value::as_array) else {
+        m.text_equal = Some(false);
+        m.finish_reason_equal = Some(false);
+        let y = b.get("choices").unwrap_or(&Value::Null);
+        c.at("choices", |c| diff_values(c, a.get("choices").unwrap_or(&Value::Null), y));
+        return;
+    };
+    m.rows = xs.len() as u64;
+    let mut text_equal = xs.len() == ys.len();
+    let mut finish_equal = xs.len() == ys.len();
+    c.at("choices", |c| {
+        for i in 0..xs.len().max(ys.len()) {
+            c.at(i.to_string(), |c| match (xs.get(i), ys.get(i)) {
+                (Some(x), Some(y)) => {
+                    let (t, f) = choice(c, x, y);
+                    text_equal &= t;
+                    finish_equal &= f;
+                }
+                (Some(x), None) => missing(c, x, &Value::Null),
+                (None, Some(y)) => missing(c, &Value::Null, y),
+                (None, None) => {}
+            });
+        }
+    });
+    m.text_equal = Some(text_equal);
+    m.finish_reason_equal = Some(finish_equal);
+}
+
+fn missing(c: &mut Collector<'_>, x: &Value, y: &Value) {
+    if !c.ignored() {
+        c.record(x, y);
+    }
+}
+
+fn tokens(answer: &Map<String, Value>) -> Option<u64> {
+    let usage = answer.get("usage")?;
+    usage.get("completion_tokens").or_else(|| usage.get("total_tokens")).and_then(Value::as_u64)
+}
+
+/// Compares one pair of choices; returns whether text and finish reason are equal.
+fn choice(c: &mut Collector<'_>, x: &Value, y: &Value) -> (bool, bool) {
+    let null = &Value::Null;
+    let field = |v: &'_ Value, path: &[&str]| -> Option<Value> {
+        path.iter().try_fold(v, |v, key| v.get(key)).cloned()
+    };
+    let mut text_equal = true;
+    // Completions carry `text`; chat completions carry `message`.
+    let chat = x.get("message").is_some() || y.get("message").is_some();
+    let fields: &[&[&str]] = if chat {
+        &[&["message", "content"], &["message", "tool_calls"], &["message", "function_call"]]
+    } else {
+        &[&["text"]]
+    };
+    for path in fields {
+        let (a, b) = (field(x, path), field(y, path));
+        if a.is_none() && b.is_none() {
+            continue;
+        }
+        let (a, b) = (a.as_ref().unwrap_or(null), b.as_ref().unwrap_or(null));
+        let is_text = path.last().is_some_and(|k| *k == "content" || *k == "text");
+        if is_text && a != b {
+            text_equal = false;
+        }
+        at_path(c, path, |c| {
+            if is_text {
+                if !c.ignored() && a != b {
+                    c.record(a, b);
+                }
+            } else {
+                diff_values(c, a, b);
+            }
+        });
+    }
+    let (a, b) = (x.get("finish_reason").unwrap_or(null), y.get("finish_reason").unwrap_or(null));
+    c.at("finish_reason", |c| {
+        if !c.ignored() && a != b {
+            c.record(a, b);
+        }
+    });
+    (text_equal, a == b)
+}
+
+fn at_path(c: &mut Collector<'_>, path: &[&str], f: impl FnOnce(&mut Collector<'_>)) {
+    match path.split_first() {
+        None => f(c),
+        Some((first, rest)) => c.at(*first, |c| {
+            if !c.ignored() {
+                at_path(c, rest, f)
+            }
+        }),
+    }
+}

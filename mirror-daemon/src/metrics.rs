@@ -1,0 +1,244 @@
+//! Prometheus metrics, served over HTTP (127.0.0.1:9464 by default) for scraping.
+//!
+//! Everything is a counter or a histogram labelled by shadow model and route, so that the
+//! cluster-wide picture is a `sum by` away: agreement is
+//! `sum(rate(mirror_comparisons_total{verdict=~"match|within_tolerance"}[5m])) /
+//!  sum(rate(mirror_comparisons_total{verdict=~"match|within_tolerance|mismatch"}[5m]))`.
+//! Routes are capped (see [`MAX_ROUTES`]) so that a path with ids in it cannot explode the series.
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+/// Distinct routes labelled at most; later ones are counted under `route="other"`.
+pub const MAX_ROUTES: usize = 200;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComparisonLabels {
+    pub model_id: String,
+    pub route: String,
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowRouteLabels {
+    pub model_id: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowReasonLabels {
+    pub model_id: String,
+    pub reason: String,
+}
+
+/// Latency buckets in seconds: 100 µs to 30 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        10.0, 30.0,
+    ]
+    .into_iter()
+}
+
+/// Every metric the daemon exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    routes: Mutex<HashSet<String>>,
+    /// Exchanges rebuilt from the wire, by route.
+    pub exchanges: Family<RouteLabels, Counter>,
+    /// Comparisons by shadow, route and verdict.
+    pub comparisons: Family<ComparisonLabels, Counter>,
+    /// Exchanges not compared, by shadow and reason (sampled out, queue full...).
+    pub not_compared: Family<ShadowReasonLabels, Counter>,
+    /// Production latency from kernel timestamps.
+    pub production_latency: Family<RouteLabels, Histogram>,
+    /// Shadow latency as measured by the replay client.
+    pub shadow_latency: Family<ShadowRouteLabels, Histogram>,
+    /// Prediction rows compared and label flips among them.
+    pub prediction_rows: Family<ShadowRouteLabels, Counter>,
+    pub label_flips: Family<ShadowRouteLabels, Counter>,
+    /// Losses before comparison (kernel, reassembly, framing), by reason.
+    pub drops: Family<ReasonLabels, Counter>,
+    /// Replays in flight, by shadow.
+    pub replays_in_flight: Family<ShadowRouteLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mirror");
+        let exchanges = Family::<RouteLabels, Counter>::default();
+        let comparisons = Family::<ComparisonLabels, Counter>::default();
+        let not_compared = Family::<ShadowReasonLabels, Counter>::default();
+        let production_latency =
+            Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let shadow_latency =
+            Family::<ShadowRouteLabels, Histogram>::new_with_constructor(
+                || Histogram::new(latency_buckets()),
+            );
+        let prediction_rows = Family::<ShadowRouteLabels, Counter>::default();
+        let label_flips = Family::<ShadowRouteLabels, Counter>::default();
+        let drops = Family::<ReasonLabels, Counter>::default();
+        let replays_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
+        registry.register("exchanges", "HTTP exchanges rebuilt from the wire", exchanges.clone());
+        registry.register("comparisons", "Shadow comparisons by verdict", comparisons.clone());
+        registry.register("not_compared", "Exchanges not compared, by reason", not_compared.clone());
+        registry.register(
+            "production_latency_seconds",
+            "Production latency: response last byte minus request last byte, from the wire",
+            production_latency.clone(),
+        );
+        registry.register(
+            "shadow_latency_seconds",
+            "Shadow latency as measured by the replay client",
+            shadow_latency.clone(),
+        );
+        registry.register("prediction_rows", "Prediction rows compared", prediction_rows.clone());
+        registry.register("label_flips", "Prediction rows whose label differs", label_flips.clone());
+        registry.register("drops", "Data lost before comparison, by reason", drops.clone());
+        registry.register(
+            "replays_in_flight",
+            "Replays waiting for a shadow answer",
+            replays_in_flight.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            routes: Mutex::new(HashSet::new()),
+            exchanges,
+            comparisons,
+            not_compared,
+            production_latency,
+            shadow_latency,
+            prediction_rows,
+            label_flips,
+            drops,
+            replays_in_flight,
+        }
+    }
+
+    /// The label for `route`, or `other` once [`MAX_ROUTES`] routes are known.
+    pub fn route_label(&self, route: &str) -> String {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if routes.contains(route) {
+            return route.to_string();
+        }
+        if routes.len() < MAX_ROUTES {
+            routes.insert(route.to_string());
+            return route.to_string();
+        }
+        "other".to_string()
+    }
+
+    /// Advances a counter that mirrors a monotonic total kept elsewhere.
+    pub fn advance(counter: &Counter, total: u64) {
+        let current = counter.get();
+        if total > current {
+            counter.inc_by(total - current);
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if encode(&mut text, &registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+/// Serves `GET /metrics` (and `GET /healthz`) until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let (status, content_type, body) = match req.uri().path() {
+                            "/metrics" => (
+                                200,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                metrics.encode(),
+                            ),
+                            "/healthz" => (200, "text/plain", "ok\n".to_string()),
+                            _ => (404, "text/plain", "try /metrics or /healthz\n".to_string()),
+                        };
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", content_type)
+                            .body(Full::new(bytes::Bytes::from(body)))
+                    }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_labelled_series_and_caps_routes() {
+        let m = Metrics::new();
+        let labels = ComparisonLabels {
+            model_id: "model-v2".into(),
+            route: "POST /infer".into(),
+            verdict: "match".into(),
+        };
+        m.comparisons.get_or_create(&labels).inc_by(3);
+        m.production_latency.get_or_create(&RouteLabels { route: "POST /infer".into() }).observe(0.002);
+        Metrics::advance(&m.drops.get_or_create(&ReasonLabels { reason: "gap".into() }), 7);
+        Metrics::advance(&m.drops.get_or_create(&ReasonLabels { reason: "gap".into() }), 5);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"mirror_comparisons_total{model_id="model-v2",route="POST /infer",verdict="match"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"mirror_drops_total{reason="gap"} 7"#), "{text}");
+        assert!(text.contains("mirror_production_latency_seconds_bucket"), "{text}");
+        for i in 0..MAX_ROUTES {
+            assert_eq!(m.route_label(&format!("GET /items/{i}")), format!("GET /items/{i}"));
+        }
+        assert_eq!(m.route_label("GET /items/new"), "other");
+        assert_eq!(m.route_label("GET /items/3"), "GET /items/3");
+    }
+}

@@ -1,0 +1,268 @@
+//! Brings together the parts of one comparison, which arrive independently and in any order:
+//! the replay starts when the request is complete, the shadow answers whenever it does, and the
+//! production response is rebuilt from the wire when its last byte is captured.
+//!
+//! Bounded: at most `max_entries` comparisons wait at once (more are refused and counted), and an
+//! entry whose production response never completes (dropped by the capture) expires after `wait`.
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::exchange::{Exchange, ExchangeId, Header};
+
+/// What a shadow answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowAnswer {
+    pub status: u16,
+    pub headers: Vec<Header>,
+    pub body: Bytes,
+}
+
+/// The outcome of replaying one request to one shadow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShadowResult {
+    Answered {
+        answer: ShadowAnswer,
+        latency_ns: u64,
+    },
+    TimedOut {
+        latency_ns: u64,
+    },
+    /// Connection refused or reset, not HTTP, body too large...
+    Failed {
+        error: String,
+        latency_ns: u64,
+    },
+    /// Never sent: the shadow's queue was full (it is slow or down).
+    NotSent,
+}
+
+impl ShadowResult {
+    pub fn latency_ns(&self) -> Option<u64> {
+        match self {
+            ShadowResult::Answered { latency_ns, .. }
+            | ShadowResult::TimedOut { latency_ns }
+            | ShadowResult::Failed { latency_ns, .. } => Some(*latency_ns),
+            ShadowResult::NotSent => None,
+        }
+    }
+}
+
+/// Production response and every shadow's result for one request.
+#[derive(Debug)]
+pub struct Complete {
+    pub exchange: Exchange,
+    /// Indexed like the shadows.
+    pub results: Vec<ShadowResult>,
+}
+
+/// What became of a production exchange handed to the table.
+#[derive(Debug)]
+pub enum Joined {
+    /// Every part is in.
+    Complete(Complete),
+    /// Shadow results are still missing.
+    Waiting,
+    /// Nothing waits for it (not replayed, or expired): given back.
+    NotWaiting(Exchange),
+}
+
+/// An entry that waited too long.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// The production response was never rebuilt (lost in capture, connection reset...).
+    ProductionMissing,
+    /// A shadow result never came (it should: replays have timeouts).
+    ShadowMissing,
+}
+
+#[derive(Debug)]
+struct Entry {
+    production: Option<Exchange>,
+    results: Vec<Option<ShadowResult>>,
+    missing: usize,
+}
+
+/// Waiting comparisons by exchange id.
+#[derive(Debug)]
+pub struct JoinTable {
+    shadows: usize,
+    max_entries: usize,
+    wait_ns: u64,
+    entries: HashMap<ExchangeId, Entry>,
+    deadlines: VecDeque<(u64, ExchangeId)>,
+}
+
+impl JoinTable {
+    pub fn new(shadows: usize, max_entries: usize, wait_ns: u64) -> Self {
+        Self { shadows, max_entries, wait_ns, entries: HashMap::new(), deadlines: VecDeque::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Starts waiting for `id`; false when the table is full (the caller does not replay it).
+    pub fn open(&mut self, id: ExchangeId, now_ns: u64) -> bool {
+        if self.entries.len() >= self.max_entries || self.entries.contains_key(&id) {
+            return false;
+        }
+        let entry = Entry { production: None, results: vec![None; self.shadows], missing: self.shadows + 1 };
+        self.entries.insert(id, entry);
+        self.deadlines.push_back((now_ns.saturating_add(self.wait_ns), id));
+        true
+    }
+
+    /// Records shadow `index`'s result; returns the comparison if it is now complete.
+    pub fn shadow(&mut self, id: ExchangeId, index: usize, result: ShadowResult) -> Option<Complete> {
+        let entry = self.entries.get_mut(&id)?;
+        let slot = entry.results.get_mut(index)?;
+        if slot.is_none() {
+            *slot = Some(result);
+            entry.missing -= 1;
+        }
+        self.complete(id)
+    }
+
+    /// Records the production exchange.
+    pub fn production(&mut self, exchange: Exchange) -> Joined {
+        let id = exchange.id;
+        let Some(entry) = self.entries.get_mut(&id) else { return Joined::NotWaiting(exchange) };
+        if entry.production.is_none() {
+            entry.production = Some(exchange);
+            entry.missing -= 1;
+        }
+        match self.complete(id) {
+            Some(complete) => Joined::Complete(complete),
+            None => Joined::Waiting,
+        }
+    }
+
+    fn complete(&mut self, id: ExchangeId) -> Option<Complete> {
+        if self.entries.get(&id)?.missing > 0 {
+            return None;
+        }
+        let entry = self.entries.remove(&id)?;
+        Some(Complete {
+            exchange: entry.production?,
+            results: entry.results.into_iter().map(|r| r.unwrap_or(ShadowResult::NotSent)).collect(),
+        })
+    }
+
+    /// Removes entries past their deadline, saying what each still lacked.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Expired>) {
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now_ns {
+                break;
+            }
+            self.deadlines.pop_front();
+            // Completed entries are already gone; their deadlines are skipped here.
+            if let Some(entry) = self.entries.remove(&id) {
+                out.push(if entry.production.is_none() {
+                    Expired::ProductionMissing
+                } else {
+                    Expired::ShadowMissing
+                });
+            }
+        }
+        // Deadlines of completed entries would otherwise pile up between expiries.
+        if self.deadlines.len() > 2 * self.max_entries.max(1) {
+            let entries = &self.entries;
+            self.deadlines.retain(|(_, id)| entries.contains_key(id));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{Request, Response, Timing};
+
+    fn id(seq: u64) -> ExchangeId {
+        ExchangeId { connection: 1, seq }
+    }
+
+    fn exchange(seq: u64) -> Exchange {
+        Exchange {
+            id: id(seq),
+            client: "10.0.0.1:1".parse().unwrap(),
+            server: "10.0.0.2:2".parse().unwrap(),
+            request: Request {
+                method: "GET".into(),
+                target: "/".into(),
+                version: 1,
+                headers: vec![],
+                body: Bytes::new(),
+                trailers: vec![],
+            },
+            response: Response {
+                status: 200,
+                reason: "OK".into(),
+                version: 1,
+                headers: vec![],
+                body: Bytes::new(),
+                trailers: vec![],
+            },
+            timing: Timing::default(),
+        }
+    }
+
+    fn answered(status: u16) -> ShadowResult {
+        ShadowResult::Answered {
+            answer: ShadowAnswer { status, headers: vec![], body: Bytes::new() },
+            latency_ns: 5,
+        }
+    }
+
+    #[test]
+    fn completes_in_any_order() {
+        let mut t = JoinTable::new(2, 10, 1_000);
+        assert!(t.open(id(1), 0));
+        assert!(t.shadow(id(1), 1, answered(500)).is_none());
+        assert!(matches!(t.production(exchange(1)), Joined::Waiting));
+        let done = t.shadow(id(1), 0, ShadowResult::TimedOut { latency_ns: 9 }).expect("complete");
+        assert_eq!(done.exchange.id, id(1));
+        assert_eq!(done.results, vec![ShadowResult::TimedOut { latency_ns: 9 }, answered(500)]);
+        assert!(t.is_empty());
+
+        assert!(t.open(id(2), 0));
+        assert!(t.shadow(id(2), 0, answered(200)).is_none());
+        assert!(t.shadow(id(2), 1, ShadowResult::NotSent).is_none());
+        assert!(matches!(t.production(exchange(2)), Joined::Complete(_)), "production last");
+    }
+
+    #[test]
+    fn unknown_exchanges_are_given_back_and_duplicates_ignored() {
+        let mut t = JoinTable::new(1, 10, 1_000);
+        assert!(matches!(t.production(exchange(7)), Joined::NotWaiting(_)), "not replayed");
+        assert!(t.open(id(3), 0));
+        assert!(!t.open(id(3), 0), "opened once");
+        assert!(t.shadow(id(3), 5, answered(200)).is_none(), "no such shadow");
+        assert!(t.shadow(id(3), 0, answered(200)).is_none());
+        assert!(t.shadow(id(3), 0, answered(503)).is_none(), "first result wins");
+        let Joined::Complete(done) = t.production(exchange(3)) else { panic!("complete") };
+        assert_eq!(done.results, vec![answered(200)]);
+    }
+
+    #[test]
+    fn bounded_and_expiring() {
+        let mut t = JoinTable::new(1, 2, 100);
+        assert!(t.open(id(1), 0));
+        assert!(t.open(id(2), 50));
+        assert!(!t.open(id(3), 60), "full");
+        assert!(matches!(t.production(exchange(2)), Joined::Waiting));
+        let mut expired = Vec::new();
+        t.expire(99, &mut expired);
+        assert!(expired.is_empty());
+        t.expire(100, &mut expired);
+        assert_eq!(expired, vec![Expired::ProductionMissing]);
+        t.expire(150, &mut expired);
+        assert_eq!(expired, vec![Expired::ProductionMissing, Expired::ShadowMissing]);
+        assert!(t.is_empty());
+        assert!(t.open(id(3), 200), "room again");
+    }
+}
