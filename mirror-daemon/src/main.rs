@@ -8,13 +8,7 @@ mod commands;
 
 /// Mirrors a model server's HTTP traffic from the kernel (XDP + TC) without touching the live path.
 #[derive(Debug, Parser)]
-#[command(
-    name = "mirror-daemon",
-    version,
-    about,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
-)]
+#[command(name = "mirror-daemon", version, about, subcommand_negates_reqs = true)]
 struct Cli {
     /// Log format: journald under systemd, JSON in a container, pretty on a terminal (auto).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
@@ -75,5 +69,42 @@ fn main() -> ExitCode {
             eprintln!("Error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mirror-daemon").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_command_form_parses() {
+        let cli = parse(&["--log-format", "json", "capture", "-i", "lo", "-p", "80"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Capture(_))));
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = parse(&["capture", "--log-format", "pretty", "-i", "lo", "-p", "80"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Pretty);
+        let cli = parse(&["-i", "eth0", "-p", "8080", "--shadow", "m@1=http://s:80"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.attach.interfaces, ["eth0"]);
+        assert_eq!(cli.run.mirror.shadow[0].model.model_id, "m");
+        let cli = parse(&["--log-format", "pretty", "run", "-i", "eth0", "-p", "8080"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Run(_))));
+        assert!(matches!(
+            parse(&["report", "a.jsonl", "b.jsonl"]).unwrap().command,
+            Some(Command::Report(_))
+        ));
+    }
+
+    #[test]
+    fn mistakes_are_usage_errors() {
+        assert!(parse(&["-i", "eth0"]).is_err(), "a port is required");
+        assert!(parse(&["capture", "-i", "lo", "-p", "0"]).is_err());
+        let err = parse(&["-i", "eth0", "-p", "1", "--shadow", "https://s:443"]).err().unwrap().to_string();
+        assert!(err.contains("only http://"), "{err}");
+        assert!(parse(&["report"]).is_err(), "report needs a file");
     }
 }

@@ -1,9 +1,11 @@
-//! `cargo xtask demo`: a self-contained run on a namespace topology, nothing else needed.
+//! `cargo xtask demo`: the whole mission on a self-contained namespace topology.
 //!
-//! A client namespace talks HTTP to a model server in a server namespace over a veth pair; the
-//! daemon attaches to the server's interface and captures both directions into a pcap file.
-//! At the end every TCP stream rebuilt from the kernel capture is checked against what the client
-//! itself sent and received. Everything created is removed on exit.
+//! A client namespace calls the production model (v1, Open Inference Protocol) in a production
+//! namespace; a shadow namespace runs the candidate (v2), which flips the top label on a known share
+//! of rows and is a little slower. `mirror-daemon` runs next to production, attached to its
+//! interface: it rebuilds every exchange from the wire, replays the inference requests to v2,
+//! compares the answers, logs a live summary and ends with the promotion verdict. Then the
+//! `report` command reads the records it wrote. Everything created is removed on exit.
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -15,9 +17,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use mirror_tests::{
-    client::{Ask, Transcript, run_connection},
-    netns::Pair,
-    pcap_streams,
+    client::{connect, post_json},
+    model_server::infer_request,
+    netns::{Netns, Trio},
 };
 
 use crate::{
@@ -30,9 +32,12 @@ pub struct DemoArgs {
     /// How long to drive traffic.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
-    /// Requests per second (bounded load).
+    /// Inference requests per second (bounded load).
     #[arg(long, default_value_t = 50)]
     pub rate: u32,
+    /// Share of rows (0-100) on which the candidate model disagrees.
+    #[arg(long, default_value_t = 0.5)]
+    pub disagree_percent: f64,
 }
 
 struct Killed(Child);
@@ -44,6 +49,27 @@ impl Drop for Killed {
     }
 }
 
+fn model_server(
+    bin: &PathBuf,
+    ns: &Netns,
+    addr: SocketAddr,
+    version: &str,
+    delay_ms: u64,
+    disagree: f64,
+) -> Result<Killed> {
+    let mut child = ns
+        .command(bin)
+        .args(["--listen", &addr.to_string(), "--model-name", "demo", "--model-version", version])
+        .args(["--delay-ms", &delay_ms.to_string(), "--disagree-percent", &disagree.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start the model server")?;
+    let out = child.stdout.take().context("model server stdout")?;
+    let line = BufReader::new(out).lines().next().context("model server exited")??;
+    println!("   {} v{version}: {line}", ns.name);
+    Ok(Killed(child))
+}
+
 pub fn run(args: &DemoArgs) -> Result<()> {
     if !is_root() {
         bail!("the demo creates network namespaces and loads eBPF programs: run it as root");
@@ -51,40 +77,37 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let daemon_bin = build::run_build(&BuildArgs { debug: false })?;
     let server_bin = daemon_bin.with_file_name("model-server");
 
-    println!("\n== topology: client namespace <-> veth <-> server namespace (model server on :8080)");
-    let pair = Pair::new();
-    let server = SocketAddr::new(pair.server_ip(false), 8080);
-    let server_v6 = SocketAddr::new(pair.server_ip(true), 8080);
-    let mut model = pair
-        .server
-        .command(&server_bin)
-        .args(["--listen", &server.to_string(), "--listen", &server_v6.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start the model server")?;
-    let model_out = model.stdout.take().context("model server stdout")?;
-    let _model = Killed(model);
-    let mut lines = BufReader::new(model_out).lines();
-    for _ in 0..2 {
-        let line = lines.next().context("model server exited")??;
-        println!("   model server: {line}");
-    }
+    println!("\n== topology: client <-> production (model v1) <-> shadow (candidate model v2)");
+    let trio = Trio::new();
+    let production = SocketAddr::from((trio.production_addr, 8080));
+    let shadow = SocketAddr::from((trio.shadow_addr, 8080));
+    let _v1 = model_server(&server_bin, &trio.production, production, "1.0.0", 20, 0.0)?;
+    let _v2 = model_server(&server_bin, &trio.shadow, shadow, "2.0.0", 24, args.disagree_percent)?;
 
-    let pcap: PathBuf = std::env::temp_dir().join(format!("shadow-mirror-demo-{}.pcap", std::process::id()));
-    println!("\n== mirror-daemon capture on {} (server side), writing {}", pair.server_if, pcap.display());
-    let mut daemon = pair
-        .server
+    let record: PathBuf =
+        std::env::temp_dir().join(format!("shadow-mirror-demo-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    println!(
+        "\n== mirror-daemon on {} (production side), replaying to model-v2 at {shadow}",
+        trio.production_if
+    );
+    let shadow_spec = format!("model-v2@2.0.0=http://{shadow}");
+    let mut daemon = trio
+        .production
         .command(&daemon_bin)
-        .args(["capture", "--interface", &pair.server_if, "--port", "8080", "--write"])
-        .arg(&pcap)
+        .args(["--log-format", "pretty", "run", "--interface", &trio.production_if, "--port", "8080"])
+        .args(["--shadow", &shadow_spec, "--production-model", "model-v1@1.0.0"])
+        .args(["--route", "POST /v2/models/*/infer", "--summary-interval", "5s", "--record"])
+        .arg(&record)
+        .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
         .context("start mirror-daemon")?;
     let daemon_err = daemon.stderr.take().context("daemon stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let printer = std::thread::spawn(move || {
         for line in BufReader::new(daemon_err).lines().map_while(Result::ok) {
-            println!("   daemon: {line}");
+            println!("   | {line}");
             let _ = tx.send(line);
         }
     });
@@ -97,79 +120,75 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
 
     println!(
-        "\n== driving ~{} requests/s for {} s (IPv4 and IPv6, bodies 0 B to 256 KiB)",
+        "\n== driving ~{} inference requests/s for {} s from the client (plus health checks, not replayed)\n",
         args.rate, args.seconds
     );
-    let transcripts = drive(&pair, server, server_v6, args);
-    let exchanges: usize = transcripts.iter().map(|t| t.exchanges).sum();
-    let up: usize = transcripts.iter().map(|t| t.sent.len()).sum();
-    let down: usize = transcripts.iter().map(|t| t.received.len()).sum();
-    println!(
-        "   client: {exchanges} exchanges on {} connections, {up} bytes sent, {down} received",
-        transcripts.len()
-    );
+    let (sent, failed) = drive(&trio.client, production, args)?;
 
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(daemon.0.id() as i32, libc::SIGINT) };
     let mut daemon = daemon;
     let status = daemon.0.wait()?;
-    std::thread::sleep(Duration::from_millis(200));
+    let _ = printer.join();
     if !status.success() {
         bail!("mirror-daemon exited with {status}");
     }
+    println!("\n== client: {sent} inference requests, {failed} failed (production is never touched)");
 
-    println!("\n== first packets of the capture (tcpdump -r)");
-    let _ = Command::new("tcpdump").args(["-nn", "-c", "6", "-r"]).arg(&pcap).stderr(Stdio::null()).status();
-
-    println!("\n== checking every rebuilt stream against the client's own record");
-    let streams = pcap_streams::read(&pcap);
-    let mut matched = 0;
-    for t in &transcripts {
-        let client = t.local.context("client address")?;
-        let server = if client.is_ipv6() { server_v6 } else { server };
-        let up = streams.get(&(client, server)).map(|s| s.bytes == t.sent).unwrap_or(false);
-        let down = streams.get(&(server, client)).map(|s| s.bytes == t.received).unwrap_or(false);
-        if up && down {
-            matched += 1;
-        } else {
-            println!("   MISMATCH on {client}: request stream equal {up}, response stream equal {down}");
-        }
-    }
-    let _ = std::fs::remove_file(&pcap);
-    println!("   {matched} of {} connections rebuilt byte for byte, both directions", transcripts.len());
-    println!("\n== cleaning up: namespaces {} and {} removed", pair.client.name, pair.server.name);
-    if matched != transcripts.len() {
-        bail!("the capture differs from what the client exchanged");
+    println!("\n== the same verdict offline: mirror-daemon report {}", record.display());
+    let report = Command::new(&daemon_bin).arg("report").arg(&record).status().context("run report")?;
+    println!("   (exit status {}: 0 PROMOTE, 1 HOLD, 2 REJECT)", report.code().unwrap_or(-1));
+    let _ = std::fs::remove_file(&record);
+    println!(
+        "\n== cleaning up: namespaces {}, {} and {} removed",
+        trio.client.name, trio.production.name, trio.shadow.name
+    );
+    if failed > 0 {
+        bail!("{failed} production requests failed");
     }
     Ok(())
 }
 
-/// Bounded load: one keep-alive connection of 10 requests at a time, paced to `rate`.
-fn drive(pair: &Pair, v4: SocketAddr, v6: SocketAddr, args: &DemoArgs) -> Vec<Transcript> {
+/// Paced load: 4 keep-alive connections in parallel, rows of 4 features, batches of 1–4.
+fn drive(ns: &Netns, server: SocketAddr, args: &DemoArgs) -> Result<(usize, usize)> {
     let seconds = args.seconds;
-    let rate = args.rate.max(1);
-    pair.client.run(move || {
-        let started = Instant::now();
-        let mut transcripts = Vec::new();
-        let mut sent = 0u64;
-        let sizes = [0usize, 120, 1_500, 16_000, 64_000, 262_144];
-        while started.elapsed() < Duration::from_secs(seconds) {
-            let n = transcripts.len();
-            let asks: Vec<Ask> = (0..10)
-                .map(|i| Ask {
-                    request_body: sizes[(n + i) % 4],
-                    response_body: sizes[(n * 3 + i) % sizes.len()],
+    let per_worker = f64::from(args.rate.max(4)) / 4.0;
+    let results = ns.run(move || {
+        let workers: Vec<_> = (0..4u64)
+            .map(|w| {
+                std::thread::spawn(move || {
+                    let mut conn = connect(server);
+                    let host = server.to_string();
+                    let started = Instant::now();
+                    let (mut sent, mut failed) = (0usize, 0usize);
+                    let mut n = w;
+                    while started.elapsed() < Duration::from_secs(seconds) {
+                        let rows: Vec<Vec<f64>> = (0..1 + n % 4)
+                            .map(|r| {
+                                (0..4)
+                                    .map(|f| (((n * 37 + r * 11 + f * 5) % 101) as f64 - 50.0) / 9.0)
+                                    .collect()
+                            })
+                            .collect();
+                        let body = infer_request(&format!("demo-{n}"), &rows);
+                        let (status, _, _) = post_json(&mut conn, &host, "/v2/models/demo/infer", &body);
+                        sent += 1;
+                        failed += usize::from(status != 200);
+                        if n % 10 == 0 {
+                            let _ = post_json(&mut conn, &host, "/v2/health/ready", b"");
+                        }
+                        n += 4;
+                        let due = Duration::from_secs_f64(sent as f64 / per_worker);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    (sent, failed)
                 })
-                .collect();
-            let server = if n % 4 == 3 { v6 } else { v4 };
-            transcripts.push(run_connection(server, &asks));
-            sent += 10;
-            let due = Duration::from_secs_f64(sent as f64 / f64::from(rate));
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        transcripts
-    })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or((0, 1))).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    Ok(results)
 }
