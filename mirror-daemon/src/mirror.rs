@@ -483,6 +483,10 @@ impl Reporter {
         }
         let summary = self.aggregator.summary();
         for shadow in &summary.shadows {
+            let totals = std::iter::once(("all", &shadow.stats));
+            for (route, stats) in totals.chain(shadow.routes.iter().map(|r| (r.route.as_str(), &r.stats))) {
+                log_stats(&shadow.model_id, route, stats);
+            }
             let decision = evaluate(shadow, &self.criteria);
             tracing::info!(
                 target: "verdict",
@@ -501,4 +505,44 @@ impl Reporter {
             }
         }
     }
+}
+
+/// One structured event per shadow and route (`route="all"` for the shadow's totals), so that
+/// journald and log pipelines can query the aggregates field by field.
+fn log_stats(model_id: &str, route: &str, s: &crate::report::aggregate::Stats) {
+    let q = |q: &Option<crate::report::aggregate::Quantiles>| q.as_ref().map(|q| (q.p50, q.p95, q.p99));
+    let (prod_p50, prod_p95, prod_p99) = q(&s.production_latency_ms).unwrap_or_default();
+    let (shadow_p50, shadow_p95, shadow_p99) = q(&s.shadow_latency_ms).unwrap_or_default();
+    let (diff_p50, diff_p95, diff_p99) = q(&s.latency_difference_ms).unwrap_or_default();
+    tracing::info!(
+        target: "summary",
+        model_id,
+        route,
+        comparisons = s.comparisons,
+        matches = s.verdicts.matched,
+        within_tolerance = s.verdicts.within_tolerance,
+        mismatches = s.verdicts.mismatch,
+        shadow_errors = s.verdicts.shadow_error,
+        shadow_timeouts = s.verdicts.shadow_timeout,
+        not_compared = s.not_compared,
+        agreement = s.agreement.as_ref().map(|a| a.rate),
+        agreement_ci_low = s.agreement.as_ref().map(|a| a.low),
+        agreement_ci_high = s.agreement.as_ref().map(|a| a.high),
+        label_flip_rate = s.label_flip_rate,
+        max_abs_error = s.max_abs_error,
+        mean_abs_error = s.mean_abs_error,
+        prod_latency_p50_ms = prod_p50,
+        prod_latency_p95_ms = prod_p95,
+        prod_latency_p99_ms = prod_p99,
+        shadow_latency_p50_ms = shadow_p50,
+        shadow_latency_p95_ms = shadow_p95,
+        shadow_latency_p99_ms = shadow_p99,
+        latency_difference_p50_ms = diff_p50,
+        latency_difference_p95_ms = diff_p95,
+        latency_difference_p99_ms = diff_p99,
+        shadow_error_rate = s.shadow_error_rate,
+        shadow_timeout_rate = s.shadow_timeout_rate,
+        error_rate_increase = s.error_rate_increase,
+        "shadow summary"
+    );
 }

@@ -215,6 +215,20 @@ fn verdicts_equal_the_ground_truth() {
         "metrics count the mismatches ({mismatches}):\n{metrics}"
     );
     assert!(finished.stderr.contains("final promotion verdict"), "{}", finished.stderr);
+    // The last per-route summary event carries the aggregates as fields.
+    let route_summary = finished
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "shadow summary" && v["route"] == format!("POST {PATH}"))
+        .last()
+        .unwrap_or_else(|| panic!("no per-route summary event:\n{}", finished.stderr));
+    assert_eq!(route_summary["model_id"], "model-v2");
+    assert_eq!(route_summary["comparisons"], 300);
+    assert_eq!(route_summary["mismatches"].as_u64(), Some(mismatches as u64));
+    let agreement = route_summary["agreement"].as_f64().expect("agreement");
+    assert!((agreement - (300 - mismatches) as f64 / 300.0).abs() < 1e-9, "{route_summary}");
+    assert!(route_summary["agreement_ci_low"].as_f64() < Some(agreement));
 
     // The offline report agrees with the records: 300 comparisons, about 10% flips: REJECT.
     let report = std::process::Command::new(mirror_tests::daemon::binary())
