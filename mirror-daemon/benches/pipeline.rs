@@ -15,7 +15,7 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use mirror_common::tcp_flags::{ACK, FIN, PSH, SYN};
 use mirror_daemon::{
-    capture::{Direction, Segment},
+    capture::Segment,
     exchange::{Assembler, AssemblerConfig},
     flows::FlowConfig,
 };
@@ -43,24 +43,6 @@ static ALLOCATOR: Counting = Counting;
 
 const CONNECTIONS: u16 = 8;
 
-fn segment(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload: Bytes, ts_ns: u64) -> Segment {
-    Segment {
-        ts_ns,
-        ifindex: 1,
-        direction: Direction::Ingress,
-        src,
-        dst,
-        seq,
-        ack: 0,
-        flags,
-        window: 512,
-        segment_len: payload.len() as u32,
-        offset: 0,
-        payload,
-        lost: 0,
-    }
-}
-
 /// One connection's state while generating traffic.
 struct Conn {
     client: SocketAddr,
@@ -77,8 +59,8 @@ fn open(first_port: u16, ts: &mut u64) -> (Vec<Conn>, Vec<Segment>) {
     for i in 0..CONNECTIONS {
         let client = SocketAddr::from(([10, 0, 0, 1], first_port + i));
         *ts += 1;
-        segs.push(segment(client, server, 0, SYN, Bytes::new(), *ts));
-        segs.push(segment(server, client, 0, SYN | ACK, Bytes::new(), *ts));
+        segs.push(Segment::new(client, server, 0, SYN, Bytes::new(), *ts));
+        segs.push(Segment::new(server, client, 0, SYN | ACK, Bytes::new(), *ts));
         conns.push(Conn { client, server, cseq: 1, sseq: 1 });
     }
     (conns, segs)
@@ -115,7 +97,7 @@ fn traffic(
                 *ts += 1_000;
                 let part = message.slice(start..(start + mss).min(message.len()));
                 let len = part.len() as u32;
-                segs.push(segment(src, dst, *seq, ACK | PSH, part, *ts));
+                segs.push(Segment::new(src, dst, *seq, ACK | PSH, part, *ts));
                 *seq = seq.wrapping_add(len);
             }
         }
@@ -124,8 +106,8 @@ fn traffic(
 
 fn close(conns: &[Conn], ts: u64, segs: &mut Vec<Segment>) {
     for c in conns {
-        segs.push(segment(c.client, c.server, c.cseq, FIN | ACK, Bytes::new(), ts));
-        segs.push(segment(c.server, c.client, c.sseq, FIN | ACK, Bytes::new(), ts));
+        segs.push(Segment::new(c.client, c.server, c.cseq, FIN | ACK, Bytes::new(), ts));
+        segs.push(Segment::new(c.server, c.client, c.sseq, FIN | ACK, Bytes::new(), ts));
     }
 }
 

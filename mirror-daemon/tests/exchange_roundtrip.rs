@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr};
 use bytes::Bytes;
 use mirror_common::tcp_flags::{ACK, FIN, SYN};
 use mirror_daemon::{
-    capture::{Direction, Segment},
+    capture::Segment,
     exchange::{Assembler, AssemblerConfig, Exchange, ExchangeId, Header, Request, Response},
     flows::{FlowConfig, FlowLimits},
     http::HttpConfig,
@@ -255,24 +255,6 @@ struct Wire {
     expected: HashMap<SocketAddr, Vec<Exchange>>,
 }
 
-fn segment(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload: Bytes, ts_ns: u64) -> Segment {
-    Segment {
-        ts_ns,
-        ifindex: 1,
-        direction: Direction::Ingress,
-        src,
-        dst,
-        seq,
-        ack: 0,
-        flags,
-        window: 0,
-        segment_len: payload.len() as u32,
-        offset: 0,
-        payload,
-        lost: 0,
-    }
-}
-
 fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
     let mut rng = Rng(seed | 1);
     let server: SocketAddr = "10.1.0.1:8080".parse().expect("address");
@@ -285,8 +267,8 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
         let built = build(c, spec, client, server);
         expected.insert(client, built.expected);
         ts += 1;
-        head.push(segment(client, server, spec.client_isn, SYN, Bytes::new(), ts));
-        head.push(segment(server, client, spec.server_isn, SYN | ACK, Bytes::new(), ts));
+        head.push(Segment::new(client, server, spec.client_isn, SYN, Bytes::new(), ts));
+        head.push(Segment::new(server, client, spec.server_isn, SYN | ACK, Bytes::new(), ts));
         let mut segs = Vec::new();
         let (mut cseq, mut sseq) = (spec.client_isn.wrapping_add(1), spec.server_isn.wrapping_add(1));
         let mut streams: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
@@ -300,7 +282,7 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
                     let part = bytes.slice(start..(start + spec.mss).min(bytes.len()));
                     ts += 1;
                     let len = part.len() as u32;
-                    let s = segment(src, dst, *seq, ACK, part, ts);
+                    let s = Segment::new(src, dst, *seq, ACK, part, ts);
                     if len > 8 && rng.below(6) == 0 {
                         // The kernel's split of a large segment into two records.
                         let k = 1 + rng.below(u64::from(len) - 1) as usize;
@@ -319,8 +301,8 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
             }
         }
         ts += 1;
-        segs.push(segment(client, server, cseq, FIN | ACK, Bytes::new(), ts));
-        segs.push(segment(server, client, sseq, FIN | ACK, Bytes::new(), ts));
+        segs.push(Segment::new(client, server, cseq, FIN | ACK, Bytes::new(), ts));
+        segs.push(Segment::new(server, client, sseq, FIN | ACK, Bytes::new(), ts));
         // Retransmissions covering arbitrary ranges (overlapping several original segments).
         for _ in 0..rng.below(4) {
             let side = rng.below(2) as usize;
@@ -334,7 +316,7 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
                 if side == 0 { (client, server, spec.client_isn) } else { (server, client, spec.server_isn) };
             let seq = isn.wrapping_add(1).wrapping_add(a as u32);
             let pos = rng.below(segs.len() as u64 + 1) as usize;
-            segs.insert(pos, segment(src, dst, seq, ACK, Bytes::copy_from_slice(&stream[a..b]), ts));
+            segs.insert(pos, Segment::new(src, dst, seq, ACK, Bytes::copy_from_slice(&stream[a..b]), ts));
         }
         per_conn.push(segs);
     }

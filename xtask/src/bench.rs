@@ -52,8 +52,15 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     if matches!(args.which, Which::Pipeline | Which::All) {
         let mut cmd = cargo();
-        cmd.current_dir(workspace_root())
-            .args(["bench", "--package", "mirror-daemon", "--bench", "pipeline", "--", "--noplot"]);
+        cmd.current_dir(workspace_root()).args([
+            "bench",
+            "--package",
+            "mirror-daemon",
+            "--bench",
+            "pipeline",
+            "--",
+            "--noplot",
+        ]);
         run_command(&mut cmd)?;
     }
     if matches!(args.which, Which::Mirror | Which::All) {
@@ -115,7 +122,8 @@ fn load(ns: &Netns, server: SocketAddr, rate: u32, seconds: u64) -> Load {
                             .map(|r| (0..4).map(|f| ((n * 31 + r * 7 + f * 3) % 89) as f64 / 8.0).collect())
                             .collect();
                         let body = infer_request(&format!("bench-{n}"), &rows);
-                        let (status, _, latency) = post_json(&mut conn, &host, "/v2/models/demo/infer", &body);
+                        let (status, _, latency) =
+                            post_json(&mut conn, &host, "/v2/models/demo/infer", &body);
                         latencies.push(latency);
                         failed += usize::from(status != 200);
                         n += WORKERS;
@@ -139,7 +147,8 @@ fn load(ns: &Netns, server: SocketAddr, rate: u32, seconds: u64) -> Load {
     });
     latencies.sort();
     let quantile = |q: f64| {
-        latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
     Load {
@@ -155,7 +164,8 @@ fn load(ns: &Netns, server: SocketAddr, rate: u32, seconds: u64) -> Load {
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start at ") ".
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -183,13 +193,30 @@ fn mirror(args: &BenchArgs) -> Result<()> {
     let shadow = SocketAddr::from((trio.shadow_addr, 8080));
     let _v1 = model_server(&server_bin, &trio.production, production)?;
     let _v2 = model_server(&server_bin, &trio.shadow, shadow)?;
-    let record: PathBuf = std::env::temp_dir().join(format!("shadow-mirror-bench-{}.jsonl", std::process::id()));
+    let record: PathBuf =
+        std::env::temp_dir().join(format!("shadow-mirror-bench-{}.jsonl", std::process::id()));
 
-    println!("\nmirror benchmark: {} s per rate, 8 keep-alive client connections, OIP requests of 1-4 rows,", args.seconds);
-    println!("100% sampling to one shadow; client, production, shadow and daemon share this machine's cores.\n");
+    println!(
+        "\nmirror benchmark: {} s per rate, 8 keep-alive client connections, OIP requests of 1-4 rows,",
+        args.seconds
+    );
+    println!(
+        "100% sampling to one shadow; client, production, shadow and daemon share this machine's cores.\n"
+    );
     println!(
         "{:>6} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>6} {:>8} {:>8} | {:>9} {:>7}",
-        "rate", "no daemon", "p50 ms", "p99 ms", "mirrored", "p50 ms", "p99 ms", "CPU", "RSS MiB", "peak MiB", "compared", "lost %"
+        "rate",
+        "no daemon",
+        "p50 ms",
+        "p99 ms",
+        "mirrored",
+        "p50 ms",
+        "p99 ms",
+        "CPU",
+        "RSS MiB",
+        "peak MiB",
+        "compared",
+        "lost %"
     );
     let mut best: Option<u32> = None;
     for &rate in &args.rates {
@@ -245,7 +272,11 @@ fn mirror(args: &BenchArgs) -> Result<()> {
             lost
         );
         if without.failed + with.failed > 0 {
-            bail!("production requests failed at {rate}/s: {} without, {} with the daemon", without.failed, with.failed);
+            bail!(
+                "production requests failed at {rate}/s: {} without, {} with the daemon",
+                without.failed,
+                with.failed
+            );
         }
         if lost < 0.1 && with.achieved_rps >= 0.95 * f64::from(rate) {
             best = Some(rate);

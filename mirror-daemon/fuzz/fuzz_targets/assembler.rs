@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use mirror_daemon::{
-    capture::{Direction, Segment},
+    capture::Segment,
     exchange::{Assembler, AssemblerConfig},
     flows::{FlowConfig, FlowLimits},
     http::HttpConfig,
@@ -44,22 +44,7 @@ fn segments(mut data: &[u8]) -> Vec<Segment> {
         let seq = seqs[slot].wrapping_add(delta as i32 as u32);
         seqs[slot] = seq.wrapping_add(len as u32 + lost);
         let lost = if payload.is_empty() { lost } else { 0 };
-        let segment_len = len as u32 + lost;
-        let base = Segment {
-            ts_ns: ts,
-            ifindex: 1,
-            direction: Direction::Ingress,
-            src,
-            dst,
-            seq,
-            ack: 0,
-            flags,
-            window: 0,
-            segment_len,
-            offset: 0,
-            payload: Bytes::copy_from_slice(payload),
-            lost,
-        };
+        let base = Segment::new(src, dst, seq, flags, Bytes::copy_from_slice(payload), ts).with_lost(lost);
         // Sometimes split the payload into two ranges, as the kernel does for large segments.
         let k = usize::from(split);
         if k > 0 && k < len {

@@ -57,6 +57,33 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A whole segment as one range, seen on receive by interface 1: what tests, benchmarks and
+    /// fuzzers build traffic from.
+    pub fn new(src: SocketAddr, dst: SocketAddr, seq: u32, flags: u8, payload: Bytes, ts_ns: u64) -> Self {
+        Self {
+            ts_ns,
+            ifindex: 1,
+            direction: Direction::Ingress,
+            src,
+            dst,
+            seq,
+            ack: 0,
+            flags,
+            window: 0,
+            segment_len: payload.len() as u32,
+            offset: 0,
+            payload,
+            lost: 0,
+        }
+    }
+
+    /// The same segment with `lost` further bytes that were not captured (a gap).
+    pub fn with_lost(mut self, lost: u32) -> Self {
+        self.lost = lost;
+        self.segment_len = self.payload.len() as u32 + lost;
+        self
+    }
+
     /// Sequence number of this range's first byte.
     pub fn range_seq(&self) -> u32 {
         self.seq.wrapping_add(self.offset)

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use mirror_common::tcp_flags::{ACK, FIN, RST, SYN};
 
 use super::*;
-use crate::capture::{Direction, Segment};
+use crate::capture::Segment;
 
 const CLIENT: &str = "10.0.0.1:40000";
 const SERVER: &str = "10.0.0.2:8080";
@@ -15,21 +15,7 @@ fn addr(s: &str) -> SocketAddr {
 
 fn seg(from_client: bool, seq: u32, flags: u8, payload: &[u8], ts_ns: u64) -> Segment {
     let (src, dst) = if from_client { (addr(CLIENT), addr(SERVER)) } else { (addr(SERVER), addr(CLIENT)) };
-    Segment {
-        ts_ns,
-        ifindex: 1,
-        direction: Direction::Ingress,
-        src,
-        dst,
-        seq,
-        ack: 0,
-        flags,
-        window: 0,
-        segment_len: payload.len() as u32,
-        offset: 0,
-        payload: Bytes::copy_from_slice(payload),
-        lost: 0,
-    }
+    Segment::new(src, dst, seq, flags, Bytes::copy_from_slice(payload), ts_ns)
 }
 
 fn lost(from_client: bool, seq: u32, len: u32) -> Segment {

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use mirror_common::tcp_flags::{ACK, FIN, SYN};
 
 use crate::{
-    capture::{Direction, Segment},
+    capture::Segment,
     exchange::{Assembler, AssemblerConfig, DropCounters, Exchange},
     flows::{FlowConfig, FlowLimits},
     http::HttpConfig,
@@ -46,21 +46,7 @@ impl Conn {
     fn push_raw(&mut self, from_client: bool, seq: u32, flags: u8, payload: Bytes, lost: u32) {
         self.ts += 10;
         let (src, dst) = if from_client { (self.client, self.server) } else { (self.server, self.client) };
-        self.segs.push(Segment {
-            ts_ns: self.ts,
-            ifindex: 1,
-            direction: Direction::Ingress,
-            src,
-            dst,
-            seq,
-            ack: 0,
-            flags,
-            window: 0,
-            segment_len: payload.len() as u32 + lost,
-            offset: 0,
-            payload,
-            lost,
-        });
+        self.segs.push(Segment::new(src, dst, seq, flags, payload, self.ts).with_lost(lost));
     }
 
     /// Sends `bytes` from one side in segments of at most `mss` bytes.
