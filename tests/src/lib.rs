@@ -6,6 +6,7 @@
 pub mod client;
 pub mod daemon;
 pub mod gate;
+pub mod journal;
 pub mod model_server;
 pub mod netns;
 pub mod pcap_streams;

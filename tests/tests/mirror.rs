@@ -220,8 +220,7 @@ fn verdicts_equal_the_ground_truth() {
         .stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["message"] == "shadow summary" && v["route"] == format!("POST {PATH}"))
-        .last()
+        .rfind(|v| v["message"] == "shadow summary" && v["route"] == format!("POST {PATH}"))
         .unwrap_or_else(|| panic!("no per-route summary event:\n{}", finished.stderr));
     assert_eq!(route_summary["model_id"], "model-v2");
     assert_eq!(route_summary["comparisons"], 300);

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
+mod install;
 mod setup;
 mod test;
 mod util;
@@ -29,8 +31,12 @@ enum Command {
     Test(test::TestArgs),
     /// Build everything and run a self-contained demo in network namespaces (needs root).
     Demo(demo::DemoArgs),
-    /// Run the benchmarks (criterion): reassembly + framing throughput, heap per exchange.
+    /// Run the benchmarks: reassembly + framing throughput (criterion) and the mirror under load.
     Bench(bench::BenchArgs),
+    /// Fuzz the segment → exchange pipeline (cargo-fuzz, nightly).
+    Fuzz(fuzz::FuzzArgs),
+    /// Install the daemon, its systemd unit and an example environment file.
+    Install(install::InstallArgs),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +46,7 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
+        Command::Install(args) => install::run(&args),
     }
 }

@@ -25,7 +25,12 @@ pub const PACKAGES: &[&str] = &[
     "wrk",
     "python3",
     "util-linux",
+    // systemd-journald, journalctl and systemd-analyze for the logging and unit tests.
+    "systemd",
 ];
+
+/// cargo-fuzz, for the fuzz run in `cargo xtask test` (with the machine's nightly toolchain).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -98,6 +103,15 @@ pub fn run() -> Result<()> {
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22")
                 .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
         )?;
+    }
+    let fuzz_ok = Command::new(cargo_bin_dir().join("cargo-fuzz"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION));
+    if fuzz_ok {
+        eprintln!("setup: cargo-fuzz {CARGO_FUZZ_VERSION} present");
+    } else {
+        run_command(crate::util::cargo().args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]))?;
     }
     if !succeeds(Command::new("/usr/bin/rustc").arg("--version")) {
         bail!("/usr/bin/rustc (Debian's rustc-web) does not run after setup");

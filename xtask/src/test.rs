@@ -35,6 +35,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if let Some(filter) = &args.filter {
         cmd.arg(filter);
     }
+    if args.filter.is_none() {
+        // A short, deterministic fuzz pass over the segment → exchange pipeline (first, so that
+        // the totals line of the tests closes the output).
+        crate::fuzz::run(&crate::fuzz::FuzzArgs { runs: 100_000, seed: 1 })?;
+    }
     run_counting(&mut cmd)
 }
 
