@@ -361,3 +361,45 @@ fn programs_always_pass_and_parse_every_frame_shape() {
     assert_eq!(finished.counter("unparsed"), 2, "the fragment, once per program");
     assert_eq!(finished.counter("seen"), runs);
 }
+
+/// With `--server-addr`, only traffic from or to those addresses matches, even on the right port.
+#[test]
+fn server_address_filter_selects_traffic() {
+    if !kernel_tests_allowed("server_address_filter_selects_traffic") {
+        return;
+    }
+    let pair = Pair::new();
+    let _server = start_server(&pair, &[PORT]);
+    let v4 = SocketAddr::new(pair.server_ip(false), PORT);
+    let v6 = SocketAddr::new(pair.server_ip(true), PORT);
+    let only_v4 = pair.server_v4.to_string();
+    let daemon = Daemon::start(
+        &pair.server,
+        &["capture", "-i", &pair.server_if, "-p", "8080", "--server-addr", &only_v4],
+    );
+    let asks = [Ask { request_body: 100, response_body: 100 }];
+    pair.client.run(move || {
+        run_connection(v4, &asks);
+        run_connection(v6, &asks);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let finished = daemon.stop();
+    assert!(finished.success, "{}", finished.stderr);
+    let lines: Vec<&str> = finished.stdout.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains(&format!("> {v4} [S]"))),
+        "IPv4 SYN captured:\n{}",
+        finished.stdout
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(&format!("{v4} > ")) && l.contains("[P.]")),
+        "{}",
+        finished.stdout
+    );
+    assert!(
+        !finished.stdout.contains(&pair.server_v6.to_string()),
+        "IPv6 is filtered out:\n{}",
+        finished.stdout
+    );
+    assert!(finished.counter("seen") > finished.counter("matched"), "{}", finished.stderr);
+}
