@@ -12,9 +12,12 @@
 //! - [`exchange`]: the rebuilt [`exchange::Exchange`]s, drop counters, and the pure
 //!   [`exchange::Assembler`] that runs segments through `flows` and `http`.
 //!
+//! - [`config`]: the config file (`--config`), checked field by field.
+//!
 //! Errors are `thiserror` enums per module; the binary adds context with `anyhow`.
 pub mod capture;
 pub mod compare;
+pub mod config;
 pub mod exchange;
 pub mod flows;
 pub mod http;

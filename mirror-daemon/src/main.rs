@@ -1,7 +1,7 @@
 //! `mirror-daemon`: the command-line front of shadow mirror.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mirror_daemon::logging::LogFormat;
 
 mod commands;
@@ -26,28 +26,71 @@ enum Command {
     Run(Box<commands::run::RunArgs>),
     /// Capture the model server's TCP segments (both directions) and print them or write a pcap file.
     Capture(commands::capture::CaptureArgs),
+    /// Check a config file: exit 0 when it is valid, 3 with one line per problem otherwise.
+    CheckConfig(commands::check_config::CheckConfigArgs),
     /// Summarise comparison records (one or several nodes') and decide: exit 0 PROMOTE, 1 HOLD,
     /// 2 REJECT, 3 no report possible.
     Report(commands::report::ReportArgs),
 }
 
+/// The command line parser. `run` needs `--interface` and `--port` unless `--config` names a
+/// file (which must then provide them); `capture` always needs them.
+fn command() -> clap::Command {
+    let optional = |arg: clap::Arg| arg.required(false).required_unless_present("config");
+    Cli::command()
+        .mut_arg("interfaces", optional)
+        .mut_arg("ports", optional)
+        .mut_subcommand("run", |run| run.mut_arg("interfaces", optional).mut_arg("ports", optional))
+}
+
+/// Parses the command line; the matches are kept to tell flags given from defaults.
+fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(Cli, clap::ArgMatches), clap::Error> {
+    let matches = command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok((cli, matches))
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, matches) = match parse(std::env::args_os()) {
+        Ok(parsed) => parsed,
         Err(err) => {
             // Usage errors exit 3, not clap's 2: `report` uses 2 for REJECT.
             let _ = err.print();
             return ExitCode::from(if err.use_stderr() { 3 } else { 0 });
         }
     };
-    if let Some(Command::Report(args)) = cli.command {
-        // Pure file processing: no logging setup, no runtime; the exit status is the decision.
-        return commands::report::run(args).unwrap_or_else(|err| {
-            eprintln!("Error: {err:#}");
-            ExitCode::from(3)
-        });
+    // Pure file processing: no logging setup, no runtime; the exit status is the decision.
+    match cli.command {
+        Some(Command::Report(args)) => {
+            return commands::report::run(args).unwrap_or_else(|err| {
+                eprintln!("Error: {err:#}");
+                ExitCode::from(3)
+            });
+        }
+        Some(Command::CheckConfig(args)) => return commands::check_config::run(&args),
+        _ => {}
     }
-    mirror_daemon::logging::init(cli.log_format);
+    // The settings in force for `run`: the config file's under the flags given.
+    let (capture, run_args, run_matches) = match cli.command {
+        Some(Command::Run(args)) => {
+            (None, Some(*args), matches.subcommand_matches("run").unwrap_or(&matches))
+        }
+        Some(Command::Capture(args)) => (Some(args), None, &matches),
+        _ => (None, Some(cli.run), &matches),
+    };
+    let run = match run_args.map(|args| {
+        let invocation = commands::run::Invocation::from_matches(args, run_matches);
+        invocation.settings().map(|settings| (invocation, settings))
+    }) {
+        Some(Ok(run)) => Some(run),
+        Some(Err(err)) => {
+            eprintln!("Error: {err:#}");
+            return ExitCode::from(3);
+        }
+        None => None,
+    };
+    let log_format = run.as_ref().and_then(|(_, settings)| settings.log_format).unwrap_or(cli.log_format);
+    mirror_daemon::logging::init(log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -55,11 +98,10 @@ fn main() -> ExitCode {
         .map_err(Into::into)
         .and_then(|runtime| {
             runtime.block_on(async {
-                match cli.command {
-                    Some(Command::Capture(args)) => commands::capture::run(args).await,
-                    Some(Command::Run(args)) => commands::run::run(*args).await,
-                    Some(Command::Report(_)) => unreachable!("handled above"),
-                    None => commands::run::run(cli.run).await,
+                match (capture, run) {
+                    (Some(args), _) => commands::capture::run(args).await,
+                    (None, Some((invocation, settings))) => commands::run::run(invocation, settings).await,
+                    (None, None) => unreachable!("either capture or run"),
                 }
             })
         });
@@ -77,7 +119,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("mirror-daemon").chain(args.iter().copied()))
+        super::parse(std::iter::once("mirror-daemon").chain(args.iter().copied()).map(Into::into))
+            .map(|(cli, _)| cli)
     }
 
     #[test]
@@ -106,5 +149,91 @@ mod tests {
         let err = parse(&["-i", "eth0", "-p", "1", "--shadow", "https://s:443"]).err().unwrap().to_string();
         assert!(err.contains("only http://"), "{err}");
         assert!(parse(&["report"]).is_err(), "report needs a file");
+    }
+
+    /// The settings `run` would use for `args`, with `config` (YAML) written to a scratch file.
+    fn settings(config: &str, args: &[&str]) -> anyhow::Result<commands::run::RunArgs> {
+        let file = std::env::temp_dir().join(format!(
+            "mirror-cli-{}-{:?}.yaml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&file, config).unwrap();
+        let mut argv = vec!["mirror-daemon".to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv.extend(["--config".to_string(), file.display().to_string()]);
+        let (cli, matches) = super::parse(argv.into_iter().map(Into::into))?;
+        let (args, matches) = match cli.command {
+            Some(Command::Run(args)) => (*args, matches.subcommand_matches("run").unwrap().clone()),
+            _ => (cli.run, matches),
+        };
+        let result = commands::run::Invocation::from_matches(args, &matches).settings();
+        std::fs::remove_file(&file).unwrap();
+        result
+    }
+
+    const FILE: &str = "capture: {interfaces: [eth0], ports: [8080]}\nsampling: {percent: 10}\n\
+        compare: {abs_tolerance: 0.5, ignore: [/id]}\nshadows: [{model_id: v2, endpoint: 'http://s:80'}]\n\
+        criteria: {min_samples: 7}\noutput: {log_format: json}\n";
+
+    #[test]
+    fn the_file_fills_in_what_the_command_line_leaves_out() {
+        let s = settings(FILE, &[]).unwrap();
+        assert_eq!(s.attach.interfaces, ["eth0"]);
+        assert_eq!(s.attach.ports, [8080]);
+        assert_eq!(s.mirror.sample_percent, 10.0, "the CLI default (100) does not override the file");
+        assert_eq!(s.mirror.shadow[0].model.model_id, "v2");
+        assert_eq!(s.criteria.min_samples, 7);
+        assert_eq!(s.criteria.min_agreement, 0.95, "unset in the file: the default");
+        assert_eq!(s.log_format, Some(LogFormat::Json));
+        let rules = s.mirror.compare.as_ref().unwrap();
+        assert_eq!((rules.abs_tolerance, rules.ignore.as_slice()), (0.5, &["/id".to_string()][..]));
+    }
+
+    #[test]
+    fn flags_given_override_the_file() {
+        let s = settings(FILE, &["--sample-percent", "50", "-i", "lo", "--abs-tolerance", "0.1"]).unwrap();
+        assert_eq!(s.mirror.sample_percent, 50.0);
+        assert_eq!(s.attach.interfaces, ["lo"], "a list flag replaces the file's list");
+        assert_eq!(s.attach.ports, [8080], "not given: the file's");
+        let rules = s.mirror.compare.as_ref().unwrap();
+        assert_eq!(rules.abs_tolerance, 0.1);
+        assert_eq!(rules.ignore, ["/id"], "not given: the file's");
+        let s = settings(FILE, &["--log-format", "pretty", "run", "--min-samples", "3"]).unwrap();
+        assert_eq!(s.criteria.min_samples, 3, "also after `run`");
+        assert_eq!(s.log_format, None, "--log-format given: the file's is not used");
+        // Given explicitly with the default value still counts as given.
+        assert_eq!(settings(FILE, &["--sample-percent", "100"]).unwrap().mirror.sample_percent, 100.0);
+    }
+
+    #[test]
+    fn with_a_config_file_interface_and_port_may_come_from_it() {
+        assert!(parse(&["--config", "x.yaml"]).is_ok());
+        assert!(parse(&["run", "--config", "x.yaml"]).is_ok());
+        assert!(parse(&["run", "-p", "80"]).is_err(), "no file: --interface is required");
+        assert!(parse(&["capture", "-p", "80"]).is_err(), "capture still needs --interface");
+        let err = settings("sampling: {percent: 5}", &[]).unwrap_err().to_string();
+        assert!(err.contains("capture.interfaces") && err.contains("--interface"), "{err}");
+        let err = settings("sampling: {percent: 500}", &["-i", "lo", "-p", "1"]).unwrap_err().to_string();
+        assert!(err.contains("sampling.percent"), "{err}");
+    }
+
+    #[test]
+    fn reload_sorts_changes_into_applied_and_restart() {
+        let old = settings(FILE, &[]).unwrap();
+        let new = settings(
+            &FILE
+                .replace("percent: 10", "percent: 20")
+                .replace("[eth0]", "[eth1]")
+                .replace("min_samples: 7", "min_samples: 8"),
+            &[],
+        )
+        .unwrap();
+        let changes = commands::run::changes(&old, &new);
+        assert_eq!(changes.applied, ["sampling.percent", "criteria"]);
+        assert_eq!(changes.restart, ["capture.interfaces"]);
+        assert_eq!(commands::run::changes(&old, &old), commands::run::Changes::default());
+        let more = settings(&FILE.replace("'http://s:80'", "'http://s:81'"), &[]).unwrap();
+        assert_eq!(commands::run::changes(&old, &more).applied, ["shadows"]);
     }
 }

@@ -9,7 +9,15 @@
 //!   a counted drop.
 //! - [`Reporter`] runs as its own task. It compares, writes records, feeds the aggregates and the
 //!   metrics, and logs per-comparison events and the periodic summary.
-use std::{collections::BTreeMap, io::Write, sync::Arc};
+//!
+//! Both can be reconfigured while running (SIGHUP): [`Dispatcher::reconfigure`] and
+//! [`ReportItem::Reconfigure`]. Shadows are handled in *generations*: a comparison is joined
+//! against the shadows that were configured when its request was replayed, so a comparison opened
+//! before a reload completes with the old set and one opened after it with the new set. Clients of
+//! shadows that did not change are shared between generations (same connections, same counters);
+//! an old generation is dropped once nothing waits on it any more. Each client has an id that is
+//! never reused, so a late answer from a removed shadow still finds its comparison.
+use std::{collections::BTreeMap, io::Write, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
@@ -20,10 +28,10 @@ use crate::{
     kernel::Counters,
     metrics::{ComparisonLabels, Metrics, ReasonLabels, RouteLabels, ShadowReasonLabels, ShadowRouteLabels},
     replay::{
-        client::{Done, Job, ShadowClient},
+        client::{ClientLimits, Done, Job, ShadowClient},
         join::{Complete, Expired, JoinTable, Joined, ShadowResult},
         request::{self, ReplayOptions},
-        sample::{Decision, Sampler},
+        sample::{Decision, RoutePattern, Sampler},
         target::ModelInfo,
     },
     report::{
@@ -37,6 +45,28 @@ use crate::{
 /// `METHOD /path` (no query): the unit of per-route aggregates and metrics.
 pub fn route(method: &str, target: &str) -> String {
     format!("{method} {}", target.split('?').next().unwrap_or_default())
+}
+
+/// Comparison rules for the routes that match `pattern`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteRules {
+    pub pattern: RoutePattern,
+    pub rules: CompareRules,
+}
+
+/// Default comparison rules and per-route exceptions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuleSet {
+    pub default: CompareRules,
+    /// Tried in order; the first pattern that matches the request wins.
+    pub routes: Vec<RouteRules>,
+}
+
+impl RuleSet {
+    /// The rules for a request: the first matching route's, or the default.
+    pub fn for_request(&self, method: &str, target: &str) -> &CompareRules {
+        self.routes.iter().find(|r| r.pattern.matches(method, target)).map_or(&self.default, |r| &r.rules)
+    }
 }
 
 /// Losses between the rebuilt exchange and the comparison.
@@ -68,8 +98,11 @@ impl DispatchCounters {
 pub enum ReportItem {
     /// An exchange that was not replayed; `reason` is set when shadows are configured.
     Exchange { exchange: Exchange, reason: Option<&'static str> },
-    /// Production and every shadow's result.
-    Replayed(Complete),
+    /// Production and every shadow's result, with the shadows the results are indexed by (those
+    /// configured when the request was replayed).
+    Replayed(Complete, Arc<[ShadowInfo]>),
+    /// New settings from a reload; items after it follow them.
+    Reconfigure(Box<ReporterSettings>),
     /// Counters for the periodic summary.
     Summary(Box<Snapshot>),
     /// The last summary; the reporter flushes and answers.
@@ -89,94 +122,224 @@ pub struct Snapshot {
     pub replay: Vec<(String, Vec<(&'static str, u64)>)>,
 }
 
+/// The shadows of one configuration and the comparisons opened while it was current.
+#[derive(Debug)]
+struct Generation {
+    /// `(client id, client)`; results are indexed by position in this list.
+    clients: Vec<(usize, Arc<ShadowClient>)>,
+    shadows: Arc<[ShadowInfo]>,
+    join: JoinTable,
+}
+
+/// What [`Dispatcher::reconfigure`] takes.
+#[derive(Debug)]
+pub struct DispatchSettings {
+    pub sampler: Sampler,
+    pub replay: ReplayOptions,
+    pub shadows: Vec<crate::replay::target::ShadowTarget>,
+    pub limits: ClientLimits,
+}
+
 /// The non-blocking half, driven by the capture loop.
 #[derive(Debug)]
 pub struct Dispatcher {
     sampler: Sampler,
     replay: ReplayOptions,
-    clients: Vec<ShadowClient>,
-    join: JoinTable,
+    limits: ClientLimits,
+    current: Generation,
+    /// Earlier generations with comparisons still open.
+    retired: Vec<Generation>,
+    next_client: usize,
+    done: mpsc::UnboundedSender<Done>,
+    max_pending: usize,
     to_report: mpsc::Sender<ReportItem>,
     pub counters: DispatchCounters,
     expired: Vec<Expired>,
 }
 
+/// How long a comparison waits: the replay's timeout plus the time production may take to finish.
+fn join_wait(limits: &ClientLimits) -> u64 {
+    (limits.timeout + Duration::from_secs(60)).as_nanos() as u64
+}
+
+/// `http://authority/prefix`, as records name the shadow.
+pub fn shadow_info(target: &crate::replay::target::ShadowTarget) -> ShadowInfo {
+    ShadowInfo {
+        model: target.model.clone(),
+        endpoint: format!("http://{}{}", target.authority, target.path_prefix),
+    }
+}
+
 impl Dispatcher {
+    /// Starts a client per shadow; their results come back on `done` (pass them to
+    /// [`Self::shadow_done`]). At most `max_pending` comparisons wait at once.
     pub fn new(
-        sampler: Sampler,
-        replay: ReplayOptions,
-        clients: Vec<ShadowClient>,
-        join: JoinTable,
+        settings: DispatchSettings,
+        max_pending: usize,
+        done: mpsc::UnboundedSender<Done>,
         to_report: mpsc::Sender<ReportItem>,
     ) -> Self {
-        Self {
-            sampler,
-            replay,
-            clients,
-            join,
+        let mut dispatcher = Self {
+            sampler: settings.sampler,
+            replay: settings.replay,
+            limits: settings.limits.clone(),
+            current: Generation {
+                clients: Vec::new(),
+                shadows: Arc::from([]),
+                join: JoinTable::new(0, 0, 0),
+            },
+            retired: Vec::new(),
+            next_client: 0,
+            done,
+            max_pending,
             to_report,
             counters: DispatchCounters::default(),
             expired: Vec::new(),
+        };
+        dispatcher.current = dispatcher.generation(&settings.shadows, &settings.limits, &[]);
+        dispatcher
+    }
+
+    /// A generation for `targets`, reusing the clients in `reuse` whose target and limits are
+    /// unchanged.
+    fn generation(
+        &mut self,
+        targets: &[crate::replay::target::ShadowTarget],
+        limits: &ClientLimits,
+        reuse: &[(usize, Arc<ShadowClient>)],
+    ) -> Generation {
+        let same_limits = limits_eq(limits, &self.limits);
+        let clients: Vec<(usize, Arc<ShadowClient>)> = targets
+            .iter()
+            .map(|target| {
+                if same_limits && let Some(kept) = reuse.iter().find(|(_, c)| &c.target == target) {
+                    return kept.clone();
+                }
+                let id = self.next_client;
+                self.next_client += 1;
+                (id, Arc::new(ShadowClient::spawn(id, target.clone(), limits.clone(), self.done.clone())))
+            })
+            .collect();
+        let shadows: Arc<[ShadowInfo]> = targets.iter().map(shadow_info).collect();
+        Generation {
+            join: JoinTable::new(clients.len(), self.max_pending, join_wait(limits)),
+            clients,
+            shadows,
         }
     }
 
-    pub fn shadows(&self) -> &[ShadowClient] {
-        &self.clients
+    /// Applies new settings. Comparisons already open complete with the shadows they were
+    /// replayed to; requests from now on follow the new settings.
+    pub fn reconfigure(&mut self, settings: DispatchSettings) {
+        self.sampler = settings.sampler;
+        self.replay = settings.replay;
+        let unchanged = limits_eq(&settings.limits, &self.limits)
+            && settings.shadows.len() == self.current.clients.len()
+            && settings.shadows.iter().zip(&self.current.clients).all(|(t, (_, c))| &c.target == t);
+        if unchanged {
+            return;
+        }
+        let reuse = self.current.clients.clone();
+        let next = self.generation(&settings.shadows, &settings.limits, &reuse);
+        self.limits = settings.limits;
+        let old = std::mem::replace(&mut self.current, next);
+        if !old.join.is_empty() {
+            self.retired.push(old);
+        }
+    }
+
+    /// Every live client once (current and retired generations).
+    pub fn shadows(&self) -> Vec<&ShadowClient> {
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for generation in std::iter::once(&self.current).chain(&self.retired) {
+            for (id, client) in &generation.clients {
+                if !seen.contains(id) {
+                    seen.push(*id);
+                    out.push(client.as_ref());
+                }
+            }
+        }
+        out
+    }
+
+    /// The shadows requests are replayed to now.
+    pub fn current_shadows(&self) -> Arc<[ShadowInfo]> {
+        self.current.shadows.clone()
     }
 
     /// Starts the replays of requests that just completed.
     pub fn requests(&mut self, ready: impl Iterator<Item = ReadyRequest>, now_ns: u64) {
-        if self.clients.is_empty() {
+        if self.current.clients.is_empty() {
             return;
         }
+        let generation = &mut self.current;
         for r in ready {
             if self.sampler.decide(&r.request) != Decision::Replay {
                 continue;
             }
-            if !self.join.open(r.id, now_ns) {
+            if !generation.join.open(r.id, now_ns) {
                 self.counters.join_full += 1;
                 continue;
             }
-            for (index, client) in self.clients.iter().enumerate() {
+            for (index, (_, client)) in generation.clients.iter().enumerate() {
                 let outgoing = request::build(&r.request, &client.target, &self.replay);
                 if !client.submit(Job { id: r.id, outgoing }) {
                     // Production has not answered yet, so this cannot complete the entry.
-                    let _ = self.join.shadow(r.id, index, ShadowResult::NotSent);
+                    let _ = generation.join.shadow(r.id, index, ShadowResult::NotSent);
                 }
             }
         }
     }
 
     /// A production exchange was rebuilt.
-    pub fn exchange(&mut self, exchange: Exchange) {
-        match self.join.production(exchange) {
-            Joined::Complete(complete) => self.send(ReportItem::Replayed(complete)),
-            Joined::Waiting => {}
-            Joined::NotWaiting(exchange) => {
-                let reason = if self.clients.is_empty() {
-                    None
-                } else {
-                    // The decision is a function of the request: the same one as at replay time.
-                    Some(match self.sampler.decide(&exchange.request) {
-                        Decision::Replay => "not_replayed",
-                        other => other.reason(),
-                    })
-                };
-                self.send(ReportItem::Exchange { exchange, reason });
+    pub fn exchange(&mut self, mut exchange: Exchange) {
+        for generation in self.retired.iter_mut().chain(std::iter::once(&mut self.current)) {
+            match generation.join.production(exchange) {
+                Joined::Complete(complete) => {
+                    let item = ReportItem::Replayed(complete, generation.shadows.clone());
+                    return self.send(item);
+                }
+                Joined::Waiting => return,
+                Joined::NotWaiting(back) => exchange = back,
             }
         }
+        let reason = if self.current.clients.is_empty() {
+            None
+        } else {
+            // The decision is a function of the request: the same one as at replay time.
+            Some(match self.sampler.decide(&exchange.request) {
+                Decision::Replay => "not_replayed",
+                other => other.reason(),
+            })
+        };
+        self.send(ReportItem::Exchange { exchange, reason });
     }
 
     /// A shadow answered (or failed, or timed out).
     pub fn shadow_done(&mut self, done: Done) {
-        if let Some(complete) = self.join.shadow(done.id, done.shadow, done.result) {
-            self.send(ReportItem::Replayed(complete));
+        let mut completed = Vec::new();
+        for generation in std::iter::once(&mut self.current).chain(self.retired.iter_mut()) {
+            let Some(index) = generation.clients.iter().position(|(id, _)| *id == done.shadow) else {
+                continue;
+            };
+            // Only the generation that opened this exchange has an entry for it; the others ignore it.
+            if let Some(complete) = generation.join.shadow(done.id, index, done.result.clone()) {
+                completed.push(ReportItem::Replayed(complete, generation.shadows.clone()));
+            }
+        }
+        for item in completed {
+            self.send(item);
         }
     }
 
-    /// Forgets what waited too long.
+    /// Forgets what waited too long, and old generations nothing waits on any more.
     pub fn expire(&mut self, now_ns: u64) {
-        self.join.expire(now_ns, &mut self.expired);
+        for generation in std::iter::once(&mut self.current).chain(self.retired.iter_mut()) {
+            generation.join.expire(now_ns, &mut self.expired);
+        }
+        // Dropping a generation drops its removed clients: their tasks end once their queue is empty.
+        self.retired.retain(|g| !g.join.is_empty());
         for expired in self.expired.drain(..) {
             match expired {
                 Expired::ProductionMissing => self.counters.production_missing += 1,
@@ -192,15 +355,29 @@ impl Dispatcher {
         }
     }
 
-    /// Sends a summary or final item, waiting for room: these must not be lost.
+    /// Sends a summary, final or reconfiguration item, waiting for room: these must not be lost.
     pub async fn send_control(&self, item: ReportItem) {
         let _ = self.to_report.send(item).await;
     }
 
     /// Per-shadow replay counters for the summary.
     pub fn replay_counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
-        self.clients.iter().map(|c| (c.target.model.model_id.clone(), c.counters.list().to_vec())).collect()
+        self.shadows().iter().map(|c| (c.target.model.model_id.clone(), c.counters.list().to_vec())).collect()
     }
+}
+
+fn limits_eq(a: &ClientLimits, b: &ClientLimits) -> bool {
+    (a.timeout, a.max_in_flight, a.queue, a.max_response_bytes)
+        == (b.timeout, b.max_in_flight, b.queue, b.max_response_bytes)
+}
+
+/// What a reload can change in the reporter.
+#[derive(Debug)]
+pub struct ReporterSettings {
+    pub shadows: Arc<[ShadowInfo]>,
+    pub production_model: Option<ModelInfo>,
+    pub rules: RuleSet,
+    pub criteria: Criteria,
 }
 
 /// One shadow as the reporter knows it.
@@ -212,9 +389,10 @@ pub struct ShadowInfo {
 
 /// The reporting half.
 pub struct Reporter {
-    pub shadows: Vec<ShadowInfo>,
+    /// The shadows configured now: those not-compared records are written for.
+    pub shadows: Arc<[ShadowInfo]>,
     pub production_model: Option<ModelInfo>,
-    pub rules: CompareRules,
+    pub rules: RuleSet,
     pub criteria: Criteria,
     pub record: RecordOptions,
     pub records: Option<Box<dyn Write + Send>>,
@@ -237,7 +415,14 @@ impl Reporter {
         while let Some(item) = items.recv().await {
             match item {
                 ReportItem::Exchange { exchange, reason } => self.exchange(&exchange, reason)?,
-                ReportItem::Replayed(complete) => self.replayed(&complete)?,
+                ReportItem::Replayed(complete, shadows) => self.replayed(&complete, &shadows)?,
+                ReportItem::Reconfigure(settings) => {
+                    let ReporterSettings { shadows, production_model, rules, criteria } = *settings;
+                    self.shadows = shadows;
+                    self.production_model = production_model;
+                    self.rules = rules;
+                    self.criteria = criteria;
+                }
                 ReportItem::Summary(snapshot) => self.summary(&snapshot, false),
                 ReportItem::Final(snapshot, done) => {
                     self.summary(&snapshot, true);
@@ -332,7 +517,7 @@ impl Reporter {
         Ok(())
     }
 
-    fn replayed(&mut self, complete: &Complete) -> Result<()> {
+    fn replayed(&mut self, complete: &Complete, shadows: &[ShadowInfo]) -> Result<()> {
         let exchange = &complete.exchange;
         let route = route(&exchange.request.method, &exchange.request.target);
         self.production(exchange, &route);
@@ -350,7 +535,7 @@ impl Reporter {
         };
         let route_label = self.metrics.route_label(&route);
         for (index, result) in complete.results.iter().enumerate() {
-            let Some(shadow) = self.shadows.get(index).cloned() else { continue };
+            let Some(shadow) = shadows.get(index).cloned() else { continue };
             let model_id = shadow.model.model_id.clone();
             if matches!(result, ShadowResult::NotSent) {
                 let labels = ShadowReasonLabels { model_id, reason: "queue_full".into() };
@@ -376,7 +561,8 @@ impl Reporter {
                 ShadowResult::Failed { error, .. } => ShadowOutcome::Failed(error),
                 ShadowResult::NotSent => continue,
             };
-            let comparison = compare::compare(&request, &production, &outcome, &self.rules);
+            let rules = self.rules.for_request(&exchange.request.method, &exchange.request.target);
+            let comparison = compare::compare(&request, &production, &outcome, rules);
             let shadow_record =
                 ShadowRecord::from_result(&shadow.model, &shadow.endpoint, result, &self.record);
             let value = serde_json::to_value(ComparisonRecord::compared(
@@ -478,10 +664,10 @@ impl Reporter {
             "{}",
             if last { "final summary" } else { "summary" }
         );
-        if self.shadows.is_empty() {
+        let summary = self.aggregator.summary();
+        if self.shadows.is_empty() && summary.shadows.is_empty() {
             return;
         }
-        let summary = self.aggregator.summary();
         for shadow in &summary.shadows {
             let totals = std::iter::once(("all", &shadow.stats));
             for (route, stats) in totals.chain(shadow.routes.iter().map(|r| (r.route.as_str(), &r.stats))) {
@@ -545,4 +731,136 @@ fn log_stats(model_id: &str, route: &str, s: &crate::report::aggregate::Stats) {
         error_rate_increase = s.error_rate_increase,
         "shadow summary"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_matching_route_picks_the_rules() {
+        let rules = |abs_tolerance| CompareRules { abs_tolerance, ..CompareRules::default() };
+        let set = RuleSet {
+            default: rules(0.0),
+            routes: vec![
+                RouteRules {
+                    pattern: RoutePattern::parse("POST /v2/models/*/infer").unwrap(),
+                    rules: rules(1.0),
+                },
+                RouteRules { pattern: RoutePattern::parse("/v2/**").unwrap(), rules: rules(2.0) },
+            ],
+        };
+        assert_eq!(set.for_request("POST", "/v2/models/m/infer?x=1").abs_tolerance, 1.0);
+        assert_eq!(set.for_request("GET", "/v2/models/m/infer").abs_tolerance, 2.0, "method differs");
+        assert_eq!(set.for_request("POST", "/v1/predict").abs_tolerance, 0.0, "default");
+    }
+
+    /// A shadow that answers every request with `{}` after `delay`; returns its address.
+    async fn slow_shadow(delay: Duration) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        tokio::time::sleep(delay).await;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                        if conn.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn exchange(seq: u64) -> Exchange {
+        use crate::exchange::{ExchangeId, Request, Response, Timing};
+        let request = Request {
+            method: "POST".into(),
+            target: "/infer".into(),
+            version: 1,
+            headers: vec![],
+            body: bytes::Bytes::from(format!("{{\"x\":{seq}}}")),
+            trailers: vec![],
+        };
+        let response = Response {
+            status: 200,
+            reason: "OK".into(),
+            version: 1,
+            headers: vec![],
+            body: bytes::Bytes::from_static(b"{}"),
+            trailers: vec![],
+        };
+        Exchange {
+            id: ExchangeId { connection: 1, seq },
+            client: "10.0.0.1:1".parse().unwrap(),
+            server: "10.0.0.2:2".parse().unwrap(),
+            request,
+            response,
+            timing: Timing::default(),
+        }
+    }
+
+    fn ready(exchange: &Exchange) -> ReadyRequest {
+        ReadyRequest {
+            id: exchange.id,
+            client: exchange.client,
+            server: exchange.server,
+            request: exchange.request.clone(),
+            first_ns: 0,
+            last_ns: 0,
+        }
+    }
+
+    fn settings(shadows: &[(&str, std::net::SocketAddr)]) -> DispatchSettings {
+        DispatchSettings {
+            sampler: Sampler::new(100.0, vec![]),
+            replay: ReplayOptions::default(),
+            shadows: shadows
+                .iter()
+                .map(|(name, addr)| {
+                    crate::replay::target::ShadowTarget::parse(&format!("{name}=http://{addr}")).unwrap()
+                })
+                .collect(),
+            limits: ClientLimits { timeout: Duration::from_secs(5), ..ClientLimits::default() },
+        }
+    }
+
+    #[tokio::test]
+    async fn comparisons_opened_before_a_reload_complete_with_the_old_shadows() {
+        let (a, b) = (slow_shadow(Duration::from_millis(200)).await, slow_shadow(Duration::ZERO).await);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (report_tx, mut report_rx) = mpsc::channel(16);
+        let mut dispatcher = Dispatcher::new(settings(&[("a", a), ("b", b)]), 16, done_tx, report_tx);
+        let (first, second) = (exchange(1), exchange(2));
+        dispatcher.requests(std::iter::once(ready(&first)), 0);
+        // Shadow `a` is removed and `c` added while the first request is still in flight at `a`.
+        dispatcher.reconfigure(settings(&[("b", b), ("c", b)]));
+        assert_eq!(dispatcher.shadows().len(), 3, "a stays until its comparison is complete");
+        assert_eq!(dispatcher.current_shadows().len(), 2);
+        dispatcher.requests(std::iter::once(ready(&second)), 0);
+        dispatcher.exchange(first);
+        dispatcher.exchange(second);
+        let mut replayed = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while replayed.len() < 2 {
+            let done = tokio::time::timeout_at(deadline, done_rx.recv()).await.expect("answers within 5 s");
+            dispatcher.shadow_done(done.expect("clients alive"));
+            while let Ok(item) = report_rx.try_recv() {
+                let ReportItem::Replayed(complete, shadows) = item else { panic!("{item:?}") };
+                let names: Vec<&str> = shadows.iter().map(|s| s.model.model_id.as_str()).collect();
+                assert!(complete.results.iter().all(|r| matches!(r, ShadowResult::Answered { .. })));
+                replayed.push((complete.exchange.id.seq, names.join(",")));
+            }
+        }
+        replayed.sort();
+        assert_eq!(replayed, [(1, "a,b".to_string()), (2, "b,c".to_string())]);
+        dispatcher.expire(0);
+        assert_eq!(dispatcher.shadows().len(), 2, "the old generation is gone once nothing waits on it");
+        assert_eq!(dispatcher.counters, DispatchCounters::default());
+    }
 }

@@ -1,15 +1,18 @@
 //! One module per subcommand; shared argument groups live here.
 pub mod capture;
+pub mod check_config;
 pub mod report;
 pub mod run;
 
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
+#[cfg(test)]
+use std::time::Duration;
 
 use clap::Args;
 use mirror_daemon::kernel::{CaptureConfig, XdpModeChoice};
 
 /// Where and what to capture: shared by every command that attaches the kernel programs.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct AttachArgs {
     /// Interface to attach to (repeatable): a node NIC or a pod's host-side veth.
     #[arg(long = "interface", short = 'i', required = true, value_name = "IF")]
@@ -43,7 +46,7 @@ impl AttachArgs {
 }
 
 /// Promotion criteria, shared by `run` (live verdict) and `report` (from records).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct CriteriaArgs {
     /// Comparisons needed before a verdict other than HOLD.
     #[arg(long, default_value_t = mirror_daemon::report::criteria::DEFAULT_MIN_SAMPLES)]
@@ -78,26 +81,8 @@ impl CriteriaArgs {
     }
 }
 
-/// `4096`, `64KiB`, `32MiB`, `1GiB` (K/M/G also accepted).
-pub fn parse_size(text: &str) -> Result<u32, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 32MiB"))?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" | "k" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}`: use KiB, MiB or GiB")),
-    };
-    u32::try_from(n * factor).map_err(|_| format!("`{text}` is too large (at most 4GiB)"))
-}
-
-/// `10s`, `500ms`, `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (e.g. 10s, 500ms, 2m)"))
-}
+/// Sizes and durations read the same on the command line as in the config file.
+pub use mirror_daemon::config::{parse_duration, parse_size};
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,20 @@
 //! Without shadows each exchange is logged (target `exchange`) and recorded. With shadows each
 //! comparison is logged (target `comparison`: mismatches and errors at INFO, matches at DEBUG) and
 //! recorded, and the periodic summary carries the promotion verdict (target `verdict`).
+//!
+//! Settings come from the command line and, with `--config FILE`, from a file. **A flag given on
+//! the command line overrides the file's value for that setting; a flag left out (even one with a
+//! default) does not**, so the file is the node's configuration and flags are deliberate one-off
+//! exceptions. List flags (`--shadow`, `--route`, `--ignore`...) replace the file's list whole.
+//! Comparison flags (`--ignore`, tolerances, `--protocol`) change the default rules only: the
+//! file's per-route rules are taken as written.
+//!
+//! SIGHUP re-reads the file and applies what can change without re-attaching the kernel programs:
+//! shadows, sampling, routes, replay options, comparison rules, criteria and the production model's
+//! name. Capture, limits and outputs keep their running values (a WARN line lists them). An invalid
+//! file is rejected with an ERROR line and the running settings stay in force.
 use std::{
+    collections::BTreeSet,
     fs::OpenOptions,
     io::{BufWriter, Write},
     net::SocketAddr,
@@ -17,16 +30,20 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use mirror_daemon::{
     compare::CompareRules,
+    config::{self, FileSettings},
     exchange::{Assembler, AssemblerConfig},
     flows::{FlowConfig, FlowLimits},
     http::HttpConfig,
     kernel::KernelCapture,
+    logging::LogFormat,
     metrics::{self, Metrics},
-    mirror::{Dispatcher, ReportItem, Reporter, ShadowInfo, Snapshot},
+    mirror::{
+        DispatchSettings, Dispatcher, ReportItem, Reporter, ReporterSettings, RouteRules, RuleSet, Snapshot,
+        shadow_info,
+    },
     pcap::monotonic_to_realtime_offset,
     replay::{
-        client::{ClientLimits, ShadowClient},
-        join::JoinTable,
+        client::ClientLimits,
         request::ReplayOptions,
         sample::{RoutePattern, Sampler},
         target::{ShadowTarget, parse_model},
@@ -44,8 +61,12 @@ use tokio::{
 
 use super::{AttachArgs, CriteriaArgs, parse_duration, parse_size};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct RunArgs {
+    /// Read settings from this file (.yaml, .yml or .toml); flags given on the command line
+    /// override it. SIGHUP re-reads it. Check it with `mirror-daemon check-config FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub attach: AttachArgs,
     /// Append one JSON object per exchange (per exchange and shadow, with shadows) to this file
@@ -74,23 +95,21 @@ pub struct RunArgs {
     pub mirror: MirrorArgs,
     #[command(flatten)]
     pub criteria: CriteriaArgs,
+    /// The config file's log format, unless `--log-format` was given.
+    #[arg(skip)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// Where metrics are served.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
 
 fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
-    if text == "off" {
-        return Ok(MetricsAddr(None));
-    }
-    text.parse()
-        .map(|a| MetricsAddr(Some(a)))
-        .map_err(|_| format!("`{text}`: expected IP:PORT (e.g. 127.0.0.1:9464) or off"))
+    config::parse_metrics_addr(text).map(MetricsAddr)
 }
 
 /// Shadows, what is replayed to them, and how answers are compared.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct MirrorArgs {
     /// Shadow model to replay to (repeatable): `[MODEL_ID[@VERSION]=]http://HOST:PORT[/PREFIX]`.
     #[arg(long, value_name = "SPEC", value_parser = |s: &str| ShadowTarget::parse(s).map_err(|e| e.to_string()))]
@@ -135,35 +154,50 @@ pub struct MirrorArgs {
     /// Compare as: auto, oip, tf_serving, mlflow, openai, json, bytes.
     #[arg(long, default_value = "auto")]
     pub protocol: String,
+    /// The default rules when a config file is in use (the file's, with the flags given applied).
+    #[arg(skip)]
+    pub compare: Option<CompareRules>,
+    /// Per-route rules from the config file.
+    #[arg(skip)]
+    pub route_rules: Vec<RouteRules>,
 }
 
 impl MirrorArgs {
-    fn rules(&self) -> Result<CompareRules> {
-        let protocol = serde_json::from_value(serde_json::Value::String(self.protocol.clone()))
-            .with_context(|| {
-                format!(
-                    "--protocol {}: use auto, oip, tf_serving, mlflow, openai, json or bytes",
-                    self.protocol
-                )
-            })?;
-        Ok(CompareRules {
-            ignore: self.ignore.clone(),
-            abs_tolerance: self.abs_tolerance,
-            rel_tolerance: self.rel_tolerance,
-            protocol,
-            ..CompareRules::default()
+    fn rules(&self) -> Result<RuleSet> {
+        let default = match &self.compare {
+            Some(rules) => rules.clone(),
+            None => self.flag_rules(CompareRules::default(), &|_| true)?,
+        };
+        Ok(RuleSet { default, routes: self.route_rules.clone() })
+    }
+
+    /// `base` with the comparison flags for which `given` is true applied.
+    fn flag_rules(&self, base: CompareRules, given: &dyn Fn(&str) -> bool) -> Result<CompareRules> {
+        let mut rules = base;
+        if given("ignore") {
+            rules.ignore = self.ignore.clone();
+        }
+        if given("abs_tolerance") {
+            rules.abs_tolerance = self.abs_tolerance;
+        }
+        if given("rel_tolerance") {
+            rules.rel_tolerance = self.rel_tolerance;
+        }
+        if given("protocol") {
+            rules.protocol = self.protocol()?;
+        }
+        Ok(rules)
+    }
+
+    fn protocol(&self) -> Result<mirror_daemon::compare::ProtocolChoice> {
+        serde_json::from_value(serde_json::Value::String(self.protocol.clone())).with_context(|| {
+            format!("--protocol {}: use auto, oip, tf_serving, mlflow, openai, json or bytes", self.protocol)
         })
     }
 
     fn replay_options(&self) -> Result<ReplayOptions> {
-        let marker = if self.marker_header == "off" {
-            None
-        } else {
-            let Some((name, value)) = self.marker_header.split_once(':') else {
-                bail!("--marker-header `{}`: expected `name: value` or off", self.marker_header);
-            };
-            Some((name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        };
+        let marker = config::parse_marker_header(&self.marker_header)
+            .map_err(|e| anyhow::anyhow!("--marker-header {e}"))?;
         Ok(ReplayOptions { keep_host: self.keep_host, marker })
     }
 
@@ -178,7 +212,7 @@ impl MirrorArgs {
 }
 
 /// Bounds of the reassembly and framing state; hitting one drops and counts, never blocks.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct LimitArgs {
     /// Connections tracked at most (least recently active evicted first).
     #[arg(long, default_value_t = 16_384)]
@@ -223,6 +257,236 @@ impl LimitArgs {
     }
 }
 
+/// Where the settings came from: what `run` needs to apply the file again on SIGHUP.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    /// The command line alone, with its defaults.
+    pub cli: RunArgs,
+    /// Ids of the arguments given on the command line (or in their environment variable).
+    pub given: BTreeSet<String>,
+}
+
+impl Invocation {
+    /// The arguments that were given explicitly in `matches`.
+    pub fn from_matches(cli: RunArgs, matches: &clap::ArgMatches) -> Self {
+        use clap::parser::ValueSource;
+        let given = matches
+            .ids()
+            .filter(|id| {
+                matches!(
+                    matches.value_source(id.as_str()),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                )
+            })
+            .map(|id| id.as_str().to_string())
+            .collect();
+        Self { cli, given }
+    }
+
+    /// The settings in force: the config file's (if any) under the flags given.
+    pub fn settings(&self) -> Result<RunArgs> {
+        let Some(path) = &self.cli.config else { return Ok(self.cli.clone()) };
+        let file = config::load(path)?;
+        self.with_file(&file)
+    }
+
+    /// The command line applied over `file`.
+    pub fn with_file(&self, file: &FileSettings) -> Result<RunArgs> {
+        let mut args = self.cli.clone();
+        let given = |id: &str| self.given.contains(id);
+        macro_rules! take {
+            ($($id:literal: $field:expr => $value:expr;)*) => {$(
+                if !given($id) && let Some(value) = $value.clone() {
+                    $field = value;
+                }
+            )*};
+        }
+        take! {
+            "interfaces": args.attach.interfaces => file.interfaces;
+            "ports": args.attach.ports => file.ports;
+            "server_addrs": args.attach.server_addrs => file.server_addrs;
+            "xdp_mode": args.attach.xdp_mode => file.xdp_mode;
+            "ring_buffer_size": args.attach.ring_buffer_size => file.ring_buffer_size;
+            "record": args.record => file.record.clone().map(Some);
+            "record_bodies": args.record_bodies => file.record_bodies;
+            "redact_header": args.redact_header => file.redact_headers;
+            "summary_interval": args.summary_interval => file.summary_interval;
+            "metrics_addr": args.metrics_addr => file.metrics_addr.map(MetricsAddr);
+            "log_format": args.log_format => file.log_format.map(Some);
+            "max_connections": args.limits.max_connections => file.max_connections;
+            "max_body_size": args.limits.max_body_size => file.max_body_size;
+            "max_buffered_per_connection": args.limits.max_buffered_per_connection => file.max_buffered_per_connection;
+            "max_buffered_total": args.limits.max_buffered_total => file.max_buffered_total;
+            "idle_timeout": args.limits.idle_timeout => file.idle_timeout;
+            "max_pending_comparisons": args.limits.max_pending_comparisons => file.max_pending_comparisons;
+            "shadow": args.mirror.shadow => file.shadows;
+            "sample_percent": args.mirror.sample_percent => file.sample_percent;
+            "route": args.mirror.route => file.routes;
+            "keep_host": args.mirror.keep_host => file.keep_host;
+            "marker_header": args.mirror.marker_header => file.marker_header;
+            "shadow_timeout": args.mirror.shadow_timeout => file.shadow_timeout;
+            "shadow_max_in_flight": args.mirror.shadow_max_in_flight => file.shadow_max_in_flight;
+            "shadow_queue": args.mirror.shadow_queue => file.shadow_queue;
+            "shadow_max_response": args.mirror.shadow_max_response => file.shadow_max_response;
+        }
+        if !given("production_model")
+            && let Some(model) = &file.production_model
+        {
+            args.mirror.production_model = Some(format!("{}@{}", model.model_id, model.version));
+        }
+        if let Some(criteria) = &file.criteria {
+            take! {
+                "min_samples": args.criteria.min_samples => Some(criteria.min_samples);
+                "min_agreement": args.criteria.min_agreement => Some(criteria.min_agreement);
+                "max_p99_latency_ratio": args.criteria.max_p99_latency_ratio => Some(criteria.max_p99_latency_ratio);
+                "max_error_rate_increase": args.criteria.max_error_rate_increase => Some(criteria.max_error_rate_increase);
+            }
+        }
+        let base = file.compare.clone().unwrap_or_default();
+        args.mirror.compare = Some(args.mirror.flag_rules(base, &given)?);
+        args.mirror.route_rules = file.route_rules.clone();
+        args.check()?;
+        Ok(args)
+    }
+}
+
+impl RunArgs {
+    /// What clap checks for flags but a config file may have left out.
+    pub fn check(&self) -> Result<()> {
+        let source = if self.config.is_some() { "in the config file (capture.interfaces) or " } else { "" };
+        if self.attach.interfaces.is_empty() {
+            bail!("no interface to capture on: name one {source}with --interface");
+        }
+        let source = if self.config.is_some() { "in the config file (capture.ports) or " } else { "" };
+        if self.attach.ports.is_empty() {
+            bail!("no port to capture: name the model server's port {source}with --port");
+        }
+        self.mirror.rules()?;
+        self.mirror.replay_options()?;
+        self.criteria.criteria()?;
+        Ok(())
+    }
+}
+
+/// Settings a reload applies (`applied`) and those that need a restart (`restart`), by name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub applied: Vec<&'static str>,
+    pub restart: Vec<&'static str>,
+}
+
+/// What differs between the running settings and a reloaded file's.
+pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
+    let (o, n) = (&old.mirror, &new.mirror);
+    let mut c = Changes::default();
+    let mut applied = |name, differs: bool| {
+        if differs {
+            c.applied.push(name);
+        }
+    };
+    applied("shadows", o.shadow != n.shadow);
+    applied(
+        "replay limits",
+        (o.shadow_timeout, o.shadow_max_in_flight, o.shadow_queue, o.shadow_max_response)
+            != (n.shadow_timeout, n.shadow_max_in_flight, n.shadow_queue, n.shadow_max_response),
+    );
+    applied("production_model", o.production_model != n.production_model);
+    applied("sampling.percent", o.sample_percent != n.sample_percent);
+    applied("sampling.routes", o.route != n.route);
+    applied("replay.keep_host", o.keep_host != n.keep_host);
+    applied("replay.marker_header", o.marker_header != n.marker_header);
+    applied("compare", o.compare != n.compare);
+    applied("routes", o.route_rules != n.route_rules);
+    applied("criteria", old.criteria != new.criteria);
+    let mut restart = |name, differs: bool| {
+        if differs {
+            c.restart.push(name);
+        }
+    };
+    restart("capture.interfaces", old.attach.interfaces != new.attach.interfaces);
+    restart("capture.ports", old.attach.ports != new.attach.ports);
+    restart("capture.server_addrs", old.attach.server_addrs != new.attach.server_addrs);
+    restart("capture.xdp_mode", old.attach.xdp_mode != new.attach.xdp_mode);
+    restart("capture.ring_buffer_size", old.attach.ring_buffer_size != new.attach.ring_buffer_size);
+    restart("limits", old.limits != new.limits);
+    restart("output.record", old.record != new.record);
+    restart("output.record_bodies", old.record_bodies != new.record_bodies);
+    restart("output.redact_headers", old.redact_header != new.redact_header);
+    restart("output.summary_interval", old.summary_interval != new.summary_interval);
+    restart("output.metrics_addr", old.metrics_addr != new.metrics_addr);
+    restart("output.log_format", old.log_format != new.log_format);
+    c
+}
+
+/// `new` with everything a reload cannot change taken from `old`.
+fn reloadable_part(old: &RunArgs, new: RunArgs) -> RunArgs {
+    RunArgs { mirror: new.mirror, criteria: new.criteria, ..old.clone() }
+}
+
+fn dispatch_settings(args: &RunArgs) -> Result<DispatchSettings> {
+    Ok(DispatchSettings {
+        sampler: Sampler::new(args.mirror.sample_percent, args.mirror.route.clone()),
+        replay: args.mirror.replay_options()?,
+        shadows: args.mirror.shadow.clone(),
+        limits: args.mirror.client_limits(),
+    })
+}
+
+fn reporter_settings(args: &RunArgs) -> Result<ReporterSettings> {
+    Ok(ReporterSettings {
+        shadows: args.mirror.shadow.iter().map(shadow_info).collect(),
+        production_model: args.mirror.production_model.as_deref().map(|m| parse_model(m, true)),
+        rules: args.mirror.rules()?,
+        criteria: args.criteria.criteria()?,
+    })
+}
+
+/// SIGHUP: re-reads the config file and applies what can change while running.
+async fn reload(invocation: &Invocation, running: &mut RunArgs, dispatcher: &mut Dispatcher) {
+    let Some(path) = &invocation.cli.config else {
+        tracing::info!("SIGHUP: nothing to reload (started without --config)");
+        return;
+    };
+    let new = match invocation.settings().and_then(|new| {
+        let settings = (dispatch_settings(&new)?, reporter_settings(&new)?);
+        Ok((new, settings))
+    }) {
+        Ok(new) => new,
+        Err(err) => {
+            tracing::error!(
+                config = %path.display(),
+                error = %format!("{err:#}"),
+                "config reload rejected; the running settings stay in force (check the file with `mirror-daemon check-config`)"
+            );
+            return;
+        }
+    };
+    let (new, (dispatch, report)) = new;
+    let changes = changes(running, &new);
+    if !changes.restart.is_empty() {
+        tracing::warn!(
+            config = %path.display(),
+            settings = ?changes.restart,
+            "config reload: these settings need a restart to take effect; the running values are kept"
+        );
+    }
+    if changes.applied.is_empty() {
+        tracing::info!(config = %path.display(), "config reloaded: nothing to apply");
+        return;
+    }
+    dispatcher.reconfigure(dispatch);
+    dispatcher.send_control(ReportItem::Reconfigure(Box::new(report))).await;
+    let names: Vec<String> = new.mirror.shadow.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        config = %path.display(),
+        changed = ?changes.applied,
+        shadows = ?names,
+        sample_percent = new.mirror.sample_percent,
+        "config reloaded"
+    );
+    *running = reloadable_part(running, new);
+}
+
 /// Kernel CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
 fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -246,11 +510,17 @@ fn open_records(path: &Option<PathBuf>) -> Result<Option<Box<dyn Write + Send>>>
     })
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
+/// Runs until SIGINT, SIGTERM or `--duration`. `args` are the settings in force
+/// ([`Invocation::settings`]); `invocation` is kept to apply the config file again on SIGHUP.
+pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
+    // Handlers first: a SIGHUP (or SIGTERM) during start-up must not take the default action.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut args = args;
     let cfg = args.attach.capture_config();
-    let rules = args.mirror.rules()?;
-    let replay_options = args.mirror.replay_options()?;
-    let criteria = args.criteria.criteria()?;
+    let dispatch = dispatch_settings(&args)?;
+    let reporting = reporter_settings(&args)?;
     let shadows = args.mirror.shadow.clone();
     let metrics = Arc::new(Metrics::new());
     if let MetricsAddr(Some(addr)) = args.metrics_addr {
@@ -262,15 +532,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     // Room for bursts; beyond it exchanges are dropped and counted (`report_queue_full`).
     let (report_tx, report_rx) = mpsc::channel(32_768);
+    let ReporterSettings { shadows: shadow_infos, production_model, rules, criteria } = reporting;
     let reporter = Reporter {
-        shadows: shadows
-            .iter()
-            .map(|t| ShadowInfo {
-                model: t.model.clone(),
-                endpoint: format!("http://{}{}", t.authority, t.path_prefix),
-            })
-            .collect(),
-        production_model: args.mirror.production_model.as_deref().map(|m| parse_model(m, true)),
+        shadows: shadow_infos,
+        production_model,
         rules,
         criteria,
         record: RecordOptions {
@@ -287,19 +552,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let reporter = tokio::spawn(reporter.run(report_rx));
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let clients: Vec<ShadowClient> = shadows
-        .iter()
-        .enumerate()
-        .map(|(i, t)| ShadowClient::spawn(i, t.clone(), args.mirror.client_limits(), done_tx.clone()))
-        .collect();
-    drop(done_tx);
-    // An entry waits for the replay's timeout plus the time production may take to finish.
-    let wait = args.mirror.shadow_timeout + Duration::from_secs(60);
-    let join = JoinTable::new(clients.len(), args.limits.max_pending_comparisons, wait.as_nanos() as u64);
-    let sampler = Sampler::new(args.mirror.sample_percent, args.mirror.route.clone());
-    let mut dispatcher = Dispatcher::new(sampler, replay_options, clients, join, report_tx);
+    let mut dispatcher = Dispatcher::new(dispatch, args.limits.max_pending_comparisons, done_tx, report_tx);
 
-    let mut assembler = Assembler::new(args.limits.assembler_config(&cfg.ports, !shadows.is_empty()));
+    // Requests are announced as soon as they are complete even without shadows when a config file
+    // is in use: a reload may add the first shadow.
+    let announce = !shadows.is_empty() || args.config.is_some();
+    let mut assembler = Assembler::new(args.limits.assembler_config(&cfg.ports, announce));
     let (mut kernel, mut reader) = KernelCapture::start(&cfg)?;
     if shadows.is_empty() {
         tracing::info!(interfaces = ?cfg.interfaces, ports = ?cfg.ports, "capturing; rebuilding HTTP exchanges (no --shadow: monitoring only)");
@@ -308,8 +566,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tracing::info!(interfaces = ?cfg.interfaces, ports = ?cfg.ports, shadows = ?names, "capturing; mirroring to shadows");
     }
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
     let mut summary_every = tokio::time::interval(args.summary_interval);
@@ -346,6 +602,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             () = kernel.poll_logs() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => reload(&invocation, &mut args, &mut dispatcher).await,
             () = &mut deadline => break,
         }
         dispatcher.requests(assembler.take_ready_requests(), monotonic_now_ns());
@@ -361,6 +618,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         dispatcher.exchange(exchange);
     }
     let grace = tokio::time::sleep(args.mirror.shadow_timeout + Duration::from_millis(100));
+    // Every live client counts, including those of shadows removed by a reload with answers due.
     tokio::pin!(grace);
     while dispatcher.shadows().iter().any(|c| c.counters.pending() > 0) {
         tokio::select! {
