@@ -499,21 +499,32 @@ impl Reporter {
             );
             return self.write(&record);
         };
-        for index in 0..self.shadows.len() {
-            let shadow = &self.shadows[index];
-            let labels =
-                ShadowReasonLabels { model_id: shadow.model.model_id.clone(), reason: reason.to_string() };
-            self.metrics.not_compared.get_or_create(&labels).inc();
-            let value = serde_json::to_value(ComparisonRecord::not_compared(
-                &record,
-                &route,
-                self.production_model.as_ref(),
-                ShadowRecord::absent(&shadow.model, &shadow.endpoint),
-                reason,
-            ))?;
-            self.write(&value)?;
-            self.observe(&value);
+        for shadow in self.shadows.clone().iter() {
+            self.not_compared(&record, &route, shadow, reason)?;
         }
+        Ok(())
+    }
+
+    /// Records, counts and aggregates an exchange that `shadow` did not answer.
+    fn not_compared(
+        &mut self,
+        record: &ExchangeRecord,
+        route: &str,
+        shadow: &ShadowInfo,
+        reason: &'static str,
+    ) -> Result<()> {
+        let labels =
+            ShadowReasonLabels { model_id: shadow.model.model_id.clone(), reason: reason.to_string() };
+        self.metrics.not_compared.get_or_create(&labels).inc();
+        let value = serde_json::to_value(ComparisonRecord::not_compared(
+            record,
+            route,
+            self.production_model.as_ref(),
+            ShadowRecord::absent(&shadow.model, &shadow.endpoint),
+            reason,
+        ))?;
+        self.write(&value)?;
+        self.observe(&value);
         Ok(())
     }
 
@@ -538,17 +549,7 @@ impl Reporter {
             let Some(shadow) = shadows.get(index).cloned() else { continue };
             let model_id = shadow.model.model_id.clone();
             if matches!(result, ShadowResult::NotSent) {
-                let labels = ShadowReasonLabels { model_id, reason: "queue_full".into() };
-                self.metrics.not_compared.get_or_create(&labels).inc();
-                let value = serde_json::to_value(ComparisonRecord::not_compared(
-                    &record,
-                    &route,
-                    self.production_model.as_ref(),
-                    ShadowRecord::absent(&shadow.model, &shadow.endpoint),
-                    "queue_full",
-                ))?;
-                self.write(&value)?;
-                self.observe(&value);
+                self.not_compared(&record, &route, &shadow, "queue_full")?;
                 continue;
             }
             let outcome = match result {

@@ -20,6 +20,7 @@ pub struct FuzzArgs {
 }
 
 pub fn run(args: &FuzzArgs) -> Result<()> {
+    crate::setup::ensure_cargo_fuzz()?;
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(workspace_root().join("mirror-daemon"))
         .env_remove("RUSTUP_TOOLCHAIN")

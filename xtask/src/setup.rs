@@ -71,6 +71,20 @@ pub fn ready() -> bool {
         && std::path::Path::new("/usr/lib/rustlib/bpfel-unknown-none").exists()
 }
 
+/// Installs cargo-fuzz unless this version is there (the fuzz pass needs it; building does not).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    let present = Command::new(cargo_bin_dir().join("cargo-fuzz"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION));
+    if present {
+        eprintln!("setup: cargo-fuzz {CARGO_FUZZ_VERSION} present");
+        Ok(())
+    } else {
+        run_command(crate::util::cargo().args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]))
+    }
+}
+
 pub fn run_setup_if_needed() -> Result<()> {
     if ready() { Ok(()) } else { self::run() }
 }
@@ -104,15 +118,7 @@ pub fn run() -> Result<()> {
                 .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
         )?;
     }
-    let fuzz_ok = Command::new(cargo_bin_dir().join("cargo-fuzz"))
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION));
-    if fuzz_ok {
-        eprintln!("setup: cargo-fuzz {CARGO_FUZZ_VERSION} present");
-    } else {
-        run_command(crate::util::cargo().args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]))?;
-    }
+    ensure_cargo_fuzz()?;
     if !succeeds(Command::new("/usr/bin/rustc").arg("--version")) {
         bail!("/usr/bin/rustc (Debian's rustc-web) does not run after setup");
     }

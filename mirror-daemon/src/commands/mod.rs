@@ -5,8 +5,6 @@ pub mod report;
 pub mod run;
 
 use std::net::IpAddr;
-#[cfg(test)]
-use std::time::Duration;
 
 use clap::Args;
 use mirror_daemon::kernel::{CaptureConfig, XdpModeChoice};
@@ -83,24 +81,3 @@ impl CriteriaArgs {
 
 /// Sizes and durations read the same on the command line as in the config file.
 pub use mirror_daemon::config::{parse_duration, parse_size};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert!(parse_size("5GiB").is_err());
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unit"));
-        assert!(parse_size("MiB").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("soon").is_err());
-    }
-}

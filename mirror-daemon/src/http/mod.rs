@@ -335,6 +335,21 @@ impl Reader {
     }
 
     /// Trailer fields of the finished chunked body.
+    /// Takes the finished message's body and trailers and readies the reader for the next one.
+    fn finish(&mut self) -> Finished {
+        let damage = if self.damaged {
+            Some(Damage::Gap)
+        } else if self.too_large {
+            Some(Damage::BodyTooLarge)
+        } else {
+            None
+        };
+        let finished =
+            Finished { body: self.take_body(), trailers: self.take_trailers(), last: self.last_ts, damage };
+        self.reset();
+        finished
+    }
+
     fn take_trailers(&mut self) -> Vec<Header> {
         if self.trailer_buf.len() <= 2 {
             return Vec::new();
@@ -506,6 +521,14 @@ fn parse_response(head: &Bytes, cfg: &HttpConfig) -> Result<Response, Stop> {
         body: Bytes::new(),
         trailers: Vec::new(),
     })
+}
+
+/// A message body read to its end, and what (if anything) spoiled it.
+struct Finished {
+    body: Bytes,
+    trailers: Vec<Header>,
+    last: u64,
+    damage: Option<Damage>,
 }
 
 /// A request waiting for its response to complete (or for its own end, after an early response).
@@ -775,18 +798,7 @@ impl Connection {
     }
 
     fn finish_request(&mut self, stats: &mut DropCounters, out: &mut Vec<Exchange>) {
-        let reader = &mut self.requests;
-        let damage = if reader.damaged {
-            Some(Damage::Gap)
-        } else if reader.too_large {
-            Some(Damage::BodyTooLarge)
-        } else {
-            None
-        };
-        let body = reader.take_body();
-        let trailers = reader.take_trailers();
-        let last = reader.last_ts;
-        reader.reset();
+        let Finished { body, trailers, last, damage } = self.requests.finish();
         if let Some(p) = self.pending.back_mut() {
             p.request.body = body;
             p.request.trailers = trailers;
@@ -941,18 +953,7 @@ impl Connection {
     }
 
     fn finish_response(&mut self, stats: &mut DropCounters, out: &mut Vec<Exchange>) {
-        let reader = &mut self.responses;
-        let damage = if reader.damaged {
-            Some(Damage::Gap)
-        } else if reader.too_large {
-            Some(Damage::BodyTooLarge)
-        } else {
-            None
-        };
-        let body = reader.take_body();
-        let trailers = reader.take_trailers();
-        let last = reader.last_ts;
-        reader.reset();
+        let Finished { body, trailers, last, damage } = self.responses.finish();
         if let Some(p) = self.pending.iter_mut().find(|p| p.response.is_some() && !p.response_done)
             && let Some(resp) = p.response.as_mut()
         {
