@@ -18,6 +18,7 @@
 pub mod capture;
 pub mod compare;
 pub mod config;
+pub mod discovery;
 pub mod exchange;
 pub mod flows;
 pub mod http;

@@ -225,13 +225,14 @@ mod tests {
             &FILE
                 .replace("percent: 10", "percent: 20")
                 .replace("[eth0]", "[eth1]")
+                .replace("ports: [8080]", "ports: [8081]")
                 .replace("min_samples: 7", "min_samples: 8"),
             &[],
         )
         .unwrap();
         let changes = commands::run::changes(&old, &new);
-        assert_eq!(changes.applied, ["sampling.percent", "criteria"]);
-        assert_eq!(changes.restart, ["capture.interfaces"]);
+        assert_eq!(changes.applied, ["sampling.percent", "criteria", "capture.interfaces"]);
+        assert_eq!(changes.restart, ["capture.ports"]);
         assert_eq!(commands::run::changes(&old, &old), commands::run::Changes::default());
         let more = settings(&FILE.replace("'http://s:80'", "'http://s:81'"), &[]).unwrap();
         assert_eq!(commands::run::changes(&old, &more).applied, ["shadows"]);

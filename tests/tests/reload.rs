@@ -158,15 +158,33 @@ fn sighup_applies_the_new_config_and_keeps_the_old_one_when_the_new_is_invalid()
     let records = wait_for_records(&record, 30, 10);
     assert_eq!(records.iter().filter(|r| r["shadow"]["model_id"] == "model-v3").count(), 20, "still v3");
 
-    // A new interface needs re-attaching: a warning names it, and capture goes on as before.
-    std::fs::write(&file, config(&trio, "lo", "model-v3", "100", &record)).unwrap();
+    // Interfaces change without a restart: `lo` is attached next to the production interface...
+    let xdp_on_lo = || {
+        let out = trio.production.command("ip").args(["-d", "link", "show", "dev", "lo"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+    assert!(!xdp_on_lo());
+    let both = format!("{}, lo", trio.production_if);
+    std::fs::write(&file, config(&trio, &both, "model-v3", "100", &record)).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("capture.interfaces", Duration::from_secs(10));
+    assert!(xdp_on_lo(), "lo attached on reload");
+    drive(&trio, "two-interfaces", 10);
+    wait_for_records(&record, 40, 10);
+
+    // ...and detached again, while a port change (which needs re-loading the programs) is refused
+    // with a warning and the running value kept.
+    let text = config(&trio, &trio.production_if, "model-v3", "100", &record)
+        .replace(&format!("ports: [{PORT}]"), &format!("ports: [{PORT}, 9999]"));
+    std::fs::write(&file, text).unwrap();
     daemon.signal(libc::SIGHUP);
     daemon.wait_for("need a restart", Duration::from_secs(10));
     let warned = log_line(&daemon, "need a restart");
     assert_eq!(warned["level"], "WARN", "{warned}");
-    assert!(warned["settings"].as_str().unwrap().contains("capture.interfaces"), "{warned}");
+    assert!(warned["settings"].as_str().unwrap().contains("capture.ports"), "{warned}");
+    assert!(!xdp_on_lo(), "lo detached on reload");
     drive(&trio, "restart", 10);
-    wait_for_records(&record, 40, 10);
+    wait_for_records(&record, 50, 10);
 
     let finished = daemon.stop();
     assert!(finished.success, "{}", finished.stderr);

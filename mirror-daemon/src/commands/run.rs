@@ -398,14 +398,14 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
     applied("compare", o.compare != n.compare);
     applied("routes", o.route_rules != n.route_rules);
     applied("criteria", old.criteria != new.criteria);
+    applied("capture.interfaces", old.attach.interfaces != new.attach.interfaces);
+    applied("capture.server_addrs", old.attach.server_addrs != new.attach.server_addrs);
     let mut restart = |name, differs: bool| {
         if differs {
             c.restart.push(name);
         }
     };
-    restart("capture.interfaces", old.attach.interfaces != new.attach.interfaces);
     restart("capture.ports", old.attach.ports != new.attach.ports);
-    restart("capture.server_addrs", old.attach.server_addrs != new.attach.server_addrs);
     restart("capture.xdp_mode", old.attach.xdp_mode != new.attach.xdp_mode);
     restart("capture.ring_buffer_size", old.attach.ring_buffer_size != new.attach.ring_buffer_size);
     restart("limits", old.limits != new.limits);
@@ -420,7 +420,36 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
 
 /// `new` with everything a reload cannot change taken from `old`.
 fn reloadable_part(old: &RunArgs, new: RunArgs) -> RunArgs {
-    RunArgs { mirror: new.mirror, criteria: new.criteria, ..old.clone() }
+    let mut attach = old.attach.clone();
+    attach.interfaces = new.attach.interfaces;
+    attach.server_addrs = new.attach.server_addrs;
+    RunArgs { mirror: new.mirror, criteria: new.criteria, attach, ..old.clone() }
+}
+
+/// Moves the capture to the new interfaces and address filter without re-loading the programs.
+/// Errors are logged per interface and leave that interface as it was, so a typo in one name does
+/// not stop capture on the others.
+fn apply_capture_changes(kernel: &mut KernelCapture, old: &RunArgs, new: &mut RunArgs) {
+    for gone in old.attach.interfaces.iter().filter(|i| !new.attach.interfaces.contains(i)) {
+        if let Err(err) = kernel.detach_interface(gone) {
+            tracing::error!(interface = %gone, %err, "config reload: could not detach");
+        }
+    }
+    let mut attached = Vec::new();
+    for iface in &new.attach.interfaces {
+        match kernel.attach(iface) {
+            Ok(()) => attached.push(iface.clone()),
+            Err(err) => tracing::error!(interface = %iface, %err, "config reload: could not attach; skipped"),
+        }
+    }
+    new.attach.interfaces = attached;
+    if old.attach.server_addrs != new.attach.server_addrs {
+        let filter = !new.attach.server_addrs.is_empty();
+        if let Err(err) = kernel.set_server_addrs(&new.attach.server_addrs, filter) {
+            tracing::error!(%err, "config reload: could not update the server-address filter; kept the old one");
+            new.attach.server_addrs = old.attach.server_addrs.clone();
+        }
+    }
 }
 
 fn dispatch_settings(args: &RunArgs) -> Result<DispatchSettings> {
@@ -442,7 +471,12 @@ fn reporter_settings(args: &RunArgs) -> Result<ReporterSettings> {
 }
 
 /// SIGHUP: re-reads the config file and applies what can change while running.
-async fn reload(invocation: &Invocation, running: &mut RunArgs, dispatcher: &mut Dispatcher) {
+async fn reload(
+    invocation: &Invocation,
+    running: &mut RunArgs,
+    dispatcher: &mut Dispatcher,
+    kernel: &mut KernelCapture,
+) {
     let Some(path) = &invocation.cli.config else {
         tracing::info!("SIGHUP: nothing to reload (started without --config)");
         return;
@@ -461,7 +495,7 @@ async fn reload(invocation: &Invocation, running: &mut RunArgs, dispatcher: &mut
             return;
         }
     };
-    let (new, (dispatch, report)) = new;
+    let (mut new, (dispatch, report)) = new;
     let changes = changes(running, &new);
     if !changes.restart.is_empty() {
         tracing::warn!(
@@ -474,6 +508,7 @@ async fn reload(invocation: &Invocation, running: &mut RunArgs, dispatcher: &mut
         tracing::info!(config = %path.display(), "config reloaded: nothing to apply");
         return;
     }
+    apply_capture_changes(kernel, running, &mut new);
     dispatcher.reconfigure(dispatch);
     dispatcher.send_control(ReportItem::Reconfigure(Box::new(report))).await;
     let names: Vec<String> = new.mirror.shadow.iter().map(ToString::to_string).collect();
@@ -602,7 +637,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             () = kernel.poll_logs() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => reload(&invocation, &mut args, &mut dispatcher).await,
+            _ = sighup.recv() => reload(&invocation, &mut args, &mut dispatcher, &mut kernel).await,
             () = &mut deadline => break,
         }
         dispatcher.requests(assembler.take_ready_requests(), monotonic_now_ns());

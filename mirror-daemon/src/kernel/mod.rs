@@ -12,7 +12,10 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, path::Path};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc, tc::SchedClassifierLinkId,
+        xdp::XdpLinkId,
+    },
     util::KernelVersion,
 };
 use mirror_common::{MAX_PORTS, PORT_BITMAP_WORDS, config, counter};
@@ -113,12 +116,21 @@ pub struct KernelCapture {
     ebpf: Ebpf,
     /// Keeps the kernel log ring alive (see module docs of aya-log); flushed by [`Self::poll_logs`].
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
-    attachments: Vec<String>,
+    xdp_mode: XdpModeChoice,
+    /// Interface → its XDP and TC links, in attach order.
+    attached: BTreeMap<String, Attached>,
+}
+
+/// The links that tie the programs to one interface.
+#[derive(Debug)]
+struct Attached {
+    xdp: XdpLinkId,
+    tc: SchedClassifierLinkId,
 }
 
 impl fmt::Debug for KernelCapture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KernelCapture").field("attachments", &self.attachments).finish()
+        f.debug_struct("KernelCapture").field("interfaces", &self.attached.keys()).finish()
     }
 }
 
@@ -153,9 +165,12 @@ impl KernelCapture {
             }
         };
 
-        let mut this = Self { ebpf, logger, attachments: Vec::new() };
+        let mut this = Self { ebpf, logger, xdp_mode: cfg.xdp_mode, attached: BTreeMap::new() };
         this.program_filters(cfg)?;
-        this.attach_all(cfg)?;
+        this.load_programs()?;
+        for iface in &cfg.interfaces {
+            this.attach(iface)?;
+        }
 
         let events = this.ebpf.take_map("EVENTS").ok_or(KernelError::Missing("EVENTS"))?;
         let ring = RingBuf::try_from(events).map_err(map_error("EVENTS"))?;
@@ -192,46 +207,104 @@ impl KernelCapture {
         self.ebpf.map_mut(name).ok_or(KernelError::Missing(name))
     }
 
-    fn attach_all(&mut self, cfg: &CaptureConfig) -> Result<(), KernelError> {
-        let xdp: &mut Xdp = self
-            .ebpf
+    fn xdp(&mut self) -> Result<&mut Xdp, KernelError> {
+        self.ebpf
             .program_mut("mirror_xdp")
             .ok_or(KernelError::Missing("mirror_xdp"))?
             .try_into()
-            .map_err(|source| KernelError::Program { program: "mirror_xdp", source })?;
-        xdp.load().map_err(|source| KernelError::Program { program: "mirror_xdp", source })?;
-        for iface in &cfg.interfaces {
-            let mode = attach_xdp(xdp, iface, cfg.xdp_mode)?;
-            tracing::info!(interface = %iface, mode, "XDP (receive side) attached");
-            self.attachments.push(format!("xdp:{iface}"));
-        }
+            .map_err(|source| KernelError::Program { program: "mirror_xdp", source })
+    }
 
-        let tc_prog: &mut SchedClassifier = self
-            .ebpf
+    fn tc(&mut self) -> Result<&mut SchedClassifier, KernelError> {
+        self.ebpf
             .program_mut("mirror_tc")
             .ok_or(KernelError::Missing("mirror_tc"))?
             .try_into()
-            .map_err(|source| KernelError::Program { program: "mirror_tc", source })?;
-        tc_prog.load().map_err(|source| KernelError::Program { program: "mirror_tc", source })?;
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        for iface in &cfg.interfaces {
-            if !tcx {
-                // Older kernels attach through the clsact qdisc; it may already exist.
-                let _ = tc::qdisc_add_clsact(iface);
-            }
-            tc_prog.attach(iface, TcAttachType::Egress).map_err(|source| KernelError::Attach {
-                program: "mirror_tc",
-                iface: iface.clone(),
-                source,
-            })?;
-            tracing::info!(
-                interface = %iface,
-                via = if tcx { "tcx link" } else { "clsact qdisc" },
-                "TC (transmit side) attached"
-            );
-            self.attachments.push(format!("tc:{iface}"));
+            .map_err(|source| KernelError::Program { program: "mirror_tc", source })
+    }
+
+    fn load_programs(&mut self) -> Result<(), KernelError> {
+        self.xdp()?.load().map_err(|source| KernelError::Program { program: "mirror_xdp", source })?;
+        self.tc()?.load().map_err(|source| KernelError::Program { program: "mirror_tc", source })
+    }
+
+    /// Attaches both programs to `iface` (XDP for what it receives, TC for what it transmits).
+    /// Attaching an interface twice is a no-op; if TC fails, XDP is detached again.
+    pub fn attach(&mut self, iface: &str) -> Result<(), KernelError> {
+        if self.attached.contains_key(iface) {
+            return Ok(());
         }
+        preflight::interface_index(iface)?;
+        let choice = self.xdp_mode;
+        let (xdp, mode) = attach_xdp(self.xdp()?, iface, choice)?;
+        tracing::info!(interface = %iface, mode, "XDP (receive side) attached");
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
+            // Older kernels attach through the clsact qdisc; it may already exist.
+            let _ = tc::qdisc_add_clsact(iface);
+        }
+        let tc = match self.tc()?.attach(iface, TcAttachType::Egress) {
+            Ok(link) => link,
+            Err(source) => {
+                let _ = self.xdp()?.detach(xdp);
+                return Err(KernelError::Attach { program: "mirror_tc", iface: iface.to_string(), source });
+            }
+        };
+        tracing::info!(
+            interface = %iface,
+            via = if tcx { "tcx link" } else { "clsact qdisc" },
+            "TC (transmit side) attached"
+        );
+        self.attached.insert(iface.to_string(), Attached { xdp, tc });
         Ok(())
+    }
+
+    /// Detaches both programs from `iface`. An interface that vanished (a pod's veth) has already
+    /// lost its programs with it; that is not an error.
+    pub fn detach_interface(&mut self, iface: &str) -> Result<(), KernelError> {
+        let Some(Attached { xdp, tc }) = self.attached.remove(iface) else { return Ok(()) };
+        let gone = preflight::interface_index(iface).is_err();
+        let xdp_result = self.xdp()?.detach(xdp);
+        let tc_result = self.tc()?.detach(tc);
+        for (program, result) in [("mirror_xdp", xdp_result), ("mirror_tc", tc_result)] {
+            match result {
+                Ok(()) => {}
+                Err(err) if gone => {
+                    tracing::debug!(%err, interface = iface, program, "interface already gone")
+                }
+                Err(source) => return Err(KernelError::Attach { program, iface: iface.to_string(), source }),
+            }
+        }
+        tracing::info!(interface = %iface, "detached");
+        Ok(())
+    }
+
+    /// The interfaces the programs are attached to.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.attached.keys().cloned().collect()
+    }
+
+    /// Replaces the server-address filter. With `filter` on, only packets from or to `addrs`
+    /// match (none when `addrs` is empty, e.g. no production pod on this node yet); with it off,
+    /// every address on the selected ports matches.
+    pub fn set_server_addrs(&mut self, addrs: &[IpAddr], filter: bool) -> Result<(), KernelError> {
+        if addrs.len() > mirror_common::MAX_ADDRS as usize {
+            return Err(KernelError::TooManyAddrs);
+        }
+        let wanted: std::collections::HashSet<[u8; 16]> = addrs.iter().map(|a| address_key(*a)).collect();
+        let mut map: HashMap<_, [u8; 16], u8> =
+            HashMap::try_from(self.map_mut("SERVER_ADDRS")?).map_err(map_error("SERVER_ADDRS"))?;
+        let present: Vec<[u8; 16]> = map.keys().filter_map(Result::ok).collect();
+        for key in present.iter().filter(|k| !wanted.contains(*k)) {
+            map.remove(key).map_err(map_error("SERVER_ADDRS"))?;
+        }
+        for key in &wanted {
+            map.insert(key, 1, 0).map_err(map_error("SERVER_ADDRS"))?;
+        }
+        let mut config_map: Array<_, u32> =
+            Array::try_from(self.map_mut("CONFIG")?).map_err(map_error("CONFIG"))?;
+        let flags = if filter { config::FILTER_ADDRS } else { 0 };
+        config_map.set(config::FLAGS, flags, 0).map_err(map_error("CONFIG"))
     }
 
     /// Sums the kernel's per-CPU counters.
@@ -263,15 +336,19 @@ impl KernelCapture {
 
     /// Detaches everything now (the same happens on drop) and says so in the log.
     pub fn detach(self) {
-        let attachments = self.attachments.clone();
+        let interfaces = self.interfaces();
         drop(self);
-        tracing::info!(?attachments, "detached");
+        tracing::info!(?interfaces, "detached");
     }
 }
 
-fn attach_xdp(xdp: &mut Xdp, iface: &str, choice: XdpModeChoice) -> Result<&'static str, KernelError> {
+fn attach_xdp(
+    xdp: &mut Xdp,
+    iface: &str,
+    choice: XdpModeChoice,
+) -> Result<(XdpLinkId, &'static str), KernelError> {
     let attempt = |xdp: &mut Xdp, mode| {
-        xdp.attach(iface, mode).map(|_| ()).map_err(|source| {
+        xdp.attach(iface, mode).map_err(|source| {
             if is_busy(&source) {
                 KernelError::XdpBusy(iface.to_string())
             } else {
@@ -280,14 +357,14 @@ fn attach_xdp(xdp: &mut Xdp, iface: &str, choice: XdpModeChoice) -> Result<&'sta
         })
     };
     match choice {
-        XdpModeChoice::Driver => attempt(xdp, XdpMode::Driver).map(|()| "driver"),
-        XdpModeChoice::Generic => attempt(xdp, XdpMode::Skb).map(|()| "generic"),
+        XdpModeChoice::Driver => attempt(xdp, XdpMode::Driver).map(|id| (id, "driver")),
+        XdpModeChoice::Generic => attempt(xdp, XdpMode::Skb).map(|id| (id, "generic")),
         XdpModeChoice::Auto => match attempt(xdp, XdpMode::Driver) {
-            Ok(()) => Ok("driver"),
+            Ok(id) => Ok((id, "driver")),
             Err(KernelError::XdpBusy(i)) => Err(KernelError::XdpBusy(i)),
             Err(err) => {
                 tracing::debug!(%err, interface = iface, "driver-mode XDP unavailable, using generic mode");
-                attempt(xdp, XdpMode::Skb).map(|()| "generic")
+                attempt(xdp, XdpMode::Skb).map(|id| (id, "generic"))
             }
         },
     }
