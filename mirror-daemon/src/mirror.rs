@@ -442,23 +442,35 @@ impl Reporter {
         Ok(())
     }
 
-    fn production(&mut self, exchange: &Exchange, route: &str) {
+    /// Production's side of every exchange: statistics, metrics and one `exchange` event — at
+    /// INFO when it is the whole story (no shadows), at DEBUG when comparisons follow.
+    fn production(&mut self, exchange: &Exchange, route: &str, monitoring: bool) {
         let latency_ns = exchange.production_latency_ns();
         self.stats.record(latency_ns);
         let label = RouteLabels { route: self.metrics.route_label(route) };
         self.metrics.exchanges.get_or_create(&label).inc();
         self.metrics.production_latency.get_or_create(&label).observe(latency_ns as f64 / 1e9);
-        tracing::debug!(
-            target: "exchange",
-            client = %exchange.client,
-            server = %exchange.server,
-            route,
-            prod_status = exchange.response.status,
-            request_bytes = exchange.request.body.len(),
-            response_bytes = exchange.response.body.len(),
-            prod_latency_ms = latency_ns as f64 / 1e6,
-            "exchange"
-        );
+        macro_rules! event {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "exchange",
+                    $level,
+                    client = %exchange.client,
+                    server = %exchange.server,
+                    route,
+                    prod_status = exchange.response.status,
+                    request_bytes = exchange.request.body.len(),
+                    response_bytes = exchange.response.body.len(),
+                    prod_latency_ms = latency_ns as f64 / 1e6,
+                    "exchange"
+                )
+            };
+        }
+        if monitoring {
+            event!(tracing::Level::INFO);
+        } else {
+            event!(tracing::Level::DEBUG);
+        }
     }
 
     fn write(&mut self, record: &impl serde::Serialize) -> Result<()> {
@@ -483,20 +495,10 @@ impl Reporter {
 
     fn exchange(&mut self, exchange: &Exchange, reason: Option<&'static str>) -> Result<()> {
         let route = route(&exchange.request.method, &exchange.request.target);
-        self.production(exchange, &route);
+        self.production(exchange, &route, reason.is_none());
         let record = ExchangeRecord::new(exchange, &self.record);
         let Some(reason) = reason else {
             // Monitor mode: the exchange is the whole story.
-            tracing::info!(
-                target: "exchange",
-                client = %exchange.client,
-                route,
-                prod_status = exchange.response.status,
-                request_bytes = exchange.request.body.len(),
-                response_bytes = exchange.response.body.len(),
-                prod_latency_ms = exchange.production_latency_ns() as f64 / 1e6,
-                "exchange"
-            );
             return self.write(&record);
         };
         for shadow in self.shadows.clone().iter() {
@@ -531,7 +533,7 @@ impl Reporter {
     fn replayed(&mut self, complete: &Complete, shadows: &[ShadowInfo]) -> Result<()> {
         let exchange = &complete.exchange;
         let route = route(&exchange.request.method, &exchange.request.target);
-        self.production(exchange, &route);
+        self.production(exchange, &route, false);
         let record = ExchangeRecord::new(exchange, &self.record);
         let request = RequestView {
             method: &exchange.request.method,

@@ -39,3 +39,9 @@ pub fn sibling_binary(name: &str) -> PathBuf {
     assert!(bin.exists(), "{} is missing: build it with `cargo xtask build --debug`", bin.display());
     bin
 }
+
+/// Lowercase hex SHA-256, as the daemon writes it in records.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}

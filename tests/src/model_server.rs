@@ -191,21 +191,61 @@ pub async fn serve(addrs: Vec<SocketAddr>, delay: Duration, model: Model) -> std
     Ok(())
 }
 
-/// Starts the `model-server` binary in `ns` on the server's IPv4 and IPv6 addresses for each
-/// port, and waits until it listens.
-pub fn spawn(pair: &crate::netns::Pair, ports: &[u16]) -> crate::ChildGuard {
+/// How a model server is started: the model it answers as, and how it behaves.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub version: String,
+    /// Share of rows (0–100) whose top label the model flips.
+    pub disagree_percent: f64,
+    pub delay_ms: u64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { version: "1".into(), disagree_percent: 0.0, delay_ms: 0 }
+    }
+}
+
+/// Starts the `model-server` binary `bin` in `ns` on `addrs` and waits until it listens on all
+/// of them. Returns the process (killed on drop) and the "listening on" lines it printed.
+pub fn start(
+    bin: &std::path::Path,
+    ns: &crate::netns::Netns,
+    addrs: &[SocketAddr],
+    options: &ServerOptions,
+) -> std::io::Result<(crate::ChildGuard, Vec<String>)> {
     use std::io::BufRead;
-    let mut cmd = pair.server.command(crate::sibling_binary("model-server"));
-    for port in ports {
-        cmd.arg("--listen").arg(SocketAddr::new(pair.server_ip(false), *port).to_string());
-        cmd.arg("--listen").arg(SocketAddr::new(pair.server_ip(true), *port).to_string());
+    let mut cmd = ns.command(bin);
+    for addr in addrs {
+        cmd.arg("--listen").arg(addr.to_string());
     }
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("spawn model-server");
-    let stdout = child.stdout.take().expect("stdout");
+    cmd.args(["--model-name", "demo", "--model-version", &options.version])
+        .args(["--disagree-percent", &options.disagree_percent.to_string()])
+        .args(["--delay-ms", &options.delay_ms.to_string()])
+        .stdout(std::process::Stdio::piped());
+    let mut child = crate::ChildGuard(cmd.spawn()?);
+    let stdout = child.0.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
     let mut lines = std::io::BufReader::new(stdout).lines();
-    for _ in 0..ports.len() * 2 {
-        let line = lines.next().expect("model-server ended early").expect("read");
-        assert!(line.starts_with("listening on"), "model-server said {line}");
+    let mut said = Vec::new();
+    for _ in addrs {
+        let line =
+            lines.next().ok_or_else(|| std::io::Error::other("model-server exited before listening"))??;
+        if !line.starts_with("listening on") {
+            return Err(std::io::Error::other(format!("model-server said {line}")));
+        }
+        said.push(line);
     }
-    crate::ChildGuard(child)
+    Ok((child, said))
+}
+
+/// Starts the test build of `model-server` in the pair's server namespace on its IPv4 and IPv6
+/// addresses for each port.
+pub fn spawn(pair: &crate::netns::Pair, ports: &[u16]) -> crate::ChildGuard {
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .flat_map(|p| [SocketAddr::new(pair.server_ip(false), *p), SocketAddr::new(pair.server_ip(true), *p)])
+        .collect();
+    start(&crate::sibling_binary("model-server"), &pair.server, &addrs, &ServerOptions::default())
+        .expect("start model-server")
+        .0
 }

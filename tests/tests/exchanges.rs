@@ -7,6 +7,7 @@ use std::{collections::HashMap, path::Path, process::Stdio, time::Duration};
 
 use mirror_tests::{
     ChildGuard, daemon::Daemon, gate::kernel_tests_allowed, model_server, netns::Pair, scratch_file,
+    sha256_hex,
 };
 use serde_json::Value;
 
@@ -191,7 +192,7 @@ fn curl_exchanges_including_chunked_upload_and_100_continue() {
     let records = read_json_lines(&record);
     let by_path: HashMap<&str, &Value> = records.iter().map(|r| (r["path"].as_str().unwrap(), r)).collect();
     assert_eq!(records.len(), 6, "{records:#?}");
-    let body = |size: usize| mirror_tests_sha(&model_server::body_of(size));
+    let body = |size: usize| sha256_hex(&model_server::body_of(size));
     for (path, size) in [("/health", 2), ("/a", 3001), ("/b", 3002), ("/chunked", 3003), ("/expect", 3004)] {
         let r = by_path.get(path).unwrap_or_else(|| panic!("no record for {path}: {records:#?}"));
         assert_eq!(r["production"]["status"], 200, "{r}");
@@ -203,17 +204,12 @@ fn curl_exchanges_including_chunked_upload_and_100_continue() {
             big.len(),
             "{path}: request body de-chunked and complete"
         );
-        assert_eq!(by_path[path]["request"]["sha256"], mirror_tests_sha(&big));
+        assert_eq!(by_path[path]["request"]["sha256"], sha256_hex(&big));
         assert_eq!(by_path[path]["method"], "POST");
     }
     assert_eq!(by_path["/head"]["method"], "HEAD");
     assert_eq!(by_path["/head"]["production"]["bytes"], 0, "HEAD responses have no body");
     assert!(final_drops(&finished.stderr).is_empty(), "{}", finished.stderr);
-}
-
-fn mirror_tests_sha(data: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]

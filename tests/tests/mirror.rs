@@ -9,9 +9,9 @@ use mirror_tests::{
     client::{connect, post_json},
     daemon::Daemon,
     gate::kernel_tests_allowed,
-    model_server::infer_request,
+    model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
-    scratch_file, sibling_binary,
+    scratch_file, sha256_hex, sibling_binary,
 };
 use serde_json::Value;
 
@@ -25,19 +25,10 @@ fn model_server(
     disagree: f64,
     delay_ms: u64,
 ) -> ChildGuard {
-    use std::io::BufRead;
-    let mut child = ns
-        .command(sibling_binary("model-server"))
-        .args(["--listen", &SocketAddr::from((addr, PORT)).to_string(), "--model-name", "demo"])
-        .args(["--model-version", version, "--disagree-percent", &disagree.to_string()])
-        .args(["--delay-ms", &delay_ms.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn model-server");
-    let stdout = child.stdout.take().expect("stdout");
-    let line = std::io::BufReader::new(stdout).lines().next().expect("model-server ended").expect("read");
-    assert!(line.starts_with("listening on"), "{line}");
-    ChildGuard(child)
+    let options = ServerOptions { version: version.into(), disagree_percent: disagree, delay_ms };
+    model_server::start(&sibling_binary("model-server"), ns, &[SocketAddr::from((addr, PORT))], &options)
+        .expect("start model-server")
+        .0
 }
 
 /// Deterministic request bodies: 1–4 rows of 4 features each.
@@ -64,11 +55,6 @@ fn drive(ns: &Netns, server: SocketAddr, bodies: Vec<Vec<u8>>) -> Vec<(u16, Vec<
 fn outputs(body: &[u8]) -> Value {
     let v: Value = serde_json::from_slice(body).expect("model answer is JSON");
     v["outputs"].clone()
-}
-
-fn sha(data: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_records(path: &Path) -> Vec<Value> {
@@ -171,7 +157,7 @@ fn verdicts_equal_the_ground_truth() {
     let mut expected: HashMap<String, &str> = HashMap::new();
     for ((body, (_, v1, _)), (_, v2, _)) in requests.iter().zip(&answers).zip(&direct) {
         let verdict = if outputs(v1) == outputs(v2) { "match" } else { "mismatch" };
-        expected.insert(sha(body), verdict);
+        expected.insert(sha256_hex(body), verdict);
     }
     let mismatches = expected.values().filter(|v| **v == "mismatch").count();
     assert!((10..=150).contains(&mismatches), "v2 disagrees on a share of requests: {mismatches}");

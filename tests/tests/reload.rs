@@ -1,11 +1,10 @@
 //! SIGHUP reload of the config file, against the real kernel programs: what can change while
 //! running is applied to the next requests, an invalid file is refused while the running settings
-//! stay in force, and a change that needs re-attaching is reported while capture continues.
+//! stay in force, interfaces are attached and detached live, and a change that needs a restart
+//! (ports) is reported while capture continues.
 use std::{
-    io::BufRead,
     net::{Ipv4Addr, SocketAddr},
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -14,7 +13,7 @@ use mirror_tests::{
     client::{connect, post_json},
     daemon::Daemon,
     gate::kernel_tests_allowed,
-    model_server::infer_request,
+    model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
     scratch_file, sibling_binary,
 };
@@ -24,17 +23,10 @@ const PORT: u16 = 8080;
 const PATH: &str = "/v2/models/demo/infer";
 
 fn model_server(ns: &Netns, addr: Ipv4Addr, version: &str) -> ChildGuard {
-    let mut child = ns
-        .command(sibling_binary("model-server"))
-        .args(["--listen", &SocketAddr::from((addr, PORT)).to_string(), "--model-name", "demo"])
-        .args(["--model-version", version, "--disagree-percent", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn model-server");
-    let stdout = child.stdout.take().expect("stdout");
-    let line = std::io::BufReader::new(stdout).lines().next().expect("model-server ended").expect("read");
-    assert!(line.starts_with("listening on"), "{line}");
-    ChildGuard(child)
+    let options = ServerOptions { version: version.into(), ..ServerOptions::default() };
+    model_server::start(&sibling_binary("model-server"), ns, &[SocketAddr::from((addr, PORT))], &options)
+        .expect("start model-server")
+        .0
 }
 
 /// Sends `n` distinct inference requests (tagged `tag`) from the client namespace.

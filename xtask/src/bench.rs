@@ -11,16 +11,17 @@
 //!   highest rate with less than 0.1% lost is the headline.
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
+    path::PathBuf,
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use mirror_tests::{
+    ChildGuard,
     client::{connect, post_json},
-    model_server::infer_request,
+    model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
 };
 
@@ -70,28 +71,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         mirror(args)?;
     }
     Ok(())
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn model_server(bin: &Path, ns: &Netns, addr: SocketAddr) -> Result<Killed> {
-    use std::io::BufRead;
-    let mut child = ns
-        .command(bin)
-        .args(["--listen", &addr.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start the model server")?;
-    let out = child.stdout.take().context("stdout")?;
-    std::io::BufReader::new(out).lines().next().context("model server exited")??;
-    Ok(Killed(child))
 }
 
 /// Client-side results of one load run.
@@ -191,8 +170,11 @@ fn mirror(args: &BenchArgs) -> Result<()> {
     let trio = Trio::new();
     let production = SocketAddr::from((trio.production_addr, 8080));
     let shadow = SocketAddr::from((trio.shadow_addr, 8080));
-    let _v1 = model_server(&server_bin, &trio.production, production)?;
-    let _v2 = model_server(&server_bin, &trio.shadow, shadow)?;
+    let options = ServerOptions::default();
+    let (_v1, _) = model_server::start(&server_bin, &trio.production, &[production], &options)
+        .context("start the production model server")?;
+    let (_v2, _) = model_server::start(&server_bin, &trio.shadow, &[shadow], &options)
+        .context("start the shadow model server")?;
     let record: PathBuf =
         std::env::temp_dir().join(format!("shadow-mirror-bench-{}.jsonl", std::process::id()));
 
@@ -235,7 +217,7 @@ fn mirror(args: &BenchArgs) -> Result<()> {
             .spawn()
             .context("start mirror-daemon")?;
         let stderr = child.stderr.take().context("stderr")?;
-        let daemon = Killed(child);
+        let daemon = ChildGuard(child);
         let pid = daemon.0.id();
         // Attached when the kernel programs show up; the JSON log is quiet at warn.
         std::thread::sleep(Duration::from_millis(1500));

@@ -9,16 +9,17 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use mirror_tests::{
+    ChildGuard,
     client::{connect, post_json},
-    model_server::infer_request,
+    model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
 };
 
@@ -40,34 +41,12 @@ pub struct DemoArgs {
     pub disagree_percent: f64,
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+fn model_server(bin: &Path, ns: &Netns, addr: SocketAddr, options: &ServerOptions) -> Result<ChildGuard> {
+    let (child, said) = model_server::start(bin, ns, &[addr], options).context("start the model server")?;
+    for line in said {
+        println!("   {} v{}: {line}", ns.name, options.version);
     }
-}
-
-fn model_server(
-    bin: &PathBuf,
-    ns: &Netns,
-    addr: SocketAddr,
-    version: &str,
-    delay_ms: u64,
-    disagree: f64,
-) -> Result<Killed> {
-    let mut child = ns
-        .command(bin)
-        .args(["--listen", &addr.to_string(), "--model-name", "demo", "--model-version", version])
-        .args(["--delay-ms", &delay_ms.to_string(), "--disagree-percent", &disagree.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start the model server")?;
-    let out = child.stdout.take().context("model server stdout")?;
-    let line = BufReader::new(out).lines().next().context("model server exited")??;
-    println!("   {} v{version}: {line}", ns.name);
-    Ok(Killed(child))
+    Ok(child)
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
@@ -81,8 +60,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let trio = Trio::new();
     let production = SocketAddr::from((trio.production_addr, 8080));
     let shadow = SocketAddr::from((trio.shadow_addr, 8080));
-    let _v1 = model_server(&server_bin, &trio.production, production, "1.0.0", 20, 0.0)?;
-    let _v2 = model_server(&server_bin, &trio.shadow, shadow, "2.0.0", 24, args.disagree_percent)?;
+    let v1 = ServerOptions { version: "1.0.0".into(), disagree_percent: 0.0, delay_ms: 20 };
+    let v2 = ServerOptions { version: "2.0.0".into(), disagree_percent: args.disagree_percent, delay_ms: 24 };
+    let _v1 = model_server(&server_bin, &trio.production, production, &v1)?;
+    let _v2 = model_server(&server_bin, &trio.shadow, shadow, &v2)?;
 
     let record: PathBuf =
         std::env::temp_dir().join(format!("shadow-mirror-demo-{}.jsonl", std::process::id()));
@@ -111,7 +92,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             let _ = tx.send(line);
         }
     });
-    let daemon = Killed(daemon);
+    let daemon = ChildGuard(daemon);
     loop {
         let line = rx.recv_timeout(Duration::from_secs(30)).context("mirror-daemon did not start")?;
         if line.contains("capturing") {
