@@ -109,6 +109,8 @@ pub struct CaptureSection {
     /// Wider than `u16` so that an out-of-range port gets a clear message rather than a type error.
     pub ports: Option<Vec<i64>>,
     pub server_addrs: Option<Vec<String>>,
+    /// Label selector of the production pods to follow through the Kubernetes API.
+    pub pod_selector: Option<String>,
     pub xdp_mode: Option<String>,
     pub ring_buffer_size: Option<String>,
 }
@@ -198,6 +200,7 @@ pub struct FileSettings {
     pub interfaces: Option<Vec<String>>,
     pub ports: Option<Vec<u16>>,
     pub server_addrs: Option<Vec<IpAddr>>,
+    pub pod_selector: Option<String>,
     pub xdp_mode: Option<XdpModeChoice>,
     pub ring_buffer_size: Option<u32>,
     pub production_model: Option<ModelInfo>,
@@ -434,6 +437,51 @@ fn endpoint_problem(endpoint: &str, err: &TargetError) -> String {
     }
 }
 
+/// A light check of a Kubernetes label selector (the API server has the last word): not empty, no
+/// empty requirement, and each one a key with an operator (`k=v`, `k==v`, `k!=v`, `k in (a,b)`,
+/// `k notin (a)`, `k`, `!k`).
+pub fn check_label_selector(text: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "e.g. app=ml-inference,version=v1";
+    if text.trim().is_empty() {
+        return Err(format!(
+            "is empty: it would select every pod on the node; give the production pods' labels, {EXAMPLE}"
+        ));
+    }
+    // Commas inside `in (...)` sets do not separate requirements.
+    let mut depth = 0i32;
+    let mut requirement = String::new();
+    let mut requirements = Vec::new();
+    for ch in text.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                requirements.push(std::mem::take(&mut requirement));
+                continue;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return Err(format!("`{text}`: unbalanced parentheses ({EXAMPLE})"));
+        }
+        requirement.push(ch);
+    }
+    if depth != 0 {
+        return Err(format!("`{text}`: unbalanced parentheses ({EXAMPLE})"));
+    }
+    requirements.push(requirement);
+    for r in &requirements {
+        let r = r.trim();
+        let key = r.trim_start_matches('!').split(['=', '!', ' ']).next().unwrap_or("").trim();
+        if r.is_empty() || key.is_empty() {
+            return Err(format!(
+                "`{text}`: an empty requirement; separate `key=value` pairs with commas ({EXAMPLE})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl FileConfig {
     /// Checks every value and converts it; on failure, every problem found.
     pub fn resolve(&self) -> Result<FileSettings, Vec<Problem>> {
@@ -442,8 +490,11 @@ impl FileConfig {
 
         let cap = &self.capture;
         if let Some(interfaces) = &cap.interfaces {
-            if interfaces.is_empty() {
-                c.problem("capture.interfaces", "is empty: name at least one interface, e.g. [eth0]");
+            if interfaces.is_empty() && cap.pod_selector.is_none() {
+                c.problem(
+                    "capture.interfaces",
+                    "is empty: name at least one interface, e.g. [eth0], or follow the production pods with capture.pod_selector",
+                );
             }
             for (i, name) in interfaces.iter().enumerate() {
                 if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
@@ -495,6 +546,9 @@ impl FileConfig {
                 .collect();
             s.server_addrs = Some(parsed);
         }
+        s.pod_selector = c.convert("capture.pod_selector", cap.pod_selector.as_ref(), |labels| {
+            check_label_selector(labels).map(|()| labels.trim().to_string())
+        });
         s.xdp_mode = c.convert("capture.xdp_mode", cap.xdp_mode.as_ref(), |m| {
             XdpModeChoice::from_str(m, true).map_err(|_| format!("\"{m}\": use auto, driver or generic"))
         });
@@ -609,10 +663,12 @@ impl FileSettings {
     /// `check-config` requires on top of [`FileConfig::resolve`].
     pub fn standalone_problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if self.interfaces.is_none() {
+        if self.interfaces.is_none() && self.pod_selector.is_none() {
             problems.push(Problem {
                 field: "capture.interfaces".into(),
-                message: "missing: name at least one interface to capture on, e.g. [eth0]".into(),
+                message: "missing: name at least one interface to capture on, e.g. [eth0], or follow the \
+                          production pods with capture.pod_selector"
+                    .into(),
             });
         }
         if self.ports.is_none() {

@@ -34,13 +34,16 @@ enum Command {
 }
 
 /// The command line parser. `run` needs `--interface` and `--port` unless `--config` names a
-/// file (which must then provide them); `capture` always needs them.
+/// file (which must then provide them), and no `--interface` with `--pod-selector`; `capture`
+/// always needs both.
 fn command() -> clap::Command {
-    let optional = |arg: clap::Arg| arg.required(false).required_unless_present("config");
+    let interfaces =
+        |arg: clap::Arg| arg.required(false).required_unless_present_any(["config", "pod_selector"]);
+    let ports = |arg: clap::Arg| arg.required(false).required_unless_present("config");
     Cli::command()
-        .mut_arg("interfaces", optional)
-        .mut_arg("ports", optional)
-        .mut_subcommand("run", |run| run.mut_arg("interfaces", optional).mut_arg("ports", optional))
+        .mut_arg("interfaces", interfaces)
+        .mut_arg("ports", ports)
+        .mut_subcommand("run", |run| run.mut_arg("interfaces", interfaces).mut_arg("ports", ports))
 }
 
 /// Parses the command line; the matches are kept to tell flags given from defaults.
@@ -212,6 +215,8 @@ mod tests {
         assert!(parse(&["run", "--config", "x.yaml"]).is_ok());
         assert!(parse(&["run", "-p", "80"]).is_err(), "no file: --interface is required");
         assert!(parse(&["capture", "-p", "80"]).is_err(), "capture still needs --interface");
+        assert!(parse(&["run", "-p", "80", "--pod-selector", "app=m"]).is_ok(), "pods replace --interface");
+        assert!(parse(&["--pod-selector", "app=m"]).is_err(), "a port is still required");
         let err = settings("sampling: {percent: 5}", &[]).unwrap_err().to_string();
         assert!(err.contains("capture.interfaces") && err.contains("--interface"), "{err}");
         let err = settings("sampling: {percent: 500}", &["-i", "lo", "-p", "1"]).unwrap_err().to_string();

@@ -84,6 +84,12 @@ pub struct Metrics {
     pub drops: Family<ReasonLabels, Counter>,
     /// Replays in flight, by shadow.
     pub replays_in_flight: Family<ShadowRouteLabels, Gauge>,
+    /// Interfaces carrying the capture programs.
+    pub attached_interfaces: Gauge,
+    /// Production pods followed on this node (with `--pod-selector`).
+    pub production_pods: Gauge,
+    /// Failed lookups of a production pod's interface (each retry counts).
+    pub pod_lookup_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -108,6 +114,9 @@ impl Metrics {
         let label_flips = Family::<ShadowRouteLabels, Counter>::default();
         let drops = Family::<ReasonLabels, Counter>::default();
         let replays_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
+        let attached_interfaces = Gauge::default();
+        let production_pods = Gauge::default();
+        let pod_lookup_failures = Counter::default();
         registry.register("exchanges", "HTTP exchanges rebuilt from the wire", exchanges.clone());
         registry.register("comparisons", "Shadow comparisons by verdict", comparisons.clone());
         registry.register("not_compared", "Exchanges not compared, by reason", not_compared.clone());
@@ -129,6 +138,21 @@ impl Metrics {
             "Replays waiting for a shadow answer",
             replays_in_flight.clone(),
         );
+        registry.register(
+            "attached_interfaces",
+            "Interfaces carrying the capture programs",
+            attached_interfaces.clone(),
+        );
+        registry.register(
+            "production_pods",
+            "Production pods followed on this node",
+            production_pods.clone(),
+        );
+        registry.register(
+            "pod_lookup_failures",
+            "Failed lookups of the interface carrying a production pod's traffic",
+            pod_lookup_failures.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             routes: Mutex::new(HashSet::new()),
@@ -141,6 +165,9 @@ impl Metrics {
             label_flips,
             drops,
             replays_in_flight,
+            attached_interfaces,
+            production_pods,
+            pod_lookup_failures,
         }
     }
 

@@ -160,6 +160,21 @@ fn interfaces_must_be_named() {
 }
 
 #[test]
+fn a_pod_selector_replaces_interfaces_and_must_be_a_selector() {
+    let s = yaml("capture: {pod_selector: ' app=ml-inference,version=v1 ', interfaces: [], ports: [8080]}")
+        .expect("no interface needed when following pods");
+    assert_eq!(s.pod_selector.as_deref(), Some("app=ml-inference,version=v1"));
+    assert!(s.standalone_problems().is_empty(), "{:?}", s.standalone_problems());
+    assert!(yaml("capture: {pod_selector: 'tier in (a, b),!canary,env!=dev'}").is_ok());
+    assert_problem("capture: {pod_selector: ' '}", "capture.pod_selector", &["is empty", "app=ml-inference"]);
+    assert_problem("capture: {pod_selector: 'app=a,,v=1'}", "capture.pod_selector", &["empty requirement"]);
+    assert_problem("capture: {pod_selector: 'tier in (a'}", "capture.pod_selector", &["parentheses"]);
+    let without = yaml("capture: {ports: [8080]}").expect("valid");
+    assert_eq!(without.standalone_problems()[0].field, "capture.interfaces");
+    assert!(without.standalone_problems()[0].message.contains("capture.pod_selector"));
+}
+
+#[test]
 fn ports_must_be_1_to_65535_and_at_most_64() {
     assert_problem("capture: {ports: []}", "capture.ports", &["e.g. [8080]"]);
     assert_problem("capture: {ports: [8080, 65536]}", "capture.ports[1]", &["use 1–65535"]);

@@ -29,9 +29,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `mirror-daemon ARGS...` in `ns` and waits until it says it is capturing.
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        Self::start_with_env(ns, args, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables (e.g. `NODE_NAME`, `KUBECONFIG`).
+    pub fn start_with_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = ns
             .command(binary())
             .args(args)
+            .envs(env.iter().copied())
             .env("MIRROR_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -56,10 +62,16 @@ impl Daemon {
     /// Waits for a stderr line containing `needle`; panics with everything seen so far if it does
     /// not come (or the daemon exits first).
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        self.wait_for_line(&[needle], timeout);
+    }
+
+    /// Waits for a stderr line containing every one of `needles` and returns the latest such line;
+    /// panics with everything seen so far if none comes (or the daemon exits first).
+    pub fn wait_for_line(&mut self, needles: &[&str], timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if self.stderr.iter().any(|l| l.contains(needle)) {
-                return;
+            if let Some(line) = self.stderr.iter().rev().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.clone();
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.stderr_lines.recv_timeout(left.min(Duration::from_millis(200))) {
@@ -68,19 +80,19 @@ impl Daemon {
                     if let Ok(Some(status)) = self.child.try_wait() {
                         self.collect();
                         panic!(
-                            "mirror-daemon exited ({status}) before `{needle}`:\n{}",
+                            "mirror-daemon exited ({status}) before {needles:?}:\n{}",
                             self.stderr.join("\n")
                         );
                     }
                     if left.is_zero() {
                         panic!(
-                            "no `{needle}` from mirror-daemon within {timeout:?}:\n{}",
+                            "no {needles:?} from mirror-daemon within {timeout:?}:\n{}",
                             self.stderr.join("\n")
                         );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("mirror-daemon closed stderr before `{needle}`:\n{}", self.stderr.join("\n"));
+                    panic!("mirror-daemon closed stderr before {needles:?}:\n{}", self.stderr.join("\n"));
                 }
             }
         }

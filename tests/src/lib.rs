@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod gate;
 pub mod journal;
+pub mod kube_api;
 pub mod model_server;
 pub mod netns;
 pub mod pcap_streams;
@@ -38,6 +39,15 @@ pub fn sibling_binary(name: &str) -> PathBuf {
     let bin = dir.join(name);
     assert!(bin.exists(), "{} is missing: build it with `cargo xtask build --debug`", bin.display());
     bin
+}
+
+/// The JSON lines of a record file written by the daemon (none if it does not exist yet).
+pub fn read_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l}: {e}")))
+        .collect()
 }
 
 /// Lowercase hex SHA-256, as the daemon writes it in records.

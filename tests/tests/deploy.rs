@@ -179,6 +179,8 @@ fn run_bounded(seconds: u32, program: &Path, args: &[String]) -> Output {
         .arg(program)
         .args(args)
         .env("NO_COLOR", "1")
+        // As the DaemonSet sets it from the downward API (checked in the DaemonSet test).
+        .env("NODE_NAME", "node-a")
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
 }
@@ -361,7 +363,19 @@ fn the_objects_refer_to_each_other_correctly() {
     for rule in rules {
         assert!(rule.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())), "{rule:?}");
     }
-    assert!(rules.iter().any(|r| r.resources.as_deref().unwrap_or_default().contains(&"pods".into())));
+    let pods = rules
+        .iter()
+        .find(|r| r.resources.as_deref().unwrap_or_default().contains(&"pods".into()))
+        .expect("a rule for pods");
+    for verb in ["list", "watch"] {
+        assert!(pods.verbs.iter().any(|v| v == verb), "pod discovery needs `{verb}` on pods: {pods:?}");
+    }
+    // Pod discovery watches only this node's pods: NODE_NAME from the downward API.
+    let env = daemon_container(ds).env.as_deref().unwrap_or_default();
+    let node_name = env.iter().find(|e| e.name == "NODE_NAME").expect("NODE_NAME in the daemon's env");
+    let field =
+        node_name.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
+    assert_eq!(field, Some("spec.nodeName"), "{node_name:?}");
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
     let subjects = binding.subjects.as_deref().unwrap_or_default();
@@ -384,6 +398,8 @@ fn the_objects_refer_to_each_other_correctly() {
     let target = option_value(&args, "--shadow").expect("--shadow in the ConfigMap");
     assert!(target.ends_with(&format!("={url}")) || target == url, "--shadow {target} is not {url}");
     assert_eq!(option_value(&args, "--port"), Some("8080"), "production v1 listens on 8080");
+    // The daemon follows the seed's production pods: ml-inference v1, never the v2 shadow.
+    assert_eq!(option_value(&args, "--pod-selector"), Some("app=ml-inference,version=v1"));
 }
 
 #[test]

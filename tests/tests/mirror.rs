@@ -11,7 +11,7 @@ use mirror_tests::{
     gate::kernel_tests_allowed,
     model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
-    scratch_file, sha256_hex, sibling_binary,
+    read_records, scratch_file, sha256_hex, sibling_binary,
 };
 use serde_json::Value;
 
@@ -55,14 +55,6 @@ fn drive(ns: &Netns, server: SocketAddr, bodies: Vec<Vec<u8>>) -> Vec<(u16, Vec<
 fn outputs(body: &[u8]) -> Value {
     let v: Value = serde_json::from_slice(body).expect("model answer is JSON");
     v["outputs"].clone()
-}
-
-fn read_records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l}: {e}")))
-        .collect()
 }
 
 /// The README's record schema: every documented field with its type.

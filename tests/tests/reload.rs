@@ -15,7 +15,7 @@ use mirror_tests::{
     gate::kernel_tests_allowed,
     model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
-    scratch_file, sibling_binary,
+    read_records, scratch_file, sibling_binary,
 };
 use serde_json::Value;
 
@@ -41,14 +41,6 @@ fn drive(trio: &Trio, tag: &str, n: usize) {
             assert_eq!(status, 200);
         }
     });
-}
-
-fn read_records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l}: {e}")))
-        .collect()
 }
 
 /// Waits (at most 15 s) until the records hold `compared` comparisons and `sampled_out`

@@ -37,6 +37,7 @@ impl AttachArgs {
             interfaces: self.interfaces.clone(),
             ports: self.ports.clone(),
             server_addrs: self.server_addrs.clone(),
+            filter_addrs: !self.server_addrs.is_empty(),
             xdp_mode: self.xdp_mode,
             ring_bytes: self.ring_buffer_size,
         }

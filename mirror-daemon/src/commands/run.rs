@@ -31,6 +31,12 @@ use clap::Args;
 use mirror_daemon::{
     compare::CompareRules,
     config::{self, FileSettings},
+    discovery::{
+        attach::Attacher,
+        follow::{self, PodEvent},
+        pods,
+        targets::CaptureTargets,
+    },
     exchange::{Assembler, AssemblerConfig},
     flows::{FlowConfig, FlowLimits},
     http::HttpConfig,
@@ -69,6 +75,15 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub attach: AttachArgs,
+    /// Follow the production pods on this node through the Kubernetes API: those matching this
+    /// label selector (e.g. `app=ml-inference,version=v1`) and scheduled on `--node-name`. Their
+    /// addresses become the server-address filter and their host-side interfaces are attached as
+    /// they come and go; `--interface` is then optional.
+    #[arg(long, value_name = "LABELS")]
+    pub pod_selector: Option<String>,
+    /// This node's name, for `--pod-selector` (the DaemonSet sets NODE_NAME from the downward API).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// Append one JSON object per exchange (per exchange and shadow, with shadows) to this file
     /// (`-` for stdout). Schema: README.
     #[arg(long, value_name = "FILE.jsonl")]
@@ -285,7 +300,10 @@ impl Invocation {
 
     /// The settings in force: the config file's (if any) under the flags given.
     pub fn settings(&self) -> Result<RunArgs> {
-        let Some(path) = &self.cli.config else { return Ok(self.cli.clone()) };
+        let Some(path) = &self.cli.config else {
+            self.cli.check()?;
+            return Ok(self.cli.clone());
+        };
         let file = config::load(path)?;
         self.with_file(&file)
     }
@@ -305,6 +323,7 @@ impl Invocation {
             "interfaces": args.attach.interfaces => file.interfaces;
             "ports": args.attach.ports => file.ports;
             "server_addrs": args.attach.server_addrs => file.server_addrs;
+            "pod_selector": args.pod_selector => file.pod_selector.clone().map(Some);
             "xdp_mode": args.attach.xdp_mode => file.xdp_mode;
             "ring_buffer_size": args.attach.ring_buffer_size => file.ring_buffer_size;
             "record": args.record => file.record.clone().map(Some);
@@ -354,8 +373,19 @@ impl RunArgs {
     /// What clap checks for flags but a config file may have left out.
     pub fn check(&self) -> Result<()> {
         let source = if self.config.is_some() { "in the config file (capture.interfaces) or " } else { "" };
-        if self.attach.interfaces.is_empty() {
-            bail!("no interface to capture on: name one {source}with --interface");
+        if self.attach.interfaces.is_empty() && self.pod_selector.is_none() {
+            bail!(
+                "no interface to capture on: name one {source}with --interface, or follow the production \
+                 pods with --pod-selector"
+            );
+        }
+        if let Some(labels) = &self.pod_selector {
+            if labels.trim().is_empty() {
+                bail!(pods::DiscoveryError::EmptyLabelSelector);
+            }
+            if self.node_name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                bail!(pods::DiscoveryError::NodeNameMissing);
+            }
         }
         let source = if self.config.is_some() { "in the config file (capture.ports) or " } else { "" };
         if self.attach.ports.is_empty() {
@@ -406,6 +436,7 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
         }
     };
     restart("capture.ports", old.attach.ports != new.attach.ports);
+    restart("capture.pod_selector", old.pod_selector != new.pod_selector);
     restart("capture.xdp_mode", old.attach.xdp_mode != new.attach.xdp_mode);
     restart("capture.ring_buffer_size", old.attach.ring_buffer_size != new.attach.ring_buffer_size);
     restart("limits", old.limits != new.limits);
@@ -426,29 +457,72 @@ fn reloadable_part(old: &RunArgs, new: RunArgs) -> RunArgs {
     RunArgs { mirror: new.mirror, criteria: new.criteria, attach, ..old.clone() }
 }
 
-/// Moves the capture to the new interfaces and address filter without re-loading the programs.
-/// Errors are logged per interface and leave that interface as it was, so a typo in one name does
-/// not stop capture on the others.
-fn apply_capture_changes(kernel: &mut KernelCapture, old: &RunArgs, new: &mut RunArgs) {
-    for gone in old.attach.interfaces.iter().filter(|i| !new.attach.interfaces.contains(i)) {
-        if let Err(err) = kernel.detach_interface(gone) {
-            tracing::error!(interface = %gone, %err, "config reload: could not detach");
-        }
+/// The kernel side of a run: the programs, what they should capture, and what was applied.
+struct Capture {
+    kernel: KernelCapture,
+    targets: CaptureTargets,
+    attacher: Attacher,
+}
+
+impl Capture {
+    /// Makes the kernel match the targets (after a pod change, a reload, or periodically to retry
+    /// failures and notice vanished interfaces).
+    fn reconcile(&mut self, metrics: &Metrics) {
+        self.attacher.reconcile(&mut self.kernel, &self.targets);
+        metrics.attached_interfaces.set(self.kernel.interfaces().len() as i64);
+        metrics.production_pods.set(self.targets.pods().len() as i64);
     }
-    let mut attached = Vec::new();
-    for iface in &new.attach.interfaces {
-        match kernel.attach(iface) {
-            Ok(()) => attached.push(iface.clone()),
-            Err(err) => tracing::error!(interface = %iface, %err, "config reload: could not attach; skipped"),
+
+    fn pod_event(&mut self, event: PodEvent, metrics: &Metrics) {
+        match event {
+            PodEvent::Up { uid, target } => {
+                if !self.targets.pod_up(&uid, target) {
+                    return;
+                }
+            }
+            PodEvent::Down { uid } => {
+                let Some(gone) = self.targets.pod_down(&uid) else { return };
+                tracing::info!(pod = %gone.name, ips = ?gone.ips, "production pod down");
+            }
         }
+        self.reconcile(metrics);
     }
-    new.attach.interfaces = attached;
-    if old.attach.server_addrs != new.attach.server_addrs {
-        let filter = !new.attach.server_addrs.is_empty();
-        if let Err(err) = kernel.set_server_addrs(&new.attach.server_addrs, filter) {
-            tracing::error!(%err, "config reload: could not update the server-address filter; kept the old one");
-            new.attach.server_addrs = old.attach.server_addrs.clone();
-        }
+}
+
+/// The watch of the production pods on this node, ending only on an error retrying cannot fix.
+type PodWatch = tokio::task::JoinHandle<Result<(), pods::DiscoveryError>>;
+
+/// Starts pod discovery: the watch, and the follower that finds each pod's interface.
+async fn start_discovery(
+    labels: &str,
+    node_name: &str,
+    metrics: &Metrics,
+) -> Result<(mpsc::Receiver<PodEvent>, PodWatch)> {
+    let selector = pods::PodSelector { labels: labels.to_string(), node_name: node_name.to_string() };
+    let client = pods::client().await?;
+    let (change_tx, change_rx) = mpsc::channel(1024);
+    let (event_tx, events) = mpsc::channel(1024);
+    let watch = tokio::spawn(pods::watch(client, selector, change_tx));
+    let failures = metrics.pod_lookup_failures.clone();
+    tokio::spawn(follow::follow(change_rx, event_tx, follow::lookup, failures, follow::RETRY_EVERY));
+    Ok((events, watch))
+}
+
+/// The next pod event, or never without discovery.
+async fn next_pod_event(events: &mut Option<mpsc::Receiver<PodEvent>>) -> Option<PodEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why the watch ended, or never without discovery.
+async fn watch_ended(watch: &mut Option<PodWatch>) -> anyhow::Error {
+    let Some(watch) = watch else { return std::future::pending().await };
+    match watch.await {
+        Ok(Err(err)) => anyhow::Error::new(err).context("pod discovery stopped"),
+        Ok(Ok(())) => anyhow::anyhow!("pod discovery stopped"),
+        Err(join) => anyhow::Error::new(join).context("pod discovery task"),
     }
 }
 
@@ -475,7 +549,8 @@ async fn reload(
     invocation: &Invocation,
     running: &mut RunArgs,
     dispatcher: &mut Dispatcher,
-    kernel: &mut KernelCapture,
+    capture: &mut Capture,
+    metrics: &Metrics,
 ) {
     let Some(path) = &invocation.cli.config else {
         tracing::info!("SIGHUP: nothing to reload (started without --config)");
@@ -495,7 +570,7 @@ async fn reload(
             return;
         }
     };
-    let (mut new, (dispatch, report)) = new;
+    let (new, (dispatch, report)) = new;
     let changes = changes(running, &new);
     if !changes.restart.is_empty() {
         tracing::warn!(
@@ -508,7 +583,8 @@ async fn reload(
         tracing::info!(config = %path.display(), "config reloaded: nothing to apply");
         return;
     }
-    apply_capture_changes(kernel, running, &mut new);
+    capture.targets.configure(&new.attach.interfaces, &new.attach.server_addrs);
+    capture.reconcile(metrics);
     dispatcher.reconfigure(dispatch);
     dispatcher.send_control(ReportItem::Reconfigure(Box::new(report))).await;
     let names: Vec<String> = new.mirror.shadow.iter().map(ToString::to_string).collect();
@@ -553,7 +629,10 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut args = args;
-    let cfg = args.attach.capture_config();
+    let targets =
+        CaptureTargets::new(args.pod_selector.is_some(), &args.attach.interfaces, &args.attach.server_addrs);
+    let mut cfg = args.attach.capture_config();
+    cfg.filter_addrs = targets.filter_addresses();
     let dispatch = dispatch_settings(&args)?;
     let reporting = reporter_settings(&args)?;
     let shadows = args.mirror.shadow.clone();
@@ -579,7 +658,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             realtime_offset_ns: monotonic_to_realtime_offset(),
         },
         records: open_records(&args.record)?,
-        metrics,
+        metrics: metrics.clone(),
         stats: ExchangeStats::default(),
         aggregator: Aggregator::default(),
         unaggregated: 0,
@@ -593,25 +672,40 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     // is in use: a reload may add the first shadow.
     let announce = !shadows.is_empty() || args.config.is_some();
     let mut assembler = Assembler::new(args.limits.assembler_config(&cfg.ports, announce));
-    let (mut kernel, mut reader) = KernelCapture::start(&cfg)?;
-    if shadows.is_empty() {
-        tracing::info!(interfaces = ?cfg.interfaces, ports = ?cfg.ports, "capturing; rebuilding HTTP exchanges (no --shadow: monitoring only)");
+    let (kernel, mut reader) = KernelCapture::start(&cfg)?;
+    let attacher = Attacher::new(&cfg.server_addrs, cfg.filter_addrs);
+    let mut capture = Capture { kernel, targets, attacher };
+    capture.reconcile(&metrics);
+    let (mut pod_events, mut pod_watch) = match &args.pod_selector {
+        Some(labels) => {
+            let node = args.node_name.as_deref().unwrap_or_default();
+            let (events, watch) = start_discovery(labels, node, &metrics).await?;
+            tracing::info!(pod_selector = %labels, node = %node, "following the production pods on this node");
+            (Some(events), Some(watch))
+        }
+        None => (None, None),
+    };
+    let what = if shadows.is_empty() {
+        "capturing; rebuilding HTTP exchanges (no --shadow: monitoring only)"
     } else {
-        let names: Vec<String> = shadows.iter().map(ToString::to_string).collect();
-        tracing::info!(interfaces = ?cfg.interfaces, ports = ?cfg.ports, shadows = ?names, "capturing; mirroring to shadows");
-    }
+        "capturing; mirroring to shadows"
+    };
+    let names: Vec<String> = shadows.iter().map(ToString::to_string).collect();
+    tracing::info!(interfaces = ?cfg.interfaces, ports = ?cfg.ports, shadows = ?names, "{what}");
 
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
     let mut summary_every = tokio::time::interval(args.summary_interval);
     summary_every.tick().await;
     let mut expire_every = tokio::time::interval(Duration::from_secs(1));
+    let mut reconcile_every = tokio::time::interval(follow::RETRY_EVERY);
+    let mut failure = None;
     let mut exchanges = Vec::new();
-    let snapshot = |kernel: &KernelCapture,
+    let snapshot = |capture: &Capture,
                     reader: &mirror_daemon::capture::ring::RingReader,
                     assembler: &Assembler,
                     dispatcher: &Dispatcher| Snapshot {
-        kernel: kernel.counters().unwrap_or_default(),
+        kernel: capture.kernel.counters().unwrap_or_default(),
         drops: assembler.stats().clone(),
         undecodable: reader.undecodable,
         connections: assembler.connections(),
@@ -631,13 +725,19 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
                 dispatcher.expire(now);
             }
             _ = summary_every.tick() => {
-                let s = snapshot(&kernel, &reader, &assembler, &dispatcher);
+                let s = snapshot(&capture, &reader, &assembler, &dispatcher);
                 dispatcher.send(ReportItem::Summary(Box::new(s)));
             }
-            () = kernel.poll_logs() => {}
+            Some(event) = next_pod_event(&mut pod_events) => capture.pod_event(event, &metrics),
+            err = watch_ended(&mut pod_watch) => {
+                failure = Some(err);
+                break;
+            }
+            _ = reconcile_every.tick() => capture.reconcile(&metrics),
+            () = capture.kernel.poll_logs() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => reload(&invocation, &mut args, &mut dispatcher, &mut kernel).await,
+            _ = sighup.recv() => reload(&invocation, &mut args, &mut dispatcher, &mut capture, &metrics).await,
             () = &mut deadline => break,
         }
         dispatcher.requests(assembler.take_ready_requests(), monotonic_now_ns());
@@ -662,11 +762,14 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
         }
     }
     let (tx, rx) = oneshot::channel();
-    let last = snapshot(&kernel, &reader, &assembler, &dispatcher);
+    let last = snapshot(&capture, &reader, &assembler, &dispatcher);
     dispatcher.send_control(ReportItem::Final(Box::new(last), tx)).await;
     let _ = rx.await;
     drop(dispatcher);
     reporter.await.context("reporter task")?.context("report")?;
-    kernel.detach();
-    Ok(())
+    capture.kernel.detach();
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }

@@ -47,13 +47,17 @@ pub enum Attachment {
     /// The pod is behind `bridge` but its port could not be found; the bridge carries its traffic
     /// too, mixed with its neighbours'. `reason` says why, for the log.
     Bridge { bridge: String, reason: String },
+    /// A hostNetwork pod: its address is the node's, held by this interface (the node's NIC).
+    HostNetwork { interface: String },
 }
 
 impl Attachment {
     /// The interface to attach to.
     pub fn interface(&self) -> &str {
         match self {
-            Attachment::Routed { interface } | Attachment::BridgePort { interface, .. } => interface,
+            Attachment::Routed { interface }
+            | Attachment::BridgePort { interface, .. }
+            | Attachment::HostNetwork { interface } => interface,
             Attachment::Bridge { bridge, .. } => bridge,
         }
     }
@@ -77,6 +81,11 @@ pub enum InterfaceError {
         "{ip} is an address of this host, not of a pod network (`ip route get {ip}` says {kind} on {dev}): a hostNetwork pod has no interface of its own, capture on the node's interface instead"
     )]
     Local { ip: IpAddr, kind: String, dev: String },
+    /// A hostNetwork pod's address is not on any interface of this host.
+    #[error(
+        "hostNetwork pod address {ip} is on no interface of this host (check `ip -br addr`): is the pod scheduled on this node?"
+    )]
+    NotOnHost { ip: IpAddr },
     /// `ip` or `bridge` could not be started.
     #[error("could not run `{command}`: {source} (is iproute2 installed?)")]
     Spawn { command: String, source: std::io::Error },
@@ -108,6 +117,16 @@ pub fn interface_for_pod(ip: IpAddr) -> Result<Attachment, InterfaceError> {
         return Ok(Attachment::Routed { interface: dev });
     }
     bridge_port(ip, dev)
+}
+
+/// Finds the interface of this host holding `ip`: where a hostNetwork pod's traffic arrives.
+/// The loopback interface does not count (it only carries the node's traffic to itself).
+pub fn interface_for_host_network_pod(ip: IpAddr) -> Result<Attachment, InterfaceError> {
+    let addrs = run("ip", &["-j", "addr", "show"])?;
+    match parse_holder(&addrs, ip).map_err(|detail| parse_error("ip -j addr show", detail))? {
+        Some(interface) => Ok(Attachment::HostNetwork { interface }),
+        None => Err(InterfaceError::NotOnHost { ip }),
+    }
 }
 
 /// The bridged case: neighbour table and FDB first, then the pod's namespace, then the bridge.
@@ -363,6 +382,15 @@ struct PodLink {
     peer_index: u32,
 }
 
+/// In `ip -j addr show`, the interface (other than loopback) holding `ip`.
+fn parse_holder(json: &str, ip: IpAddr) -> Result<Option<String>, String> {
+    let links: Vec<Link> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    Ok(links.into_iter().find_map(|l| {
+        let holds = l.addr_info.iter().any(|a| a.local.as_deref().and_then(|s| s.parse().ok()) == Some(ip));
+        (holds && l.ifname != "lo").then_some(l.ifname)
+    }))
+}
+
 /// In `ip -j -d addr show` of a candidate namespace, the interface holding `ip`, if it is one end of
 /// a pair whose other end is in another namespace.
 fn parse_pod_link(json: &str, ip: IpAddr) -> Result<Option<PodLink>, String> {
@@ -430,6 +458,16 @@ mod tests {
         assert!(err.to_string().contains("ip route get 10.1.1.1"), "{err}");
         assert!(parse_route("[]").is_err());
         assert!(parse_route("not json").is_err());
+    }
+
+    #[test]
+    fn host_network_address_names_the_nic() {
+        const HOST_ADDRS: &str = r#"[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},{"ifindex":2,"ifname":"ens3","addr_info":[{"family":"inet","local":"10.1.0.4","prefixlen":24},{"family":"inet6","local":"fd00:1::4","prefixlen":64}]}]"#;
+        assert_eq!(parse_holder(HOST_ADDRS, ip("10.1.0.4")).unwrap().as_deref(), Some("ens3"));
+        assert_eq!(parse_holder(HOST_ADDRS, ip("fd00:1::4")).unwrap().as_deref(), Some("ens3"));
+        assert_eq!(parse_holder(HOST_ADDRS, ip("127.0.0.1")).unwrap(), None, "loopback does not count");
+        assert_eq!(parse_holder(HOST_ADDRS, ip("10.1.0.5")).unwrap(), None);
+        assert!(parse_holder("{", ip("10.1.0.4")).is_err());
     }
 
     #[test]

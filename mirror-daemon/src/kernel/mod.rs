@@ -105,8 +105,11 @@ pub enum XdpModeChoice {
 pub struct CaptureConfig {
     pub interfaces: Vec<String>,
     pub ports: Vec<u16>,
-    /// When non-empty, only packets from or to these addresses match.
+    /// Only packets from or to these addresses match, when `filter_addrs` is on.
     pub server_addrs: Vec<IpAddr>,
+    /// Select by server address: on with addresses given, and with pod discovery even before any
+    /// pod is known (then nothing matches yet).
+    pub filter_addrs: bool,
     pub xdp_mode: XdpModeChoice,
     pub ring_bytes: u32,
 }
@@ -124,6 +127,9 @@ pub struct KernelCapture {
 /// The links that tie the programs to one interface.
 #[derive(Debug)]
 struct Attached {
+    /// The interface's index when attached: a name can come back as a new interface (a pod
+    /// re-created with the same veth name), which does not carry the programs.
+    ifindex: u32,
     xdp: XdpLinkId,
     tc: SchedClassifierLinkId,
 }
@@ -194,7 +200,7 @@ impl KernelCapture {
         for addr in &cfg.server_addrs {
             addrs.insert(address_key(*addr), 1, 0).map_err(map_error("SERVER_ADDRS"))?;
         }
-        let flags = if cfg.server_addrs.is_empty() { 0 } else { config::FILTER_ADDRS };
+        let flags = if cfg.filter_addrs { config::FILTER_ADDRS } else { 0 };
         let mut config_map: Array<_, u32> =
             Array::try_from(self.map_mut("CONFIG")?).map_err(map_error("CONFIG"))?;
         config_map.set(config::FLAGS, flags, 0).map_err(map_error("CONFIG"))?;
@@ -234,7 +240,7 @@ impl KernelCapture {
         if self.attached.contains_key(iface) {
             return Ok(());
         }
-        preflight::interface_index(iface)?;
+        let ifindex = preflight::interface_index(iface)?;
         let choice = self.xdp_mode;
         let (xdp, mode) = attach_xdp(self.xdp()?, iface, choice)?;
         tracing::info!(interface = %iface, mode, "XDP (receive side) attached");
@@ -255,15 +261,15 @@ impl KernelCapture {
             via = if tcx { "tcx link" } else { "clsact qdisc" },
             "TC (transmit side) attached"
         );
-        self.attached.insert(iface.to_string(), Attached { xdp, tc });
+        self.attached.insert(iface.to_string(), Attached { ifindex, xdp, tc });
         Ok(())
     }
 
     /// Detaches both programs from `iface`. An interface that vanished (a pod's veth) has already
     /// lost its programs with it; that is not an error.
     pub fn detach_interface(&mut self, iface: &str) -> Result<(), KernelError> {
-        let Some(Attached { xdp, tc }) = self.attached.remove(iface) else { return Ok(()) };
-        let gone = preflight::interface_index(iface).is_err();
+        let Some(Attached { ifindex, xdp, tc }) = self.attached.remove(iface) else { return Ok(()) };
+        let gone = preflight::interface_index(iface).map_or(true, |now| now != ifindex);
         let xdp_result = self.xdp()?.detach(xdp);
         let tc_result = self.tc()?.detach(tc);
         for (program, result) in [("mirror_xdp", xdp_result), ("mirror_tc", tc_result)] {
@@ -282,6 +288,16 @@ impl KernelCapture {
     /// The interfaces the programs are attached to.
     pub fn interfaces(&self) -> Vec<String> {
         self.attached.keys().cloned().collect()
+    }
+
+    /// Attached interfaces that are gone, or whose name now belongs to another interface: their
+    /// programs went with the old interface. Detach them (and attach again where still wanted).
+    pub fn vanished_interfaces(&self) -> Vec<String> {
+        self.attached
+            .iter()
+            .filter(|(name, a)| preflight::interface_index(name).map_or(true, |now| now != a.ifindex))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Replaces the server-address filter. With `filter` on, only packets from or to `addrs`
