@@ -52,16 +52,26 @@ impl Node {
     /// A routed pod: a /32 in the pod with an on-link default route (the node answers ARP for its
     /// own address), and the node's /32 route into `host_if`.
     fn routed_pod(&mut self, host_if: &str, ip: Ipv4Addr) -> usize {
-        let pod = Netns::new("pod");
-        let (n, p) = (&self.ns.name, &pod.name);
+        self.pods.push(Netns::new("pod"));
+        let index = self.pods.len() - 1;
+        self.wire_routed(index, host_if, ip);
+        index
+    }
+
+    /// Creates the routed pod's veth pair, addresses and routes (again, after [`Self::unwire`]).
+    fn wire_routed(&self, index: usize, host_if: &str, ip: Ipv4Addr) {
+        let (n, p) = (&self.ns.name, &self.pods[index].name);
         sh(&["ip", "link", "add", host_if, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p]);
         sh(&["ip", "-n", p, "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
         sh(&["ip", "-n", p, "link", "set", "eth0", "up"]);
         sh(&["ip", "-n", p, "route", "add", "default", "dev", "eth0", "scope", "link"]);
         sh(&["ip", "-n", n, "link", "set", host_if, "up"]);
         sh(&["ip", "-n", n, "route", "add", &format!("{ip}/32"), "dev", host_if, "scope", "link"]);
-        self.pods.push(pod);
-        self.pods.len() - 1
+    }
+
+    /// Deletes a host-side interface (and its veth peer), as a CNI does when a pod's sandbox goes.
+    fn unwire(&self, host_if: &str) {
+        sh(&["ip", "-n", &self.ns.name, "link", "del", host_if]);
     }
 
     /// A bridged pod behind port `port` of `cni0` (created with the first one, holding `gateway`).
@@ -255,6 +265,20 @@ fn the_daemon_follows_production_pods_on_its_node() {
     let all = wait_for(&record, other_ip, 5);
     assert_eq!((count(&all, routed_ip), count(&all, bridged_ip)), (10, 5));
     assert_eq!(metric(&node, "mirror_production_pods"), 2.0);
+
+    // The routed pod's sandbox is re-created under the same interface name while the API still
+    // reports the pod up: the new interface does not carry the programs, which is noticed (within
+    // the 5 s reconcile) and repaired.
+    node.unwire("calitest0");
+    node.wire_routed(routed, "calitest0", routed_ip);
+    log_line(&mut daemon, &["interface gone (or re-created)", "calitest0"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.attached("calitest0") {
+        assert!(Instant::now() < deadline, "calitest0 not attached again:\n{}", daemon.stderr.join("\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drive(&node, routed_ip, "re-created", 5);
+    wait_for(&record, routed_ip, 15);
 
     let queries = api.queries();
     assert!(!queries.is_empty());

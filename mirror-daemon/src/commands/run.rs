@@ -12,6 +12,11 @@
 //! Comparison flags (`--ignore`, tolerances, `--protocol`) change the default rules only: the
 //! file's per-route rules are taken as written.
 //!
+//! With `--pod-selector` the capture follows the production pods on this node (see
+//! [`mirror_daemon::discovery`]): pod changes arrive from the watch as [`PodEvent`]s, update the
+//! [`CaptureTargets`], and the kernel is reconciled with them — then, and every few seconds, so
+//! that failed attaches are retried.
+//!
 //! SIGHUP re-reads the file and applies what can change without re-attaching the kernel programs:
 //! shadows, sampling, routes, replay options, comparison rules, criteria and the production model's
 //! name. Capture, limits and outputs keep their running values (a WARN line lists them). An invalid
@@ -508,12 +513,16 @@ async fn start_discovery(
     Ok((events, watch))
 }
 
-/// The next pod event, or never without discovery.
-async fn next_pod_event(events: &mut Option<mpsc::Receiver<PodEvent>>) -> Option<PodEvent> {
-    match events {
-        Some(events) => events.recv().await,
-        None => std::future::pending().await,
+/// The next pod event; never without discovery, nor once the follower has ended (then the
+/// watch has ended too, and [`watch_ended`] says why).
+async fn next_pod_event(events: &mut Option<mpsc::Receiver<PodEvent>>) -> PodEvent {
+    if let Some(receiver) = events {
+        if let Some(event) = receiver.recv().await {
+            return event;
+        }
+        *events = None;
     }
+    std::future::pending().await
 }
 
 /// Why the watch ended, or never without discovery.
@@ -728,7 +737,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
                 let s = snapshot(&capture, &reader, &assembler, &dispatcher);
                 dispatcher.send(ReportItem::Summary(Box::new(s)));
             }
-            Some(event) = next_pod_event(&mut pod_events) => capture.pod_event(event, &metrics),
+            event = next_pod_event(&mut pod_events) => capture.pod_event(event, &metrics),
             err = watch_ended(&mut pod_watch) => {
                 failure = Some(err);
                 break;

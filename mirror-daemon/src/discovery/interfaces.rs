@@ -594,6 +594,33 @@ mod namespaces {
         assert!(err.to_string().contains("ip route get 10.99.0.1"), "{err}");
     }
 
+    /// A hostNetwork pod shares the node's address: the node's NIC (here a veth to a neighbour
+    /// namespace) carries its traffic; loopback never counts.
+    #[test]
+    fn host_network_pod_is_found_on_the_nic_holding_its_address() {
+        if !kernel_tests_allowed("host_network_pod_is_found_on_the_nic_holding_its_address") {
+            return;
+        }
+        let node = Netns::new("node");
+        let peer = Netns::new("peer");
+        let (n, p) = (&node.name, &peer.name);
+        let node_ip = Ipv4Addr::new(10, 246, octet(50), 4);
+        sh(&["ip", "link", "add", "ens3", "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p]);
+        sh(&["ip", "-n", n, "addr", "add", &format!("{node_ip}/24"), "dev", "ens3"]);
+        sh(&["ip", "-n", n, "link", "set", "ens3", "up"]);
+        let (found, local, missing) = node.run(move || {
+            (
+                interface_for_host_network_pod(IpAddr::V4(node_ip)),
+                interface_for_host_network_pod(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                interface_for_host_network_pod(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1))),
+            )
+        });
+        assert_eq!(found.expect("the node's address"), Attachment::HostNetwork { interface: "ens3".into() });
+        assert!(matches!(local, Err(InterfaceError::NotOnHost { .. })), "{local:?}");
+        let err = missing.expect_err("not an address of this node");
+        assert!(err.to_string().contains("ip -br addr"), "{err}");
+    }
+
     struct BridgedNode {
         node: Netns,
         _pods: [Netns; 2],

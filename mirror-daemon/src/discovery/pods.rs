@@ -103,13 +103,10 @@ pub enum DiscoveryError {
     #[error(
         "{NODE_NAME_VAR} is not set: the daemon watches only the pods of the node it runs on. In the \
          DaemonSet set it from the downward API (env {NODE_NAME_VAR}, valueFrom.fieldRef.fieldPath: \
-         spec.nodeName, as in deploy/kubernetes/daemonset.yaml); elsewhere export the node's name \
-         as `kubectl get nodes` shows it"
+         spec.nodeName, as in deploy/kubernetes/daemonset.yaml); elsewhere pass --node-name (or \
+         export {NODE_NAME_VAR}) with the node's name as `kubectl get nodes` shows it"
     )]
     NodeNameMissing,
-    /// `NODE_NAME` is set but not valid UTF-8.
-    #[error("{NODE_NAME_VAR} is not valid UTF-8: set it to the node's name as `kubectl get nodes` shows it")]
-    NodeNameNotUnicode,
     /// The label selector is empty, which would make every pod on the node "production".
     #[error(
         "the production pod label selector is empty: it would select every pod on the node; give \
@@ -202,15 +199,6 @@ impl DiscoveryError {
     /// Whether retrying cannot fix it.
     fn is_permanent(&self) -> bool {
         matches!(self, Self::Rejected { .. })
-    }
-}
-
-/// This node's name, from `NODE_NAME` (set by the DaemonSet from the downward API).
-pub fn node_name_from_env() -> Result<String, DiscoveryError> {
-    match std::env::var(NODE_NAME_VAR) {
-        Ok(name) if !name.trim().is_empty() => Ok(name.trim().to_owned()),
-        Ok(_) | Err(std::env::VarError::NotPresent) => Err(DiscoveryError::NodeNameMissing),
-        Err(std::env::VarError::NotUnicode(_)) => Err(DiscoveryError::NodeNameNotUnicode),
     }
 }
 
