@@ -6,7 +6,9 @@
 //! never waits for it. A lookup can fail for a moment (a pod reported Running before its CNI has
 //! finished, a bridge that has not learned its MAC yet). Such a pod is still passed on, without an
 //! interface, so that its addresses are selected, and its lookup is retried every `retry_every`
-//! until it succeeds or the pod goes down.
+//! until it succeeds or the pod goes down. A bridged pod whose port could not be found yet (the
+//! bridge has not learned its MAC) is captured on the whole bridge meanwhile, and looked up again
+//! the same way until its port is found.
 use std::{collections::BTreeMap, time::Duration};
 
 use prometheus_client::metrics::counter::Counter;
@@ -46,8 +48,17 @@ fn name(pod: &ProductionPod) -> String {
     format!("{}/{}", pod.namespace, pod.name)
 }
 
-/// Looks the pod's interface up on the blocking pool and logs the outcome.
-async fn resolve(lookup: Lookup, pod: &ProductionPod, retry: bool, failures: &Counter) -> Option<String> {
+/// What one lookup found.
+struct Found {
+    /// The interface to capture on, if any.
+    interface: Option<String>,
+    /// Look again later: the lookup failed, or settled for a bridge instead of the pod's port.
+    again: bool,
+}
+
+/// Looks the pod's interface up on the blocking pool and logs the outcome (at DEBUG on retries
+/// that change nothing).
+async fn resolve(lookup: Lookup, pod: &ProductionPod, retry: bool, failures: &Counter) -> Found {
     let copy = pod.clone();
     let result = tokio::task::spawn_blocking(move || lookup(&copy)).await.unwrap_or_else(|join| {
         Err(InterfaceError::Parse { command: "lookup".into(), detail: join.to_string() })
@@ -66,12 +77,16 @@ async fn resolve(lookup: Lookup, pod: &ProductionPod, retry: bool, failures: &Co
                 Attachment::HostNetwork { .. } => {
                     tracing::info!(pod = %pod_name, ip = %pod.ip, %interface, "production pod up (hostNetwork)")
                 }
+                Attachment::Bridge { reason, .. } if retry => {
+                    tracing::debug!(pod = %pod_name, %interface, %reason, "bridge port still not found");
+                }
                 Attachment::Bridge { reason, .. } => tracing::warn!(
-                    pod = %pod_name, ip = %pod.ip, %interface, %reason,
-                    "production pod up; capturing on its bridge (the address filter keeps only its traffic)"
+                    pod = %pod_name, ip = %pod.ip, %interface, %reason, retry_every = ?RETRY_EVERY,
+                    "production pod up; capturing on its bridge until its port is found (the address \
+                     filter keeps only its traffic)"
                 ),
             }
-            Some(interface)
+            Found { again: matches!(attachment, Attachment::Bridge { .. }), interface: Some(interface) }
         }
         Err(err) => {
             failures.inc();
@@ -84,7 +99,7 @@ async fn resolve(lookup: Lookup, pod: &ProductionPod, retry: bool, failures: &Co
                     "production pod up, but the interface carrying its traffic was not found; retrying"
                 );
             }
-            None
+            Found { interface: None, again: true }
         }
     }
 }
@@ -102,7 +117,8 @@ pub async fn follow(
     failures: Counter,
     retry_every: Duration,
 ) {
-    let mut unresolved: BTreeMap<String, ProductionPod> = BTreeMap::new();
+    // Pods to look up again, with the interface they have now.
+    let mut unresolved: BTreeMap<String, (ProductionPod, Option<String>)> = BTreeMap::new();
     let mut retry = tokio::time::interval_at(tokio::time::Instant::now() + retry_every, retry_every);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -111,13 +127,13 @@ pub async fn follow(
             change = changes.recv() => match change {
                 None => return,
                 Some(PodChange::Up(pod)) => {
-                    let interface = resolve(lookup, &pod, false, &failures).await;
-                    if interface.is_none() {
-                        unresolved.insert(pod.uid.clone(), pod.clone());
+                    let found = resolve(lookup, &pod, false, &failures).await;
+                    if found.again {
+                        unresolved.insert(pod.uid.clone(), (pod.clone(), found.interface.clone()));
                     } else {
                         unresolved.remove(&pod.uid);
                     }
-                    out.push(PodEvent::Up { uid: pod.uid.clone(), target: target(&pod, interface) });
+                    out.push(PodEvent::Up { uid: pod.uid.clone(), target: target(&pod, found.interface) });
                 }
                 Some(PodChange::Down { uid }) => {
                     unresolved.remove(&uid);
@@ -125,12 +141,13 @@ pub async fn follow(
                 }
             },
             _ = retry.tick(), if !unresolved.is_empty() => {
-                for (uid, pod) in std::mem::take(&mut unresolved) {
-                    match resolve(lookup, &pod, true, &failures).await {
-                        Some(interface) => out.push(PodEvent::Up { uid, target: target(&pod, Some(interface)) }),
-                        None => {
-                            unresolved.insert(uid, pod);
-                        }
+                for (uid, (pod, had)) in std::mem::take(&mut unresolved) {
+                    let found = resolve(lookup, &pod, true, &failures).await;
+                    if found.interface != had {
+                        out.push(PodEvent::Up { uid: uid.clone(), target: target(&pod, found.interface.clone()) });
+                    }
+                    if found.again {
+                        unresolved.insert(uid, (pod, found.interface));
                     }
                 }
             }
@@ -162,12 +179,18 @@ mod tests {
         }
     }
 
-    /// Pod `a` is found on `veth-a`; pod `late` only from the third lookup on; `never` never.
+    /// Pod `a` is found on `veth-a`; pod `late` only from the third lookup on; `never` never;
+    /// `bridged` on its bridge at first, then on its port.
     static LATE_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static BRIDGED_CALLS: AtomicUsize = AtomicUsize::new(0);
     fn fake_lookup(pod: &ProductionPod) -> Result<Attachment, InterfaceError> {
         let no_route = || InterfaceError::NoRoute { ip: pod.ip, detail: "not yet".into() };
         match pod.uid.as_str() {
             "late" if LATE_CALLS.fetch_add(1, Ordering::SeqCst) < 2 => Err(no_route()),
+            "bridged" if BRIDGED_CALLS.fetch_add(1, Ordering::SeqCst) < 2 => {
+                Ok(Attachment::Bridge { bridge: "cni0".into(), reason: "no FDB entry yet".into() })
+            }
+            "bridged" => Ok(Attachment::BridgePort { interface: "vethb".into(), bridge: "cni0".into() }),
             "never" => Err(no_route()),
             uid => Ok(Attachment::Routed { interface: format!("veth-{uid}") }),
         }
@@ -231,6 +254,25 @@ mod tests {
         let settled = failures.get();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(failures.get(), settled, "no retries once nothing is unresolved");
+        assert!(events.try_recv().is_err(), "nothing else");
+
+        // A bridge fallback is passed on at once and replaced by the port once it is found, with
+        // no event for the retry that found the bridge again.
+        change_tx.send(PodChange::Up(pod("bridged", "10.0.0.4"))).await.unwrap();
+        let first = next(&mut events).await;
+        assert!(
+            matches!(&first, PodEvent::Up { uid, target } if uid == "bridged" && target.interface.as_deref() == Some("cni0")),
+            "{first:?}"
+        );
+        let port = next(&mut events).await;
+        assert!(
+            matches!(&port, PodEvent::Up { uid, target } if uid == "bridged" && target.interface.as_deref() == Some("vethb")),
+            "{port:?}"
+        );
+        assert_eq!(BRIDGED_CALLS.load(Ordering::SeqCst), 3, "bridge, bridge again (no event), port");
+        let settled = BRIDGED_CALLS.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(BRIDGED_CALLS.load(Ordering::SeqCst), settled, "the port is final");
         assert!(events.try_recv().is_err(), "nothing else");
 
         drop(change_tx);
