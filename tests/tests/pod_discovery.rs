@@ -234,10 +234,12 @@ fn the_daemon_follows_production_pods_on_its_node() {
     assert_eq!(seen, 5, "only the production pod's exchanges: {:?}", read_records(&record));
 
     // The routed pod starts serving: its veth is attached and its traffic captured.
+    let started = Instant::now();
     api.apply(kube_api::pod("prod", "ml-a", PRODUCTION, NODE, "Running", &[&routed_s]));
     let up = log_line(&mut daemon, &["production pod up", "prod/ml-a"]);
     assert_eq!((up["interface"].as_str(), up["cni"].as_str()), (Some("calitest0"), Some("routed")), "{up}");
     log_line(&mut daemon, &["server-address filter updated", &routed_s]);
+    eprintln!("routed pod Running → attached and selected in {:?}", started.elapsed());
     assert!(node.attached("calitest0"));
     drive(&node, routed_ip, "routed", 5);
     wait_for(&record, routed_ip, 5);
