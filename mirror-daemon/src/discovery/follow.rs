@@ -129,6 +129,10 @@ pub async fn follow(
                 Some(PodChange::Up(pod)) => {
                     let found = resolve(lookup, &pod, false, &failures).await;
                     if found.again {
+                        if unresolved.is_empty() {
+                            // The first retry a full period from now, not at a tick long overdue.
+                            retry.reset();
+                        }
                         unresolved.insert(pod.uid.clone(), (pod.clone(), found.interface.clone()));
                     } else {
                         unresolved.remove(&pod.uid);
