@@ -415,6 +415,37 @@ fn the_configmap_command_line_is_accepted_by_the_daemon() {
     assert_daemon_accepts(&args, "deploy/kubernetes/configmap.yaml");
 }
 
+/// The image's last stage runs the daemon: its libraries are all in the base image (glibc and
+/// libgcc_s, as `ldd` lists them), the programs it starts (iproute2's `ip` and `bridge`, for pod
+/// discovery) are installed, and it sits where the DaemonSet starts it.
+#[test]
+fn the_container_image_has_what_the_daemon_runs() {
+    let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).expect("deploy/Dockerfile");
+    let last_stage = text.rsplit_once("\nFROM ").expect("a multi-stage Dockerfile").1;
+    assert!(last_stage.starts_with("debian:bookworm-slim"), "runtime base: {last_stage}");
+    assert!(
+        last_stage.contains("apt-get install") && last_stage.contains("iproute2"),
+        "the runtime stage must install iproute2 (ip, bridge):\n{last_stage}"
+    );
+    let entrypoint = last_stage.lines().find_map(|l| l.strip_prefix("ENTRYPOINT ")).expect("an ENTRYPOINT");
+    let entrypoint: Vec<String> = serde_json::from_str(entrypoint).expect("ENTRYPOINT in exec form");
+    let m = manifests();
+    let command =
+        daemon_container(one(&m.daemonsets, "DaemonSet")).args.clone().unwrap_or_default().join(" ");
+    assert!(command.contains(&format!("exec {} ", entrypoint[0])), "{command} vs {entrypoint:?}");
+    assert!(last_stage.contains(&format!("COPY --from=build /out/mirror-daemon {}", entrypoint[0])));
+
+    // What the binary links against is in every Debian base image (libc6 and libgcc-s1).
+    let out = Command::new("ldd").arg(daemon::binary()).output().expect("run ldd");
+    assert!(out.status.success(), "ldd: {out:?}");
+    let base = ["linux-vdso.so.1", "libgcc_s.so.1", "libm.so.6", "libc.so.6", "ld-linux-x86-64.so.2"];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let lib = line.split_whitespace().next().unwrap_or_default();
+        let name = lib.rsplit('/').next().unwrap_or(lib);
+        assert!(base.contains(&name), "mirror-daemon needs {lib}, not in debian:bookworm-slim");
+    }
+}
+
 /// `Key=value` lines of a unit or environment file, by key (in order of appearance).
 fn directives(text: &str) -> BTreeMap<String, Vec<String>> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
