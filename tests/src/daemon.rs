@@ -34,8 +34,21 @@ impl Daemon {
 
     /// [`start`](Self::start) with extra environment variables (e.g. `NODE_NAME`, `KUBECONFIG`).
     pub fn start_with_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = ns
-            .command(binary())
+        Self::start_wrapped(ns, &[], args, env)
+    }
+
+    /// [`start_with_env`](Self::start_with_env) through `wrapper` (a program and its arguments that
+    /// end by running the daemon, e.g. `setpriv` with fewer privileges).
+    pub fn start_wrapped(ns: &Netns, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = ns.command(program);
+                command.args(rest).arg(binary());
+                command
+            }
+            None => ns.command(binary()),
+        };
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .env("MIRROR_LOG", "info")
