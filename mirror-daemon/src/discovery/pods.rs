@@ -96,7 +96,8 @@ pub enum PodChange {
     },
 }
 
-/// Errors from pod discovery, each saying what to check.
+/// Errors from pod discovery, each saying what to check. Each message carries its cause (none is
+/// chained as a `source`), so it reads whole in a log line and once at the command line.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     /// `NODE_NAME` is not set (or empty).
@@ -119,15 +120,14 @@ pub enum DiscoveryError {
          is mounted (automountServiceAccountToken is not false); outside a cluster, set KUBECONFIG \
          or write ~/.kube/config"
     )]
-    Config(#[source] kube::config::InferConfigError),
+    Config(kube::config::InferConfigError),
     /// The configuration was found but a client could not be built from it (TLS, credentials).
-    #[error("cannot set up a client for the Kubernetes API at {api}: {source}")]
+    #[error("cannot set up a client for the Kubernetes API at {api}: {error}")]
     Client {
         /// The API server's URL.
         api: String,
         /// What kube reported.
-        #[source]
-        source: kube::Error,
+        error: kube::Error,
     },
     /// The API server could not be reached (connection, TLS, timeout).
     #[error(
@@ -135,7 +135,7 @@ pub enum DiscoveryError {
          API server: KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT in a pod, the kubeconfig's \
          server otherwise)"
     )]
-    Unreachable(#[source] watcher::Error),
+    Unreachable(watcher::Error),
     /// The API server refused the credentials or the permission (401/403).
     #[error(
         "the Kubernetes API refused to list/watch pods ({code} {reason}: {message}) (is the \
@@ -164,7 +164,7 @@ pub enum DiscoveryError {
     },
     /// Any other failure while listing or watching.
     #[error("listing/watching pods failed: {0}")]
-    Watch(#[source] watcher::Error),
+    Watch(watcher::Error),
 }
 
 impl DiscoveryError {
@@ -212,7 +212,7 @@ pub async fn client() -> Result<Client, DiscoveryError> {
     let config = kube::Config::infer().await.map_err(DiscoveryError::Config)?;
     let api = config.cluster_url.to_string();
     let client =
-        Client::try_from(config).map_err(|source| DiscoveryError::Client { api: api.clone(), source })?;
+        Client::try_from(config).map_err(|error| DiscoveryError::Client { api: api.clone(), error })?;
     tracing::info!(api = %api, "Kubernetes API client ready");
     Ok(client)
 }
