@@ -111,6 +111,8 @@ pub struct CaptureSection {
     pub server_addrs: Option<Vec<String>>,
     /// Label selector of the production pods to follow through the Kubernetes API.
     pub pod_selector: Option<String>,
+    /// Pick up connections open before capture started at their next request.
+    pub resync_mid_stream: Option<bool>,
     pub xdp_mode: Option<String>,
     pub ring_buffer_size: Option<String>,
 }
@@ -201,6 +203,7 @@ pub struct FileSettings {
     pub ports: Option<Vec<u16>>,
     pub server_addrs: Option<Vec<IpAddr>>,
     pub pod_selector: Option<String>,
+    pub resync_mid_stream: Option<bool>,
     pub xdp_mode: Option<XdpModeChoice>,
     pub ring_buffer_size: Option<u32>,
     pub production_model: Option<ModelInfo>,
@@ -549,6 +552,7 @@ impl FileConfig {
         s.pod_selector = c.convert("capture.pod_selector", cap.pod_selector.as_ref(), |labels| {
             check_label_selector(labels).map(|()| labels.trim().to_string())
         });
+        s.resync_mid_stream = cap.resync_mid_stream;
         s.xdp_mode = c.convert("capture.xdp_mode", cap.xdp_mode.as_ref(), |m| {
             XdpModeChoice::from_str(m, true).map_err(|_| format!("\"{m}\": use auto, driver or generic"))
         });

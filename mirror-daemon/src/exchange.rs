@@ -159,10 +159,15 @@ counters! {
     gap,
     /// Connections whose framing was lost to a gap: no further exchange is rebuilt on them.
     gap_desync_connections,
-    /// Connections first seen without a SYN: never parsed (no provable message boundary).
+    /// Connections first seen without a SYN: never parsed (no provable message boundary), unless
+    /// `--resync-mid-stream` picks them up at a request.
     mid_stream_connections,
-    /// Bytes of connections first seen without a SYN.
+    /// Bytes of connections first seen without a SYN (with `--resync-mid-stream`: until resynced).
     mid_stream_skipped_bytes,
+    /// With `--resync-mid-stream`: requests dropped because the first response after the request
+    /// chosen to resynchronise at did not start with a status line (a pipelining client, or a
+    /// retransmission).
+    mid_stream_resync_failed,
     /// Bytes skipped on connections that stopped being parsed (gap, malformed, unsupported, limit).
     desync_skipped_bytes,
     /// Exchanges whose head exceeded the header size limit or the header count limit.

@@ -175,6 +175,12 @@ fn a_pod_selector_replaces_interfaces_and_must_be_a_selector() {
 }
 
 #[test]
+fn resync_mid_stream_is_a_boolean() {
+    assert_eq!(yaml("capture: {resync_mid_stream: true}").expect("valid").resync_mid_stream, Some(true));
+    assert!(parse(Path::new("t.yaml"), "capture: {resync_mid_stream: maybe}", Format::Yaml).is_err());
+}
+
+#[test]
 fn ports_must_be_1_to_65535_and_at_most_64() {
     assert_problem("capture: {ports: []}", "capture.ports", &["e.g. [8080]"]);
     assert_problem("capture: {ports: [8080, 65536]}", "capture.ports[1]", &["use 1–65535"]);

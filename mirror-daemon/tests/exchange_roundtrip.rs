@@ -248,6 +248,10 @@ enum Chaos {
     Clean,
     /// Also lost ranges and dropped segments.
     Lossy,
+    /// No handshake, and each connection's segments before a random point are not captured (a
+    /// capture started on open keep-alive connections); otherwise as `Clean`, minus the
+    /// retransmissions.
+    MidStream,
 }
 
 struct Wire {
@@ -267,12 +271,17 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
         let built = build(c, spec, client, server);
         expected.insert(client, built.expected);
         ts += 1;
-        head.push(Segment::new(client, server, spec.client_isn, SYN, Bytes::new(), ts));
-        head.push(Segment::new(server, client, spec.server_isn, SYN | ACK, Bytes::new(), ts));
+        if chaos != Chaos::MidStream {
+            head.push(Segment::new(client, server, spec.client_isn, SYN, Bytes::new(), ts));
+            head.push(Segment::new(server, client, spec.server_isn, SYN | ACK, Bytes::new(), ts));
+        }
         let mut segs = Vec::new();
+        // Where each batch's first request starts in `segs`.
+        let mut batch_starts = Vec::new();
         let (mut cseq, mut sseq) = (spec.client_isn.wrapping_add(1), spec.server_isn.wrapping_add(1));
         let mut streams: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
         for (cbytes, sbytes) in &built.batches {
+            batch_starts.push(segs.len());
             for (from_client, bytes) in [(true, cbytes), (false, sbytes)] {
                 let (src, dst, seq) =
                     if from_client { (client, server, &mut cseq) } else { (server, client, &mut sseq) };
@@ -303,6 +312,21 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
         ts += 1;
         segs.push(Segment::new(client, server, cseq, FIN | ACK, Bytes::new(), ts));
         segs.push(Segment::new(server, client, sseq, FIN | ACK, Bytes::new(), ts));
+        if chaos == Chaos::MidStream {
+            // The capture starts at a random segment: exchanges whose request started earlier are
+            // not expected (batches are single exchanges here: no pipelining).
+            let cut = rng.below(segs.len() as u64 + 1) as usize;
+            segs.drain(..cut);
+            let kept: Vec<Exchange> = expected[&client]
+                .iter()
+                .zip(&batch_starts)
+                .filter(|&(_, &start)| start >= cut)
+                .map(|(e, _)| e.clone())
+                .collect();
+            expected.insert(client, kept);
+            per_conn.push(segs);
+            continue;
+        }
         // Retransmissions covering arbitrary ranges (overlapping several original segments).
         for _ in 0..rng.below(4) {
             let side = rng.below(2) as usize;
@@ -368,12 +392,16 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
 }
 
 fn assemble(w: &Wire) -> (Vec<Exchange>, Assembler) {
+    assemble_with(w, HttpConfig::default())
+}
+
+fn assemble_with(w: &Wire, http: HttpConfig) -> (Vec<Exchange>, Assembler) {
     let cfg = AssemblerConfig {
         flows: FlowConfig {
             server_ports: vec![8080],
             limits: FlowLimits { idle_timeout_ns: 1_000_000, ..FlowLimits::default() },
         },
-        http: HttpConfig::default(),
+        http,
         announce_requests: true,
     };
     let mut a = Assembler::new(cfg);
@@ -400,6 +428,19 @@ fn assemble(w: &Wire) -> (Vec<Exchange>, Assembler) {
     a.tick(u64::MAX / 2, &mut out);
     check(&mut a, &out, &mut checked);
     (out, a)
+}
+
+/// Whether each direction of `client`'s connection is first captured at its earliest byte: when a
+/// later segment (or the FIN) comes first, the stream starts there and earlier bytes are lost.
+fn in_order_start(segments: &[Segment], client: SocketAddr) -> bool {
+    [true, false].into_iter().all(|from_client| {
+        let mut own = segments
+            .iter()
+            .filter(|s| (s.src == client) == from_client && (s.src == client || s.dst == client));
+        let Some(first) = own.next() else { return true };
+        let start = first.seq.wrapping_add(first.offset);
+        own.all(|s| s.seq.wrapping_add(s.offset).wrapping_sub(start) as i32 >= 0)
+    })
 }
 
 /// Timestamps depend on the cut; everything else must match exactly.
@@ -458,6 +499,46 @@ proptest! {
         if out.len() < total {
             prop_assert!(drops > 0, "{} of {} exchanges missing without a counter", total - out.len(), total);
         }
+        prop_assert_eq!(a.memory_bytes(), 0);
+        prop_assert_eq!(a.connections(), 0);
+    }
+
+    /// `--resync-mid-stream` on connections already open when the capture starts, from clients
+    /// that do not pipeline: every exchange whose request starts after the capture began comes out
+    /// exactly, correctly paired — with the two directions reordered and duplicated, heads split
+    /// across segments, and the capture starting anywhere, even inside a head or a body.
+    #[test]
+    fn mid_stream_resync_recovers_every_later_exchange_of_non_pipelining_clients(
+        conns in prop::collection::vec(conn_spec(), 1..=3),
+        seed in any::<u64>(),
+    ) {
+        let conns: Vec<ConnSpec> = conns.into_iter().map(|c| ConnSpec { depth: 1, ..c }).collect();
+        let w = wire(&conns, seed, Chaos::MidStream);
+        let http = HttpConfig { resync_mid_stream: true, ..HttpConfig::default() };
+        let (out, a) = assemble_with(&w, http);
+        let mut got: HashMap<SocketAddr, Vec<Exchange>> = HashMap::new();
+        for e in &out {
+            got.entry(e.client).or_default().push(strip(e));
+        }
+        let stats = a.stats();
+        for (client, expected) in &w.expected {
+            let got = got.remove(client).unwrap_or_default();
+            let targets = |v: &[Exchange]| v.iter().map(|e| e.request.target.clone()).collect::<Vec<_>>();
+            prop_assert!(got.len() <= expected.len(), "{:?} vs {:?}", targets(&got), targets(expected));
+            // Exactly the originals, each with its own response: a suffix of what was expected.
+            let suffix = &expected[expected.len() - got.len()..];
+            prop_assert_eq!(targets(&got), targets(suffix), "{:?}", stats);
+            for (g, x) in got.iter().zip(suffix) {
+                prop_assert_eq!(g, x);
+            }
+            // Liveness: when each direction's first captured segment is its earliest (nothing of
+            // the stream's start arrives late), at most one exchange is lost — the first request,
+            // when the server's stream was first captured only after it.
+            if in_order_start(&w.segments, *client) {
+                prop_assert!(got.len() + 1 >= expected.len(), "{:?} of {:?}: {:?}", targets(&got), targets(expected), stats);
+            }
+        }
+        prop_assert!(got.is_empty(), "exchanges of unknown clients");
         prop_assert_eq!(a.memory_bytes(), 0);
         prop_assert_eq!(a.connections(), 0);
     }

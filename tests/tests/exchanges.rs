@@ -278,3 +278,55 @@ fn starting_mid_stream_never_mispairs() {
     let drops = final_drops(&finished.stderr);
     assert!(drops.get("mid_stream_connections").copied().unwrap_or(0) >= 1, "{drops:?}");
 }
+
+/// With `--resync-mid-stream`, a keep-alive connection already open when the daemon starts is
+/// picked up at a request: from then on its exchanges (chunked uploads among them) are recorded,
+/// each with its own response.
+#[test]
+fn resync_picks_up_an_open_keep_alive_connection() {
+    if !kernel_tests_allowed("resync_picks_up_an_open_keep_alive_connection") {
+        return;
+    }
+    let pair = Pair::new();
+    let _server = model_server::spawn(&pair, &[PORT]);
+    let out = scratch_file("resync-client.json");
+    // One connection, many requests: it is open long before the daemon starts.
+    let mut client = ChildGuard(python_client(&pair, &out, 1, 3000, 0.0));
+    std::thread::sleep(Duration::from_millis(700));
+    let record = scratch_file("resync.jsonl");
+    let daemon = Daemon::start(
+        &pair.server,
+        &[
+            "run",
+            "-i",
+            &pair.server_if,
+            "-p",
+            "8080",
+            "--record",
+            record.to_str().unwrap(),
+            "--resync-mid-stream",
+        ],
+    );
+    let started =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let status = client.0.wait().expect("python client");
+    assert!(status.success(), "python client failed");
+    std::thread::sleep(Duration::from_millis(500));
+    let finished = daemon.stop();
+    assert!(finished.success, "{}", finished.stderr);
+
+    let client: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("client output")).unwrap();
+    let after = client.iter().filter(|c| c["ended"].as_f64().expect("time") > started).count();
+    assert!(after >= 100, "the client finished too early to test anything: {after} after the start");
+    let records = read_json_lines(&record);
+    let paired = assert_paired(&records, &client);
+    let drops = final_drops(&finished.stderr);
+    eprintln!("recorded {paired} of the {after} exchanges completed after the daemon started");
+    // "capturing" is logged just before `started` is read: a request or two may straddle it.
+    assert!(
+        paired + 3 >= after,
+        "{paired} recorded of {after} completed after the daemon started: {drops:?}"
+    );
+    assert_eq!(drops.get("mid_stream_connections").copied(), Some(1), "{drops:?}");
+}

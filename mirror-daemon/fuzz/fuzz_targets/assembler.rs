@@ -81,6 +81,9 @@ fuzz_target!(|data: &[u8]| {
             max_pipelined: 4,
             max_backlog_bytes: 64 << 10,
             max_buffered_total: HTTP_TOTAL,
+            // The top bit of the first byte (unused by the segment header) turns on the
+            // resynchronisation of mid-stream connections.
+            resync_mid_stream: data.first().is_some_and(|b| b & 0x80 != 0),
         },
         announce_requests: true,
     });

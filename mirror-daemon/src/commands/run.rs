@@ -89,6 +89,11 @@ pub struct RunArgs {
     /// This node's name, for `--pod-selector` (the DaemonSet sets NODE_NAME from the downward API).
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Pick up connections that were already open when capture started, at their next request,
+    /// instead of ignoring them until they reconnect. Assumes clients do not pipeline (most do
+    /// not); a request pipelined behind one whose response has not started could be mispaired.
+    #[arg(long)]
+    pub resync_mid_stream: bool,
     /// Append one JSON object per exchange (per exchange and shadow, with shadows) to this file
     /// (`-` for stdout). Schema: README.
     #[arg(long, value_name = "FILE.jsonl")]
@@ -255,7 +260,12 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    pub fn assembler_config(&self, server_ports: &[u16], announce_requests: bool) -> AssemblerConfig {
+    pub fn assembler_config(
+        &self,
+        server_ports: &[u16],
+        announce_requests: bool,
+        resync_mid_stream: bool,
+    ) -> AssemblerConfig {
         AssemblerConfig {
             flows: FlowConfig {
                 server_ports: server_ports.to_vec(),
@@ -270,6 +280,7 @@ impl LimitArgs {
             http: HttpConfig {
                 max_body_bytes: self.max_body_size as usize,
                 max_buffered_total: self.max_buffered_total as usize,
+                resync_mid_stream,
                 ..HttpConfig::default()
             },
             announce_requests,
@@ -329,6 +340,7 @@ impl Invocation {
             "ports": args.attach.ports => file.ports;
             "server_addrs": args.attach.server_addrs => file.server_addrs;
             "pod_selector": args.pod_selector => file.pod_selector.clone().map(Some);
+            "resync_mid_stream": args.resync_mid_stream => file.resync_mid_stream;
             "xdp_mode": args.attach.xdp_mode => file.xdp_mode;
             "ring_buffer_size": args.attach.ring_buffer_size => file.ring_buffer_size;
             "record": args.record => file.record.clone().map(Some);
@@ -442,6 +454,7 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
     };
     restart("capture.ports", old.attach.ports != new.attach.ports);
     restart("capture.pod_selector", old.pod_selector != new.pod_selector);
+    restart("capture.resync_mid_stream", old.resync_mid_stream != new.resync_mid_stream);
     restart("capture.xdp_mode", old.attach.xdp_mode != new.attach.xdp_mode);
     restart("capture.ring_buffer_size", old.attach.ring_buffer_size != new.attach.ring_buffer_size);
     restart("limits", old.limits != new.limits);
@@ -680,7 +693,8 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     // Requests are announced as soon as they are complete even without shadows when a config file
     // is in use: a reload may add the first shadow.
     let announce = !shadows.is_empty() || args.config.is_some();
-    let mut assembler = Assembler::new(args.limits.assembler_config(&cfg.ports, announce));
+    let mut assembler =
+        Assembler::new(args.limits.assembler_config(&cfg.ports, announce, args.resync_mid_stream));
     let (kernel, mut reader) = KernelCapture::start(&cfg)?;
     let attacher = Attacher::new(&cfg.server_addrs, cfg.filter_addrs);
     let mut capture = Capture { kernel, targets, attacher };

@@ -15,7 +15,9 @@
 //!   the count of messages: the connection stops being parsed (`gap_desync_connections`), because
 //!   no later request boundary can be proven to pair with the right response.
 //! - A connection first seen mid-stream is never parsed (`mid_stream_connections`), for the same
-//!   reason: nothing proves where a message starts.
+//!   reason: nothing proves where a message starts. [`HttpConfig::resync_mid_stream`] opts into
+//!   picking such a connection up at a request, under an assumption that makes it safe: the client
+//!   does not pipeline (see [`Resync`]).
 //! - `Upgrade`, `CONNECT`, 101 responses and the HTTP/2 preface stop parsing the connection.
 //! - A limit (head size, header count, pipelining depth, buffer total) stops the connection; a body
 //!   over the body limit keeps the framing and drops only that exchange.
@@ -49,6 +51,9 @@ pub struct HttpConfig {
     pub max_backlog_bytes: usize,
     /// Partial messages buffered across all connections.
     pub max_buffered_total: usize,
+    /// Pick up connections first seen mid-stream at the next request (see [`Resync`]). Off by
+    /// default: it assumes clients do not pipeline.
+    pub resync_mid_stream: bool,
 }
 
 impl Default for HttpConfig {
@@ -60,6 +65,7 @@ impl Default for HttpConfig {
             max_pipelined: 32,
             max_backlog_bytes: 1 << 20,
             max_buffered_total: 1 << 30,
+            resync_mid_stream: false,
         }
     }
 }
@@ -556,6 +562,56 @@ enum Input {
     Fin,
 }
 
+/// Picking up a connection first seen mid-stream, at a request.
+///
+/// Mid-stream, nothing on the wire proves where a message starts, nor which response answers which
+/// request. Resynchronising rests on one assumption: **the client does not pipeline** (it sends a
+/// request only after reading the previous response whole — what browsers, gateways and most
+/// clients do). Then, at the server's interface, every byte of earlier responses was sent before
+/// the next request arrived, so:
+///
+/// 1. On the client side, a chunk (a segment's payload, in order) that starts with a known method
+///    and whose bytes, with the following ones, form a complete request head is taken as a request
+///    start; its first byte's kernel timestamp is `t`.
+/// 2. Server bytes captured before `t` belong to earlier responses and are skipped. The first
+///    server chunk captured at or after `t` must start with `HTTP/1.`, and the server stream must
+///    have started before `t` (its first captured byte is older than the request): only then is
+///    that chunk provably the first thing the server sent after the request — reassembly delivers
+///    a stream in order from its first byte, and reports any hole. Then both sides are at a
+///    message boundary and parsing goes on as for any connection. Otherwise (the client
+///    pipelined, a retransmission, or the server stream's capture began after the request), the
+///    request is dropped and counted (`mid_stream_resync_failed`), and the next request start —
+///    already framed, or still to come — is tried.
+///
+/// The two directions are captured by different hooks and may arrive out of order, so server
+/// chunks seen before the client side is resynchronised are kept (bounded) and judged by their
+/// timestamps once it is. What a pipelining client can still defeat: a request pipelined behind one
+/// whose response had not started yet pairs with that older response.
+#[derive(Debug, Default)]
+struct Resync {
+    /// Client chunks of a candidate request head, from its first chunk.
+    candidate: Vec<(Bytes, u64)>,
+    candidate_bytes: usize,
+    /// The chosen request's first-byte timestamp, once the client side is resynchronised.
+    synced_at: Option<u64>,
+    /// Server chunks seen before the client side was resynchronised.
+    server: VecDeque<(Bytes, u64)>,
+    server_bytes: usize,
+    /// Timestamp of the server stream's first captured chunk (kept across restarts).
+    server_started_at: Option<u64>,
+    /// Server chunks at or after the request, held while they are too short to tell whether
+    /// they start with `HTTP/1.` (a record split inside it).
+    held: Vec<(Bytes, u64)>,
+}
+
+/// Whether `data` starts a request line, or is too short to tell.
+fn may_start_request(data: &[u8]) -> bool {
+    RESYNC_METHODS.iter().any(|m| data.starts_with(m) || (data.len() < m.len() && m.starts_with(data)))
+}
+
+/// Methods a resynchronisation accepts as a request start.
+const RESYNC_METHODS: [&[u8]; 7] = [b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS "];
+
 /// HTTP state of one connection.
 #[derive(Debug)]
 pub struct Connection {
@@ -565,6 +621,10 @@ pub struct Connection {
     stopped: bool,
     /// Stopped because the connection was first seen mid-stream.
     mid_stream: bool,
+    /// Resynchronising a connection first seen mid-stream (opt-in).
+    resync: Option<Box<Resync>>,
+    /// The server's FIN came while resynchronising: it ends the stream once its bytes are framed.
+    server_fin_held: bool,
     requests: Reader,
     responses: Reader,
     pending: VecDeque<Pending>,
@@ -598,6 +658,8 @@ impl Connection {
             server,
             stopped: false,
             mid_stream: false,
+            resync: None,
+            server_fin_held: false,
             requests: Reader::default(),
             responses: Reader::default(),
             pending: VecDeque::new(),
@@ -613,7 +675,12 @@ impl Connection {
 
     /// Bytes buffered by this connection's partial messages.
     pub fn buffered(&self) -> usize {
-        self.requests.buffered() + self.responses.buffered() + self.pending_bytes + self.backlog_bytes
+        let resync = self.resync.as_ref().map_or(0, |r| r.candidate_bytes + r.server_bytes);
+        self.requests.buffered()
+            + self.responses.buffered()
+            + self.pending_bytes
+            + self.backlog_bytes
+            + resync
     }
 
     /// Applies one stream event; completed exchanges are appended to `out`.
@@ -627,20 +694,29 @@ impl Connection {
         match event {
             FlowEvent::Opened { .. } => {}
             FlowEvent::StreamStart { mid_stream, .. } => {
-                if mid_stream && !self.stopped {
+                if mid_stream && !self.stopped && self.resync.is_none() {
                     // Only one side lacks its SYN: what the other side already started is lost
                     // like bytes in a gap.
                     let in_progress = u64::from(self.requests.started && self.requests.phase == Phase::Head);
                     stats.gap += self.pending.len() as u64 + in_progress;
                     stats.mid_stream_connections += 1;
                     self.mid_stream = true;
-                    self.stopped = true;
                     self.clear();
+                    if cfg.resync_mid_stream {
+                        self.resync = Some(Box::default());
+                    } else {
+                        self.stopped = true;
+                    }
                 }
             }
             FlowEvent::Data { side, data, ts_ns, .. } => {
                 if self.stopped {
                     self.skipped(data.len(), stats);
+                } else if self.resync.is_some() {
+                    self.resync_data(side, data, ts_ns, cfg, stats, out);
+                    if self.resync.is_none() && std::mem::take(&mut self.server_fin_held) {
+                        self.server_input(Input::Fin, cfg, stats, out);
+                    }
                 } else if side == Side::Client {
                     self.client_data(data, ts_ns, cfg, stats, out);
                 } else {
@@ -650,6 +726,10 @@ impl Connection {
             FlowEvent::Gap { side, len, .. } => {
                 if self.stopped {
                     self.skipped(len as usize, stats);
+                } else if self.resync.is_some() {
+                    // Whatever was being put together around the hole is no longer provable.
+                    self.skipped(len as usize, stats);
+                    stats.gap += self.restart_resync();
                 } else if side == Side::Client {
                     if self.requests.gap(len).is_err() {
                         self.stop(Stop::Gap, stats);
@@ -657,6 +737,9 @@ impl Connection {
                 } else {
                     self.server_input(Input::Gap(len), cfg, stats, out);
                 }
+            }
+            FlowEvent::Fin { side: Side::Server, .. } if self.resync.is_some() => {
+                self.server_fin_held = true;
             }
             FlowEvent::Fin { side: Side::Server, .. } => {
                 if !self.stopped {
@@ -695,6 +778,178 @@ impl Connection {
         *why.counter(stats) += if why == Stop::Http2 { 1 } else { lost };
         self.stopped = true;
         self.clear();
+    }
+
+    /// Drops what a resynchronisation had put together and waits for the next request start;
+    /// the requests dropped are counted by the caller.
+    fn restart_resync(&mut self) -> u64 {
+        let dropped = self.pending.len() as u64;
+        let server_started_at = self.resync.as_ref().and_then(|r| r.server_started_at);
+        self.clear();
+        self.resync = Some(Box::new(Resync { server_started_at, ..Resync::default() }));
+        dropped
+    }
+
+    /// Data on a connection being resynchronised (see [`Resync`]).
+    fn resync_data(
+        &mut self,
+        side: Side,
+        data: Bytes,
+        ts: u64,
+        cfg: &HttpConfig,
+        stats: &mut DropCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Some(resync) = self.resync.as_mut() else { return };
+        if side == Side::Server && resync.server_started_at.is_none() {
+            resync.server_started_at = Some(ts);
+        }
+        match (side, resync.synced_at) {
+            // The request's own later bytes (a body), or the next requests, parsed as usual.
+            (Side::Client, Some(_)) => {
+                // Until a server byte is captured (the transmit hook may attach after the receive
+                // hook), requests cannot be judged and pile up: keep the newest ones, below the
+                // pipelining limit, so that the connection is not given up.
+                let server_seen = resync.server_started_at.is_some();
+                let mut popped = false;
+                while !server_seen && self.pending.len() > 1 && self.pending.len() + 1 >= cfg.max_pipelined {
+                    let Some(dropped) = self.pending.pop_front() else { break };
+                    self.pending_bytes -= dropped.bytes;
+                    stats.mid_stream_resync_failed += 1;
+                    popped = true;
+                }
+                if popped {
+                    let oldest = self.pending.front().map(|p| p.request_first_ns);
+                    if let (Some(resync), Some(oldest)) = (self.resync.as_mut(), oldest) {
+                        resync.synced_at = Some(oldest);
+                    }
+                }
+                self.client_data(data, ts, cfg, stats, out);
+            }
+            (Side::Client, None) => {
+                if resync.candidate.is_empty() && !may_start_request(&data) {
+                    return self.skipped(data.len(), stats);
+                }
+                resync.candidate_bytes += data.len();
+                resync.candidate.push((data, ts));
+                let head: Vec<u8> = resync.candidate.iter().flat_map(|(d, _)| d.iter().copied()).collect();
+                let mut headers = vec![httparse::EMPTY_HEADER; cfg.max_headers];
+                match httparse::Request::new(&mut headers).parse(&head) {
+                    Ok(httparse::Status::Complete(_)) => {
+                        let chunks = std::mem::take(&mut resync.candidate);
+                        resync.candidate_bytes = 0;
+                        resync.synced_at = Some(chunks[0].1);
+                        let server: Vec<(Bytes, u64)> = resync.server.drain(..).collect();
+                        resync.server_bytes = 0;
+                        for (chunk, chunk_ts) in chunks {
+                            self.client_data(chunk, chunk_ts, cfg, stats, out);
+                        }
+                        for (chunk, chunk_ts) in server {
+                            self.resync_server(chunk, chunk_ts, cfg, stats, out);
+                        }
+                    }
+                    Ok(httparse::Status::Partial) if resync.candidate_bytes <= cfg.max_header_bytes => {}
+                    _ => {
+                        // Not a request head after all: skip it; the chunk just added may still
+                        // start one.
+                        let mut chunks = std::mem::take(&mut resync.candidate);
+                        resync.candidate_bytes = 0;
+                        let last = chunks.pop().filter(|(d, _)| !chunks.is_empty() && may_start_request(d));
+                        self.skipped(chunks.iter().map(|(d, _)| d.len()).sum(), stats);
+                        if let Some((d, t)) = last {
+                            self.resync_data(Side::Client, d, t, cfg, stats, out);
+                        }
+                    }
+                }
+            }
+            (Side::Server, Some(_)) => self.resync_server(data, ts, cfg, stats, out),
+            (Side::Server, None) => {
+                resync.server_bytes += data.len();
+                resync.server.push_back((data, ts));
+                // Bounded like response bytes waiting for their request; oldest dropped first.
+                while resync.server_bytes > cfg.max_backlog_bytes {
+                    let Some((old, _)) = resync.server.pop_front() else { break };
+                    resync.server_bytes -= old.len();
+                    stats.mid_stream_skipped_bytes += old.len() as u64;
+                }
+            }
+        }
+    }
+
+    /// A server chunk once the client side is resynchronised at a request that started at `t`:
+    /// earlier bytes are skipped; the first later chunk must start a response.
+    fn resync_server(
+        &mut self,
+        data: Bytes,
+        ts: u64,
+        cfg: &HttpConfig,
+        stats: &mut DropCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        if self.stopped {
+            return self.skipped(data.len(), stats);
+        }
+        // Bytes judged again after the state changed go where the state now says.
+        let Some(resync) = self.resync.as_mut() else {
+            return self.server_input(Input::Data(data, ts), cfg, stats, out);
+        };
+        let Some(t) = resync.synced_at else {
+            return self.resync_data(Side::Server, data, ts, cfg, stats, out);
+        };
+        if resync.server_started_at.is_none() {
+            resync.server_started_at = Some(ts);
+        }
+        if ts < t && resync.held.is_empty() {
+            return self.skipped(data.len(), stats);
+        }
+        const STATUS_LINE: &[u8] = b"HTTP/1.";
+        resync.held.push((data, ts));
+        let head: Vec<u8> =
+            resync.held.iter().flat_map(|(d, _)| d.iter().copied()).take(STATUS_LINE.len()).collect();
+        if head.len() < STATUS_LINE.len() && STATUS_LINE.starts_with(&head) {
+            return; // too short to tell yet
+        }
+        let held = std::mem::take(&mut resync.held);
+        let server_started_before = resync.server_started_at.is_some_and(|start| start < t);
+        if head.starts_with(STATUS_LINE) && server_started_before {
+            self.resync = None;
+            for (chunk, chunk_ts) in held {
+                self.server_input(Input::Data(chunk, chunk_ts), cfg, stats, out);
+            }
+        } else if let Some(next) = self.next_request_start().filter(|&next| next > t) {
+            // A later request has already started (the hooks delivered it before this response):
+            // it starts a message too, so resynchronise there and judge these bytes again.
+            stats.mid_stream_resync_failed += 1;
+            if let Some(dropped) = self.pending.pop_front() {
+                self.pending_bytes -= dropped.bytes;
+            }
+            if let Some(resync) = self.resync.as_mut() {
+                resync.synced_at = Some(next);
+            }
+            for (chunk, chunk_ts) in held {
+                self.resync_server(chunk, chunk_ts, cfg, stats, out);
+            }
+        } else {
+            // The request will never be paired: that is what is counted. These bytes were not
+            // proven to answer it, and may answer a request not delivered yet (the directions
+            // arrive out of order): they are judged again at the next request.
+            stats.mid_stream_resync_failed += self.restart_resync().max(1);
+            for (chunk, chunk_ts) in held {
+                self.resync_data(Side::Server, chunk, chunk_ts, cfg, stats, out);
+            }
+        }
+    }
+
+    /// When the request after the first pending one started: framed already, or its head in
+    /// progress.
+    fn next_request_start(&self) -> Option<u64> {
+        match self.pending.get(1) {
+            Some(next) => Some(next.request_first_ns),
+            None if self.requests.started && self.requests.phase == Phase::Head => {
+                Some(self.requests.first_ts)
+            }
+            None => None,
+        }
     }
 
     fn clear(&mut self) {

@@ -465,3 +465,84 @@ fn missing_server_syn_drops_the_requests_already_seen() {
     assert_eq!(stats.mid_stream_connections, 1);
     assert_eq!(stats.gap, 1);
 }
+
+fn resync() -> HttpConfig {
+    HttpConfig { resync_mid_stream: true, ..HttpConfig::default() }
+}
+
+/// A keep-alive connection already open: the capture starts inside a response body.
+fn joined_mid_response() -> Conn {
+    let mut c = Conn::new();
+    c.segs.clear(); // no SYNs seen
+    c.server("bcdefghij") // the tail of a response to a request before the capture
+        .client("GET /a HTTP/1.1\r\nHost: m\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    c
+}
+
+#[test]
+fn resync_picks_a_mid_stream_connection_up_at_the_next_request() {
+    let mut c = joined_mid_response();
+    c.client("POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\n")
+        .client("xyz")
+        .server("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        .fin();
+    let (out, stats, a) = c.run_with(resync());
+    let targets: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), e.response.status)).collect();
+    assert_eq!(targets, [("/a", 200), ("/b", 201)]);
+    assert_eq!(out[1].request.body, "xyz");
+    assert_eq!(stats.mid_stream_connections, 1);
+    assert_eq!(stats.mid_stream_skipped_bytes, 9, "only the old response's tail");
+    assert_eq!(stats.mid_stream_resync_failed, 0);
+    assert_eq!(a.memory_bytes(), 0);
+    // Off by default: the same traffic is not parsed.
+    let (out, _, _) = joined_mid_response().fin().run_with(HttpConfig::default());
+    assert!(out.is_empty());
+}
+
+#[test]
+fn resync_starts_in_the_middle_of_a_request_body_without_taking_it_for_a_request() {
+    let mut c = Conn::new();
+    c.segs.clear();
+    // A body chunk, a head split over two segments, then its answer.
+    c.client("\"inputs\": [1, 2]}")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .send(true, b"POST /c HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 10)
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc")
+        .fin();
+    let (out, stats, _) = c.run_with(resync());
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].request.target.as_str(), &out[0].response.body[..]), ("/c", &b"c"[..]));
+    assert_eq!(stats.mid_stream_resync_failed, 0);
+}
+
+#[test]
+fn resync_judges_response_bytes_by_time_even_when_they_arrive_first() {
+    // The two hooks may deliver the directions out of order: here the answer's segment comes
+    // before the request's, but its timestamp is later.
+    let mut c = joined_mid_response();
+    c.fin();
+    let request = c.segs.iter().position(|s| s.payload.starts_with(b"GET /a")).expect("request");
+    let answer = c.segs.remove(request + 1);
+    c.segs.insert(request, answer);
+    let (out, stats, _) = c.run_with(resync());
+    assert_eq!(out.len(), 1, "{stats:?}");
+    assert_eq!(out[0].response.body, "ok");
+}
+
+#[test]
+fn resync_gives_up_when_the_next_response_does_not_start_a_message() {
+    // A pipelining client: /a was sent while the previous response was still being written.
+    let mut c = Conn::new();
+    c.segs.clear();
+    c.client("GET /a HTTP/1.1\r\n\r\n")
+        .server("tail of an older response")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .client("GET /b HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 204 No Content\r\n\r\n")
+        .fin();
+    let (out, stats, _) = c.run_with(resync());
+    assert_eq!(stats.mid_stream_resync_failed, 1, "/a is dropped, never mispaired");
+    let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), e.response.status)).collect();
+    assert_eq!(pairs, [("/b", 204)], "picked up again at the next request");
+}
