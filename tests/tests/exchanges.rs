@@ -77,20 +77,15 @@ fn final_drops(stderr: &str) -> HashMap<String, u64> {
 }
 
 fn start_monitor(pair: &Pair, record: &Path) -> Daemon {
-    Daemon::start(
-        &pair.server,
-        &[
-            "run",
-            "-i",
-            &pair.server_if,
-            "-p",
-            "8080",
-            "--record",
-            record.to_str().unwrap(),
-            "--summary-interval",
-            "1s",
-        ],
-    )
+    start_monitor_with(pair, record, &[])
+}
+
+/// [`start_monitor`] with more options.
+fn start_monitor_with(pair: &Pair, record: &Path, more: &[&str]) -> Daemon {
+    let mut args = vec!["run", "-i", &pair.server_if, "-p", "8080", "--record", record.to_str().unwrap()];
+    args.extend(["--summary-interval", "1s"]);
+    args.extend(more);
+    Daemon::start(&pair.server, &args)
 }
 
 /// Every record is a request the client made, paired with the response that request got.
@@ -294,19 +289,7 @@ fn resync_picks_up_an_open_keep_alive_connection() {
     let mut client = ChildGuard(python_client(&pair, &out, 1, 3000, 0.0));
     std::thread::sleep(Duration::from_millis(700));
     let record = scratch_file("resync.jsonl");
-    let daemon = Daemon::start(
-        &pair.server,
-        &[
-            "run",
-            "-i",
-            &pair.server_if,
-            "-p",
-            "8080",
-            "--record",
-            record.to_str().unwrap(),
-            "--resync-mid-stream",
-        ],
-    );
+    let daemon = start_monitor_with(&pair, &record, &["--resync-mid-stream"]);
     let started =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     let status = client.0.wait().expect("python client");
