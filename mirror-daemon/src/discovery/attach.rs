@@ -32,11 +32,6 @@ impl Attacher {
         Self { failing: BTreeMap::new(), filter: (addresses, filter), filter_failing: None }
     }
 
-    /// Interfaces wanted but not attached, with why.
-    pub fn failing(&self) -> &BTreeMap<String, String> {
-        &self.failing
-    }
-
     /// Makes the kernel match `targets`.
     pub fn reconcile(&mut self, kernel: &mut KernelCapture, targets: &CaptureTargets) {
         for iface in kernel.vanished_interfaces() {

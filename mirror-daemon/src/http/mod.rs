@@ -806,26 +806,7 @@ impl Connection {
         }
         match (side, resync.synced_at) {
             // The request's own later bytes (a body), or the next requests, parsed as usual.
-            (Side::Client, Some(_)) => {
-                // Until a server byte is captured (the transmit hook may attach after the receive
-                // hook), requests cannot be judged and pile up: keep the newest ones, below the
-                // pipelining limit, so that the connection is not given up.
-                let server_seen = resync.server_started_at.is_some();
-                let mut popped = false;
-                while !server_seen && self.pending.len() > 1 && self.pending.len() + 1 >= cfg.max_pipelined {
-                    let Some(dropped) = self.pending.pop_front() else { break };
-                    self.pending_bytes -= dropped.bytes;
-                    stats.mid_stream_resync_failed += 1;
-                    popped = true;
-                }
-                if popped {
-                    let oldest = self.pending.front().map(|p| p.request_first_ns);
-                    if let (Some(resync), Some(oldest)) = (self.resync.as_mut(), oldest) {
-                        resync.synced_at = Some(oldest);
-                    }
-                }
-                self.client_data(data, ts, cfg, stats, out);
-            }
+            (Side::Client, Some(_)) => self.client_data(data, ts, cfg, stats, out),
             (Side::Client, None) => {
                 if resync.candidate.is_empty() && !may_start_request(&data) {
                     return self.skipped(data.len(), stats);

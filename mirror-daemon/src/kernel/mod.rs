@@ -241,26 +241,32 @@ impl KernelCapture {
             return Ok(());
         }
         let ifindex = preflight::interface_index(iface)?;
-        let choice = self.xdp_mode;
-        let (xdp, mode) = attach_xdp(self.xdp()?, iface, choice)?;
-        tracing::info!(interface = %iface, mode, "XDP (receive side) attached");
+        // The transmit side first: from the moment requests are seen, their answers are too (the
+        // other order leaves a window in which requests arrive whose responses go by unseen).
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         if !tcx {
             // Older kernels attach through the clsact qdisc; it may already exist.
             let _ = tc::qdisc_add_clsact(iface);
         }
-        let tc = match self.tc()?.attach(iface, TcAttachType::Egress) {
-            Ok(link) => link,
-            Err(source) => {
-                let _ = self.xdp()?.detach(xdp);
-                return Err(KernelError::Attach { program: "mirror_tc", iface: iface.to_string(), source });
-            }
-        };
+        let tc = self.tc()?.attach(iface, TcAttachType::Egress).map_err(|source| KernelError::Attach {
+            program: "mirror_tc",
+            iface: iface.to_string(),
+            source,
+        })?;
         tracing::info!(
             interface = %iface,
             via = if tcx { "tcx link" } else { "clsact qdisc" },
             "TC (transmit side) attached"
         );
+        let choice = self.xdp_mode;
+        let (xdp, mode) = match attach_xdp(self.xdp()?, iface, choice) {
+            Ok(attached) => attached,
+            Err(err) => {
+                let _ = self.tc()?.detach(tc);
+                return Err(err);
+            }
+        };
+        tracing::info!(interface = %iface, mode, "XDP (receive side) attached");
         self.attached.insert(iface.to_string(), Attached { ifindex, xdp, tc });
         Ok(())
     }
