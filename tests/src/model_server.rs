@@ -238,6 +238,15 @@ pub fn start(
     Ok((child, said))
 }
 
+/// Starts the test build of `model-server` (next to the test binary) in `ns` on `addrs`.
+pub fn start_test_build(
+    ns: &crate::netns::Netns,
+    addrs: &[SocketAddr],
+    options: &ServerOptions,
+) -> crate::ChildGuard {
+    start(&crate::sibling_binary("model-server"), ns, addrs, options).expect("start model-server").0
+}
+
 /// Starts the test build of `model-server` in the pair's server namespace on its IPv4 and IPv6
 /// addresses for each port.
 pub fn spawn(pair: &crate::netns::Pair, ports: &[u16]) -> crate::ChildGuard {
@@ -245,7 +254,5 @@ pub fn spawn(pair: &crate::netns::Pair, ports: &[u16]) -> crate::ChildGuard {
         .iter()
         .flat_map(|p| [SocketAddr::new(pair.server_ip(false), *p), SocketAddr::new(pair.server_ip(true), *p)])
         .collect();
-    start(&crate::sibling_binary("model-server"), &pair.server, &addrs, &ServerOptions::default())
-        .expect("start model-server")
-        .0
+    start_test_build(&pair.server, &addrs, &ServerOptions::default())
 }

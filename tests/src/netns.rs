@@ -14,7 +14,8 @@ use std::{
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS...` (iproute2), panicking with its error if it fails.
+pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
@@ -53,6 +54,14 @@ impl Netns {
         })
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Netns {
+    /// Whether an XDP program is attached to `iface` in this namespace (`ip -d link` shows it).
+    pub fn xdp_attached(&self, iface: &str) -> bool {
+        let out = self.command("ip").args(["-d", "link", "show", "dev", iface]).output().expect("ip link");
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
 }
 

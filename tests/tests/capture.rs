@@ -157,9 +157,7 @@ fn non_matching_port_yields_no_records() {
 
 /// `ip link` shows no XDP program and bpftool shows no TC program on the interface.
 fn assert_nothing_attached(ns: &Netns, iface: &str) {
-    let link = ns.command("ip").args(["-d", "link", "show", "dev", iface]).output().expect("ip link");
-    let link = String::from_utf8_lossy(&link.stdout);
-    assert!(!link.contains("prog/xdp"), "XDP still attached:\n{link}");
+    assert!(!ns.xdp_attached(iface), "XDP still attached to {iface}");
     let net = ns.command("bpftool").args(["net", "show", "dev", iface]).output().expect("bpftool net");
     let net = String::from_utf8_lossy(&net.stdout);
     assert!(!net.contains("mirror_"), "programs still attached:\n{net}");

@@ -6,8 +6,8 @@
 use std::{collections::HashMap, path::Path, process::Stdio, time::Duration};
 
 use mirror_tests::{
-    ChildGuard, daemon::Daemon, gate::kernel_tests_allowed, model_server, netns::Pair, scratch_file,
-    sha256_hex,
+    ChildGuard, daemon::Daemon, gate::kernel_tests_allowed, model_server, netns::Pair, read_records,
+    scratch_file, sha256_hex,
 };
 use serde_json::Value;
 
@@ -54,11 +54,6 @@ fn python_client(pair: &Pair, out: &Path, conns: u32, per_conn: u32, duration_s:
         .args([conns.to_string(), per_conn.to_string(), duration_s.to_string(), "0".into()])
         .spawn()
         .expect("run python3")
-}
-
-fn read_json_lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l}: {e}"))).collect()
 }
 
 /// The `drops` field of the daemon's final summary, as name → value.
@@ -127,7 +122,7 @@ fn python_keepalive_chunked_exchanges_are_all_recorded_and_paired() {
         serde_json::from_str(&std::fs::read_to_string(&out).expect("client output")).unwrap();
     assert_eq!(client.len(), 100);
     assert!(client.iter().any(|c| c["chunked"] == true));
-    let records = read_json_lines(&record);
+    let records = read_records(&record);
     assert_eq!(assert_paired(&records, &client), 100, "every exchange exactly once");
     let mut seen: Vec<&str> = records.iter().map(|r| r["request"]["sha256"].as_str().unwrap()).collect();
     seen.sort();
@@ -184,7 +179,7 @@ fn curl_exchanges_including_chunked_upload_and_100_continue() {
     std::thread::sleep(Duration::from_millis(500));
     let finished = daemon.stop();
     assert!(finished.success, "{}", finished.stderr);
-    let records = read_json_lines(&record);
+    let records = read_records(&record);
     let by_path: HashMap<&str, &Value> = records.iter().map(|r| (r["path"].as_str().unwrap(), r)).collect();
     assert_eq!(records.len(), 6, "{records:#?}");
     let body = |size: usize| sha256_hex(&model_server::body_of(size));
@@ -231,7 +226,7 @@ fn wrk_load_is_recorded_completely() {
     std::thread::sleep(Duration::from_millis(1000));
     let finished = daemon.stop();
     assert!(finished.success, "{}", finished.stderr);
-    let records = read_json_lines(&record);
+    let records = read_records(&record);
     let drops = final_drops(&finished.stderr);
     // wrk counts the responses it read; at its deadline it closes its 4 connections, possibly
     // after a response left the server but before wrk read it. Those appear here, not in wrk.
@@ -267,7 +262,7 @@ fn starting_mid_stream_never_mispairs() {
 
     let client: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("client output")).unwrap();
-    let records = read_json_lines(&record);
+    let records = read_records(&record);
     let paired = assert_paired(&records, &client);
     assert!(paired >= 40, "later exchanges are recorded: only {paired}");
     let drops = final_drops(&finished.stderr);
@@ -302,7 +297,7 @@ fn resync_picks_up_an_open_keep_alive_connection() {
         serde_json::from_str(&std::fs::read_to_string(&out).expect("client output")).unwrap();
     let after = client.iter().filter(|c| c["ended"].as_f64().expect("time") > started).count();
     assert!(after >= 100, "the client finished too early to test anything: {after} after the start");
-    let records = read_json_lines(&record);
+    let records = read_records(&record);
     let paired = assert_paired(&records, &client);
     let drops = final_drops(&finished.stderr);
     eprintln!("recorded {paired} of the {after} exchanges completed after the daemon started");

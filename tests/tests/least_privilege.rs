@@ -17,7 +17,7 @@ use mirror_tests::{
     gate::kernel_tests_allowed,
     model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
-    read_records, scratch_file, sibling_binary,
+    read_records, scratch_file,
 };
 use serde_json::Value;
 
@@ -74,9 +74,7 @@ fn grantable(caps: Vec<String>) -> (Vec<String>, Vec<String>) {
 
 fn model_server(ns: &Netns, addr: Ipv4Addr, version: &str) -> ChildGuard {
     let options = ServerOptions { version: version.into(), ..ServerOptions::default() };
-    model_server::start(&sibling_binary("model-server"), ns, &[SocketAddr::from((addr, PORT))], &options)
-        .expect("start model-server")
-        .0
+    model_server::start_test_build(ns, &[SocketAddr::from((addr, PORT))], &options)
 }
 
 /// Runs the daemon in the trio's production namespace through `wrapper`, drives `n` requests and
@@ -130,10 +128,7 @@ fn mirrors_with(wrapper: &[&str], tag: &str) {
 
     let finished = daemon.stop();
     assert!(finished.success, "{}", finished.stderr);
-    let link =
-        trio.production.command("ip").args(["-d", "link", "show", "dev", &trio.production_if]).output();
-    let link = String::from_utf8_lossy(&link.expect("ip link").stdout).into_owned();
-    assert!(!link.contains("prog/xdp"), "left attached: {link}");
+    assert!(!trio.production.xdp_attached(&trio.production_if), "left attached");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use mirror_tests::{
     gate::kernel_tests_allowed,
     model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
-    read_records, scratch_file, sha256_hex, sibling_binary,
+    read_records, scratch_file, sha256_hex,
 };
 use serde_json::Value;
 
@@ -26,9 +26,7 @@ fn model_server(
     delay_ms: u64,
 ) -> ChildGuard {
     let options = ServerOptions { version: version.into(), disagree_percent: disagree, delay_ms };
-    model_server::start(&sibling_binary("model-server"), ns, &[SocketAddr::from((addr, PORT))], &options)
-        .expect("start model-server")
-        .0
+    model_server::start_test_build(ns, &[SocketAddr::from((addr, PORT))], &options)
 }
 
 /// Deterministic request bodies: 1–4 rows of 4 features each.

@@ -18,8 +18,8 @@ use mirror_tests::{
     gate::kernel_tests_allowed,
     kube_api::{self, KubeApi},
     model_server::{self, ServerOptions, infer_request},
-    netns::Netns,
-    read_records, scratch_file, sibling_binary,
+    netns::{Netns, ip},
+    read_records, scratch_file,
 };
 use serde_json::Value;
 
@@ -28,11 +28,6 @@ const NODE: &str = "node-1";
 const SELECTOR: &str = "app=ml-inference,version=v1";
 const PRODUCTION: &[(&str, &str)] = &[("app", "ml-inference"), ("version", "v1")];
 const OTHER: &[(&str, &str)] = &[("app", "feature-store")];
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("run iproute2");
-    assert!(out.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
 
 /// A node namespace with its own address (on its loopback: the machine may lack the dummy
 /// interface module) and pods.
@@ -45,67 +40,63 @@ impl Node {
     fn new(x: u8) -> Self {
         let ns = Netns::new("node");
         let n = &ns.name;
-        sh(&["ip", "-n", n, "addr", "add", &format!("198.19.{x}.1/32"), "dev", "lo"]);
+        ip(&["-n", n, "addr", "add", &format!("198.19.{x}.1/32"), "dev", "lo"]);
         Self { ns, pods: Vec::new() }
     }
 
     /// A routed pod: a /32 in the pod with an on-link default route (the node answers ARP for its
     /// own address), and the node's /32 route into `host_if`.
-    fn routed_pod(&mut self, host_if: &str, ip: Ipv4Addr) -> usize {
+    fn routed_pod(&mut self, host_if: &str, addr: Ipv4Addr) -> usize {
         self.pods.push(Netns::new("pod"));
         let index = self.pods.len() - 1;
-        self.wire_routed(index, host_if, ip);
+        self.wire_routed(index, host_if, addr);
         index
     }
 
     /// Creates the routed pod's veth pair, addresses and routes (again, after [`Self::unwire`]).
-    fn wire_routed(&self, index: usize, host_if: &str, ip: Ipv4Addr) {
+    fn wire_routed(&self, index: usize, host_if: &str, addr: Ipv4Addr) {
         let (n, p) = (&self.ns.name, &self.pods[index].name);
-        sh(&["ip", "link", "add", host_if, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p]);
-        sh(&["ip", "-n", p, "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        sh(&["ip", "-n", p, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", p, "route", "add", "default", "dev", "eth0", "scope", "link"]);
-        sh(&["ip", "-n", n, "link", "set", host_if, "up"]);
-        sh(&["ip", "-n", n, "route", "add", &format!("{ip}/32"), "dev", host_if, "scope", "link"]);
+        ip(&["link", "add", host_if, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p]);
+        ip(&["-n", p, "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+        ip(&["-n", p, "link", "set", "eth0", "up"]);
+        ip(&["-n", p, "route", "add", "default", "dev", "eth0", "scope", "link"]);
+        ip(&["-n", n, "link", "set", host_if, "up"]);
+        ip(&["-n", n, "route", "add", &format!("{addr}/32"), "dev", host_if, "scope", "link"]);
     }
 
     /// Deletes a host-side interface (and its veth peer), as a CNI does when a pod's sandbox goes.
     fn unwire(&self, host_if: &str) {
-        sh(&["ip", "-n", &self.ns.name, "link", "del", host_if]);
+        ip(&["-n", &self.ns.name, "link", "del", host_if]);
     }
 
     /// A bridged pod behind port `port` of `cni0` (created with the first one, holding `gateway`).
-    fn bridged_pod(&mut self, port: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> usize {
+    fn bridged_pod(&mut self, port: &str, addr: Ipv4Addr, gateway: Ipv4Addr) -> usize {
         let n = self.ns.name.clone();
         let has_bridge = Command::new("ip").args(["-n", &n, "link", "show", "cni0"]).output();
         if !has_bridge.is_ok_and(|o| o.status.success()) {
-            sh(&["ip", "-n", &n, "link", "add", "cni0", "type", "bridge"]);
-            sh(&["ip", "-n", &n, "addr", "add", &format!("{gateway}/24"), "dev", "cni0"]);
-            sh(&["ip", "-n", &n, "link", "set", "cni0", "up"]);
+            ip(&["-n", &n, "link", "add", "cni0", "type", "bridge"]);
+            ip(&["-n", &n, "addr", "add", &format!("{gateway}/24"), "dev", "cni0"]);
+            ip(&["-n", &n, "link", "set", "cni0", "up"]);
         }
         let pod = Netns::new("pod");
         let p = &pod.name;
-        sh(&["ip", "link", "add", port, "netns", &n, "type", "veth", "peer", "name", "eth0", "netns", p]);
-        sh(&["ip", "-n", &n, "link", "set", port, "master", "cni0", "up"]);
-        sh(&["ip", "-n", p, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        sh(&["ip", "-n", p, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", p, "route", "add", "default", "via", &gateway.to_string(), "dev", "eth0"]);
+        ip(&["link", "add", port, "netns", &n, "type", "veth", "peer", "name", "eth0", "netns", p]);
+        ip(&["-n", &n, "link", "set", port, "master", "cni0", "up"]);
+        ip(&["-n", p, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        ip(&["-n", p, "link", "set", "eth0", "up"]);
+        ip(&["-n", p, "route", "add", "default", "via", &gateway.to_string(), "dev", "eth0"]);
         self.pods.push(pod);
         self.pods.len() - 1
     }
 
     /// Whether the capture programs are on `iface` in the node namespace.
     fn attached(&self, iface: &str) -> bool {
-        let out = self.ns.command("ip").args(["-d", "link", "show", "dev", iface]).output().expect("ip link");
-        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+        self.ns.xdp_attached(iface)
     }
 }
 
 fn model_server(ns: &Netns, ip: Ipv4Addr) -> ChildGuard {
-    let addr = SocketAddr::from((ip, PORT));
-    model_server::start(&sibling_binary("model-server"), ns, &[addr], &ServerOptions::default())
-        .expect("start model-server")
-        .0
+    model_server::start_test_build(ns, &[SocketAddr::from((ip, PORT))], &ServerOptions::default())
 }
 
 /// `n` inference requests from the node to `ip` over one keep-alive connection.

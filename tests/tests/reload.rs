@@ -15,7 +15,7 @@ use mirror_tests::{
     gate::kernel_tests_allowed,
     model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
-    read_records, scratch_file, sibling_binary,
+    read_records, scratch_file,
 };
 use serde_json::Value;
 
@@ -24,9 +24,7 @@ const PATH: &str = "/v2/models/demo/infer";
 
 fn model_server(ns: &Netns, addr: Ipv4Addr, version: &str) -> ChildGuard {
     let options = ServerOptions { version: version.into(), ..ServerOptions::default() };
-    model_server::start(&sibling_binary("model-server"), ns, &[SocketAddr::from((addr, PORT))], &options)
-        .expect("start model-server")
-        .0
+    model_server::start_test_build(ns, &[SocketAddr::from((addr, PORT))], &options)
 }
 
 /// Sends `n` distinct inference requests (tagged `tag`) from the client namespace.
@@ -143,10 +141,7 @@ fn sighup_applies_the_new_config_and_keeps_the_old_one_when_the_new_is_invalid()
     assert_eq!(records.iter().filter(|r| r["shadow"]["model_id"] == "model-v3").count(), 20, "still v3");
 
     // Interfaces change without a restart: `lo` is attached next to the production interface...
-    let xdp_on_lo = || {
-        let out = trio.production.command("ip").args(["-d", "link", "show", "dev", "lo"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-    };
+    let xdp_on_lo = || trio.production.xdp_attached("lo");
     assert!(!xdp_on_lo());
     let both = format!("{}, lo", trio.production_if);
     std::fs::write(&file, config(&trio, &both, "model-v3", "100", &record)).unwrap();

@@ -522,18 +522,15 @@ mod tests {
 mod namespaces {
     use std::{
         net::{Ipv4Addr, SocketAddr, TcpStream},
-        process::Command,
         time::Duration,
     };
 
-    use mirror_tests::{gate::kernel_tests_allowed, netns::Netns};
+    use mirror_tests::{
+        gate::kernel_tests_allowed,
+        netns::{Netns, ip as run_ip},
+    };
 
     use super::*;
-
-    fn sh(args: &[&str]) {
-        let out = Command::new(args[0]).args(&args[1..]).output().expect("run iproute2");
-        assert!(out.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
 
     /// A third octet per test process and topology, so concurrent runs look different in logs.
     fn octet(offset: u32) -> u8 {
@@ -552,30 +549,16 @@ mod namespaces {
         let (n, p) = (&node.name, &pod.name);
         let v4 = Ipv4Addr::new(10, 244, octet(0), 7);
         let v6: std::net::Ipv6Addr = format!("fd00:244:{:x}::7", octet(0)).parse().expect("v6");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "calitest0",
-            "netns",
-            n,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            p,
-        ]);
-        sh(&["ip", "-n", p, "addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
-        sh(&["ip", "-n", p, "addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"]);
-        sh(&["ip", "-n", p, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", p, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
-        sh(&["ip", "-n", p, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
-        sh(&["ip", "-n", n, "link", "set", "calitest0", "up"]);
-        sh(&["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.conf.calitest0.proxy_arp=1"]);
-        sh(&["ip", "-n", n, "route", "add", &format!("{v4}/32"), "dev", "calitest0", "scope", "link"]);
-        sh(&["ip", "-n", n, "route", "add", &format!("{v6}/128"), "dev", "calitest0"]);
+        run_ip(&["link", "add", "calitest0", "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p]);
+        run_ip(&["-n", p, "addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
+        run_ip(&["-n", p, "addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"]);
+        run_ip(&["-n", p, "link", "set", "eth0", "up"]);
+        run_ip(&["-n", p, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+        run_ip(&["-n", p, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+        run_ip(&["-n", n, "link", "set", "calitest0", "up"]);
+        run_ip(&["netns", "exec", n, "sysctl", "-qw", "net.ipv4.conf.calitest0.proxy_arp=1"]);
+        run_ip(&["-n", n, "route", "add", &format!("{v4}/32"), "dev", "calitest0", "scope", "link"]);
+        run_ip(&["-n", n, "route", "add", &format!("{v6}/128"), "dev", "calitest0"]);
 
         let (found4, found6, missing) = node.run(move || {
             (
@@ -605,9 +588,9 @@ mod namespaces {
         let peer = Netns::new("peer");
         let (n, p) = (&node.name, &peer.name);
         let node_ip = Ipv4Addr::new(10, 246, octet(50), 4);
-        sh(&["ip", "link", "add", "ens3", "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p]);
-        sh(&["ip", "-n", n, "addr", "add", &format!("{node_ip}/24"), "dev", "ens3"]);
-        sh(&["ip", "-n", n, "link", "set", "ens3", "up"]);
+        run_ip(&["link", "add", "ens3", "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p]);
+        run_ip(&["-n", n, "addr", "add", &format!("{node_ip}/24"), "dev", "ens3"]);
+        run_ip(&["-n", n, "link", "set", "ens3", "up"]);
         let (found, local, missing) = node.run(move || {
             (
                 interface_for_host_network_pod(IpAddr::V4(node_ip)),
@@ -634,18 +617,18 @@ mod namespaces {
         let pods = [Netns::new("pod0"), Netns::new("pod1")];
         let x = octet(100);
         let n = &node.name;
-        sh(&["ip", "-n", n, "link", "add", "cni0", "type", "bridge"]);
-        sh(&["ip", "-n", n, "addr", "add", &format!("10.245.{x}.1/24"), "dev", "cni0"]);
-        sh(&["ip", "-n", n, "link", "set", "cni0", "up"]);
+        run_ip(&["-n", n, "link", "add", "cni0", "type", "bridge"]);
+        run_ip(&["-n", n, "addr", "add", &format!("10.245.{x}.1/24"), "dev", "cni0"]);
+        run_ip(&["-n", n, "link", "set", "cni0", "up"]);
         let mut pod_ips = [Ipv4Addr::UNSPECIFIED; 2];
         for (i, pod) in pods.iter().enumerate() {
             let port = format!("vethpod{i}");
             let p = &pod.name;
             pod_ips[i] = Ipv4Addr::new(10, 245, x, 2 + i as u8);
-            sh(&["ip", "link", "add", &port, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p]);
-            sh(&["ip", "-n", n, "link", "set", &port, "master", "cni0", "up"]);
-            sh(&["ip", "-n", p, "addr", "add", &format!("{}/24", pod_ips[i]), "dev", "eth0"]);
-            sh(&["ip", "-n", p, "link", "set", "eth0", "up"]);
+            run_ip(&["link", "add", &port, "netns", n, "type", "veth", "peer", "name", "eth0", "netns", p]);
+            run_ip(&["-n", n, "link", "set", &port, "master", "cni0", "up"]);
+            run_ip(&["-n", p, "addr", "add", &format!("{}/24", pod_ips[i]), "dev", "eth0"]);
+            run_ip(&["-n", p, "link", "set", "eth0", "up"]);
         }
         BridgedNode { node, _pods: pods, pod_ips }
     }
