@@ -40,13 +40,14 @@ impl Attacher {
                 tracing::debug!(interface = %iface, %err, "detach of a vanished interface");
             }
         }
+        let wanted = targets.interfaces();
         let plan = targets.plan(&kernel.interfaces());
         for iface in &plan.detach {
             if let Err(err) = kernel.detach_interface(iface) {
                 tracing::error!(interface = %iface, %err, "could not detach");
             }
         }
-        self.failing.retain(|iface, _| targets.needs(iface));
+        self.failing.retain(|iface, _| wanted.contains(iface));
         for iface in &plan.attach {
             match kernel.attach(iface) {
                 Ok(()) => {

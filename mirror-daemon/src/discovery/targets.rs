@@ -81,12 +81,6 @@ impl CaptureTargets {
         self.configured_interfaces.iter().cloned().chain(from_pods).collect()
     }
 
-    /// Whether `iface` is needed by the configuration or a pod.
-    pub fn needs(&self, iface: &str) -> bool {
-        self.configured_interfaces.contains(iface)
-            || self.pods.values().any(|p| p.interface.as_deref() == Some(iface))
-    }
-
     /// The server addresses to select, sorted.
     pub fn addresses(&self) -> Vec<IpAddr> {
         let from_pods = self.pods.values().flat_map(|p| p.ips.iter().copied());
@@ -157,9 +151,9 @@ mod tests {
     fn configured_interfaces_are_never_detached_for_pods() {
         let mut t = CaptureTargets::new(true, &names(&["eth0"]), &[ip("192.0.2.1")]);
         t.pod_up("a", pod(&["10.0.0.1"], Some("eth0")));
-        assert!(t.needs("eth0"));
+        assert!(t.interfaces().contains("eth0"));
         t.pod_down("a");
-        assert!(t.needs("eth0"), "still configured");
+        assert!(t.interfaces().contains("eth0"), "still configured");
         assert!(t.plan(&names(&["eth0"])).is_empty());
         assert_eq!(t.addresses(), [ip("192.0.2.1")]);
         // A reload drops it from the configuration: now it goes.
