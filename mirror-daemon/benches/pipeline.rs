@@ -15,8 +15,8 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use mirror_common::tcp_flags::{ACK, FIN, PSH, SYN};
 use mirror_daemon::{
+    assembler::{Assembler, AssemblerConfig},
     capture::Segment,
-    exchange::{Assembler, AssemblerConfig},
     flows::FlowConfig,
 };
 
@@ -144,7 +144,7 @@ fn bench(c: &mut Criterion) {
                             done += out.len();
                             out.clear();
                         }
-                        assert_eq!(done, exchanges, "every exchange rebuilt: {:?}", a.stats());
+                        assert_eq!(done, exchanges, "every exchange rebuilt: {:?}", a.drops());
                     },
                     BatchSize::LargeInput,
                 )

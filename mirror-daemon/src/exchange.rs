@@ -1,21 +1,12 @@
-//! Rebuilt HTTP exchanges and the pure pipeline that produces them from captured segments.
+//! Rebuilt exchanges, whatever protocol carried them: the types every later stage works on.
 //!
-//! [`Assembler`] is the front door: it feeds [`Segment`]s through TCP reassembly ([`crate::flows`])
-//! and HTTP/1.1 framing and pairing ([`crate::http`]) and hands back complete [`Exchange`]s. It is
-//! plain synchronous code with time passed in (`Segment::ts_ns` and [`Assembler::tick`]'s `now_ns`),
-//! so it is tested with segments built in memory and never reads a clock or does I/O.
-//!
-//! Whatever cannot be rebuilt with certainty is dropped and counted in [`DropCounters`]: a wrong
-//! comparison is worse than a missing one (see the design's invariant 2).
-use std::{collections::HashMap, net::SocketAddr};
+//! The assembler ([`crate::assembler`]) produces them from captured segments through HTTP/1.x
+//! ([`crate::http1`]) or HTTP/2 framing; replay, comparison and reporting only ever see these types.
+//! So they say what an exchange *is* — heads as ordered name/value lists, bodies, trailers, kernel
+//! timestamps, and which protocol (and HTTP/2 stream) carried it — never how it was framed.
+use std::{fmt, net::SocketAddr};
 
 use bytes::Bytes;
-
-use crate::{
-    capture::Segment,
-    flows::{ConnId, FlowConfig, FlowEvent, FlowTable},
-    http::{self, HttpConfig},
-};
 
 /// One header field; the value keeps the wire bytes (it need not be UTF-8).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,14 +15,50 @@ pub struct Header {
     pub value: Bytes,
 }
 
+/// The protocol an exchange was carried by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HttpVersion {
+    Http10,
+    #[default]
+    Http11,
+    Http2,
+}
+
+impl HttpVersion {
+    /// As records and logs name it: `HTTP/1.0`, `HTTP/1.1`, `HTTP/2`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Http10 => "HTTP/1.0",
+            HttpVersion::Http11 => "HTTP/1.1",
+            HttpVersion::Http2 => "HTTP/2",
+        }
+    }
+
+    /// The HTTP/1.x minor version (`HTTP/1.0` → 0); `None` for HTTP/2.
+    pub fn http1_minor(self) -> Option<u8> {
+        match self {
+            HttpVersion::Http10 => Some(0),
+            HttpVersion::Http11 => Some(1),
+            HttpVersion::Http2 => None,
+        }
+    }
+}
+
+impl fmt::Display for HttpVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A request as the client sent it, body de-chunked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
-    /// Request target as sent (usually origin form, `/path?query`).
+    /// Request target as sent (usually origin form, `/path?query`; HTTP/2's `:path`).
     pub target: String,
-    /// HTTP minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
-    pub version: u8,
+    pub version: HttpVersion,
+    /// Header fields in wire order. For HTTP/2, regular fields only: `:method` and `:path` are
+    /// above, `:authority` is given as a `host` field, `:scheme` is left out.
     pub headers: Vec<Header>,
     /// Body with any chunked framing removed.
     pub body: Bytes,
@@ -40,17 +67,55 @@ pub struct Request {
 }
 
 /// The production server's final (non-1xx) response, body de-chunked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    /// Reason phrase (HTTP/1.x; empty for HTTP/2).
     pub reason: String,
-    /// HTTP minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
-    pub version: u8,
+    pub version: HttpVersion,
+    /// Header fields in wire order (for HTTP/2 without `:status`).
     pub headers: Vec<Header>,
     /// Body with any chunked framing removed.
     pub body: Bytes,
-    /// Trailer fields of a chunked body.
+    /// When the body's bytes were captured, piece by piece.
+    pub arrivals: Arrivals,
+    /// Trailer fields (of a chunked body, or HTTP/2 trailers).
     pub trailers: Vec<Header>,
+}
+
+/// When each piece of a body was captured: the kernel timestamp at which the body had reached
+/// each length. Streamed answers (chunked bodies, server-sent events) are judged by when their
+/// parts arrived, not only by their last byte; pieces captured at the same time are merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Arrivals {
+    /// `(body length so far, ts_ns)`, lengths increasing.
+    pieces: Vec<(u64, u64)>,
+}
+
+impl Arrivals {
+    /// The body grew to `length` bytes with bytes captured at `ts_ns`.
+    pub fn push(&mut self, length: u64, ts_ns: u64) {
+        match self.pieces.last_mut() {
+            Some(last) if last.1 == ts_ns => last.0 = length,
+            Some(last) if last.0 >= length => {}
+            _ => self.pieces.push((length, ts_ns)),
+        }
+    }
+
+    /// `(body length so far, ts_ns)` per piece, in body order.
+    pub fn pieces(&self) -> &[(u64, u64)] {
+        &self.pieces
+    }
+
+    /// When the body's byte at `offset` was captured (`None` beyond the body).
+    pub fn time_of(&self, offset: u64) -> Option<u64> {
+        let i = self.pieces.partition_point(|&(end, _)| end <= offset);
+        self.pieces.get(i).map(|&(_, ts)| ts)
+    }
+
+    pub fn clear(&mut self) {
+        self.pieces.clear();
+    }
 }
 
 /// Kernel timestamps (CLOCK_MONOTONIC ns, from [`Segment::ts_ns`]) of the segments that carried
@@ -73,12 +138,12 @@ pub struct Timing {
 pub struct ExchangeId {
     /// The connection (unique for the daemon's lifetime, also across 4-tuple reuse).
     pub connection: u64,
-    /// The request's position on the connection, from 0.
+    /// HTTP/1.x: the request's position on the connection, from 0. HTTP/2: the stream id.
     pub seq: u64,
 }
 
-/// A request that is complete and undamaged, announced before its response (when
-/// [`AssemblerConfig::announce_requests`] is set) so that it can be replayed right away.
+/// A request that is complete and undamaged, announced before its response (when the assembler
+/// is asked to) so that it can be replayed right away.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadyRequest {
     pub id: ExchangeId,
@@ -94,6 +159,8 @@ pub struct ReadyRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
     pub id: ExchangeId,
+    /// The HTTP/2 stream that carried it.
+    pub stream_id: Option<u32>,
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub request: Request,
@@ -119,195 +186,47 @@ impl Exchange {
     }
 }
 
-macro_rules! counters {
-    ($($(#[doc = $doc:literal])+ $name:ident,)*) => {
-        /// Why data was dropped or not rebuilt: one counter per reason, all monotonic.
-        ///
-        /// Counts are exchanges (requests) unless the name ends in `_bytes`, `_segments`,
-        /// `_connections` or `_events`.
-        #[derive(Clone, Debug, Default, PartialEq, Eq)]
-        pub struct DropCounters {
-            $($(#[doc = $doc])+ pub $name: u64,)*
-        }
-
-        impl DropCounters {
-            /// Counter names, in the order [`DropCounters::list`] returns them.
-            pub const NAMES: &[&str] = &[$(stringify!($name),)*];
-
-            /// `(name, value)` pairs for logs and metrics.
-            pub fn list(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name),)*]
-            }
-        }
-    };
+/// What the assembler hands on, in the order it happened: each request as soon as it is complete
+/// (when asked to announce requests), and each exchange when its response is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assembled {
+    Request(ReadyRequest),
+    Exchange(Exchange),
 }
 
-counters! {
-    /// Segments whose ports match no configured server port.
-    not_server_port_segments,
-    /// Segments too far outside the receive window to be placed in the stream.
-    out_of_window_segments,
-    /// Times a connection's out-of-order buffer limit forced a hole to become a gap.
-    out_of_order_overflow_events,
-    /// Times the total buffer limit forced a hole to become a gap.
-    memory_limit_events,
-    /// Open connections evicted because the connection table was full.
-    conn_limit_evicted_connections,
-    /// Open connections that timed out while idle.
-    idle_timeout_connections,
-    /// Exchanges lost to missing bytes (a gap inside a message).
-    gap,
-    /// Connections whose framing was lost to a gap: no further exchange is rebuilt on them.
-    gap_desync_connections,
-    /// Connections first seen without a SYN: never parsed (no provable message boundary), unless
-    /// `--resync-mid-stream` picks them up at a request.
-    mid_stream_connections,
-    /// Bytes of connections first seen without a SYN (with `--resync-mid-stream`: until resynced).
-    mid_stream_skipped_bytes,
-    /// With `--resync-mid-stream`: requests dropped because the first response after the request
-    /// chosen to resynchronise at did not start with a status line (a pipelining client, or a
-    /// retransmission).
-    mid_stream_resync_failed,
-    /// Bytes skipped on connections that stopped being parsed (gap, malformed, unsupported, limit).
-    desync_skipped_bytes,
-    /// Exchanges whose head exceeded the header size limit or the header count limit.
-    header_too_large,
-    /// Exchanges whose body exceeded the body size limit.
-    body_too_large,
-    /// Requests beyond the pipelining depth limit.
-    pipeline_overflow,
-    /// Requests that could not be parsed.
-    malformed_request,
-    /// Responses that could not be parsed.
-    malformed_response,
-    /// Exchanges on connections that switched protocol (`Upgrade`, 101).
-    unsupported_upgrade,
-    /// Exchanges on `CONNECT` tunnels.
-    unsupported_connect,
-    /// Connections that opened with the HTTP/2 preface.
-    unsupported_http2_connections,
-    /// Responses with no request to pair with.
-    unpaired_response,
-    /// Requests that got no response before the connection ended.
-    unanswered_request,
-    /// Requests cut short by the end of the connection.
-    truncated_request,
-    /// Responses cut short by the end of the connection.
-    truncated_response,
-    /// Exchanges in progress when the connection was reset.
-    reset_with_pending,
-    /// Exchanges in progress when the connection timed out.
-    idle_timeout_with_pending,
-    /// Exchanges in progress when the connection was evicted or its 4-tuple reused.
-    evicted_with_pending,
-    /// Exchanges dropped because the total HTTP buffer limit was hit.
-    memory_limit,
-    /// Connections stopped because a final response to `Expect: 100-continue` came before the
-    /// request body: whether the body follows cannot be proven.
-    expect_ambiguous,
-}
-
-/// Configuration of the whole pipeline.
-#[derive(Clone, Debug, Default)]
-pub struct AssemblerConfig {
-    pub flows: FlowConfig,
-    pub http: HttpConfig,
-    /// Announce each complete request before its response ([`Assembler::take_ready_requests`]).
-    pub announce_requests: bool,
-}
-
-/// Segments in, exchanges out: TCP reassembly, HTTP framing and FIFO pairing, bounded and counted.
-#[derive(Debug)]
-pub struct Assembler {
-    flows: FlowTable,
-    conns: HashMap<ConnId, http::Connection>,
-    http_config: HttpConfig,
-    events: Vec<FlowEvent>,
-    stats: DropCounters,
-    http_buffered: usize,
-    announce_requests: bool,
-    ready: Vec<ReadyRequest>,
-}
-
-impl Assembler {
-    pub fn new(config: AssemblerConfig) -> Self {
-        Self {
-            flows: FlowTable::new(config.flows),
-            conns: HashMap::new(),
-            http_config: config.http,
-            events: Vec::new(),
-            stats: DropCounters::default(),
-            http_buffered: 0,
-            announce_requests: config.announce_requests,
-            ready: Vec::new(),
+impl Assembled {
+    /// The exchange, if this is one.
+    pub fn into_exchange(self) -> Option<Exchange> {
+        match self {
+            Assembled::Exchange(exchange) => Some(exchange),
+            Assembled::Request(_) => None,
         }
     }
 
-    /// Requests completed since the last call, in completion order (only with
-    /// [`AssemblerConfig::announce_requests`]). Each may still end up without an exchange (a
-    /// damaged or missing response), so consumers must expire what they wait for.
-    pub fn take_ready_requests(&mut self) -> std::vec::Drain<'_, ReadyRequest> {
-        self.ready.drain(..)
-    }
-
-    /// Feeds one captured segment; exchanges it completes are appended to `out`.
-    pub fn push(&mut self, segment: Segment, out: &mut Vec<Exchange>) {
-        let mut events = std::mem::take(&mut self.events);
-        self.flows.push(&segment, &mut events, &mut self.stats);
-        self.dispatch(&mut events, out);
-        self.events = events;
-    }
-
-    /// Expires connections idle since before `now_ns - idle_timeout` (same clock as `ts_ns`).
-    /// Their holes become gaps and unfinished exchanges are dropped and counted.
-    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
-        let mut events = std::mem::take(&mut self.events);
-        self.flows.tick(now_ns, &mut events, &mut self.stats);
-        self.dispatch(&mut events, out);
-        self.events = events;
-    }
-
-    /// Drop and unsupported counters since creation.
-    pub fn stats(&self) -> &DropCounters {
-        &self.stats
-    }
-
-    /// Bytes currently buffered: out-of-order TCP data plus partial HTTP messages.
-    pub fn memory_bytes(&self) -> usize {
-        self.flows.buffered_bytes() + self.http_buffered
-    }
-
-    /// Connections tracked by TCP reassembly (including recently closed ones kept to recognise
-    /// their late retransmissions).
-    pub fn connections(&self) -> usize {
-        self.flows.len()
-    }
-
-    fn dispatch(&mut self, events: &mut Vec<FlowEvent>, out: &mut Vec<Exchange>) {
-        for event in events.drain(..) {
-            let id = event.id();
-            if let FlowEvent::Opened { id, key } = event {
-                let mut conn = http::Connection::new(key.client, key.server);
-                conn.identify(id, self.announce_requests);
-                self.conns.insert(id, conn);
-                continue;
-            }
-            let Some(conn) = self.conns.get_mut(&id) else { continue };
-            let before = conn.buffered();
-            let closed = matches!(event, FlowEvent::Closed { .. });
-            conn.handle(event, &self.http_config, &mut self.stats, out);
-            conn.take_ready(&mut self.ready);
-            let after = conn.buffered();
-            self.http_buffered = self.http_buffered + after - before;
-            if closed {
-                self.http_buffered -= after;
-                self.conns.remove(&id);
-            } else if self.http_buffered > self.http_config.max_buffered_total {
-                // Bounded memory: give up on the connection that just grew rather than grow.
-                let before = conn.buffered();
-                conn.abort_memory_limit(&mut self.stats);
-                self.http_buffered = self.http_buffered + conn.buffered() - before;
-            }
+    /// The announced request, if this is one.
+    pub fn into_request(self) -> Option<ReadyRequest> {
+        match self {
+            Assembled::Request(ready) => Some(ready),
+            Assembled::Exchange(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_merge_same_time_pieces_and_answer_by_offset() {
+        let mut a = Arrivals::default();
+        a.push(10, 100);
+        a.push(25, 100);
+        a.push(40, 300);
+        a.push(40, 400);
+        assert_eq!(a.pieces(), [(25, 100), (40, 300)]);
+        assert_eq!(a.time_of(0), Some(100));
+        assert_eq!(a.time_of(24), Some(100));
+        assert_eq!(a.time_of(25), Some(300));
+        assert_eq!(a.time_of(40), None);
     }
 }

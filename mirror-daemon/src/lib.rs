@@ -8,20 +8,26 @@
 //!   that produces them. Everything above this works on segments and is testable without root.
 //! - [`pcap`]: writes segments as a standard pcap file.
 //! - [`flows`]: TCP reassembly, one ordered byte stream per direction, gaps made explicit.
-//! - [`http`]: HTTP/1.1 framing and first-in-first-out request/response pairing per connection.
-//! - [`exchange`]: the rebuilt [`exchange::Exchange`]s, drop counters, and the pure
-//!   [`exchange::Assembler`] that runs segments through `flows` and `http`.
+//! - [`assembler`]: the pure pipeline from segments to exchanges: reassembly, then per connection
+//!   the framing of its protocol.
+//! - [`http1`]: HTTP/1.x framing and first-in-first-out request/response pairing per connection.
+//! - [`exchange`]: the rebuilt [`exchange::Exchange`]s, whatever protocol carried them: what every
+//!   later stage works on.
+//! - [`replay`], [`compare`], [`mirror`], [`report`]: replay to shadows, comparison, and reporting.
+//! - [`drops`]: every loss counter of every stage, in one place.
 //!
 //! - [`config`]: the config file (`--config`), checked field by field.
 //!
 //! Errors are `thiserror` enums per module; the binary adds context with `anyhow`.
+pub mod assembler;
 pub mod capture;
 pub mod compare;
 pub mod config;
 pub mod discovery;
+pub mod drops;
 pub mod exchange;
 pub mod flows;
-pub mod http;
+pub mod http1;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;

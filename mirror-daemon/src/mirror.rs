@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
-    exchange::{DropCounters, Exchange, ReadyRequest},
+    drops::{DispatchDrops, KernelDrops, Losses, Stage},
+    exchange::{Assembled, Exchange, ReadyRequest},
     kernel::Counters,
     metrics::{ComparisonLabels, Metrics, ReasonLabels, RouteLabels, ShadowReasonLabels, ShadowRouteLabels},
     replay::{
@@ -69,30 +70,6 @@ impl RuleSet {
     }
 }
 
-/// Losses between the rebuilt exchange and the comparison.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DispatchCounters {
-    /// Replays not started because the join table was full.
-    pub join_full: u64,
-    /// Replayed requests whose production response was never rebuilt.
-    pub production_missing: u64,
-    /// Entries whose shadow result never came (replays time out, so this stays 0).
-    pub shadow_missing: u64,
-    /// Items dropped because the reporter fell behind.
-    pub report_queue_full: u64,
-}
-
-impl DispatchCounters {
-    pub fn list(&self) -> [(&'static str, u64); 4] {
-        [
-            ("join_full", self.join_full),
-            ("production_missing", self.production_missing),
-            ("shadow_missing", self.shadow_missing),
-            ("report_queue_full", self.report_queue_full),
-        ]
-    }
-}
-
 /// What the reporter is handed.
 #[derive(Debug)]
 pub enum ReportItem {
@@ -112,14 +89,29 @@ pub enum ReportItem {
 /// Counters owned by the capture side, sent to the reporter for the summary and the metrics.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// Every kernel counter (packets seen and copied too, not only losses).
     pub kernel: Counters,
-    pub drops: DropCounters,
-    pub undecodable: u64,
+    /// Every loss counter.
+    pub losses: Losses,
     pub connections: usize,
     pub buffered_bytes: usize,
-    pub dispatch: DispatchCounters,
     /// Per shadow: `(name, value)` replay counters.
     pub replay: Vec<(String, Vec<(&'static str, u64)>)>,
+}
+
+impl Snapshot {
+    /// The kernel's loss counters, with the ring reader's undecodable records.
+    pub fn kernel_drops(kernel: &Counters, undecodable_records: u64) -> KernelDrops {
+        let named = kernel.named();
+        let get = |name: &str| named.get(name).copied().unwrap_or_default();
+        KernelDrops {
+            ringbuf_full: get("ringbuf_full"),
+            truncated: get("truncated"),
+            marker_lost: get("marker_lost"),
+            unparsed: get("unparsed"),
+            undecodable_records,
+        }
+    }
 }
 
 /// The shadows of one configuration and the comparisons opened while it was current.
@@ -153,7 +145,7 @@ pub struct Dispatcher {
     done: mpsc::UnboundedSender<Done>,
     max_pending: usize,
     to_report: mpsc::Sender<ReportItem>,
-    pub counters: DispatchCounters,
+    pub counters: DispatchDrops,
     expired: Vec<Expired>,
 }
 
@@ -193,7 +185,7 @@ impl Dispatcher {
             done,
             max_pending,
             to_report,
-            counters: DispatchCounters::default(),
+            counters: DispatchDrops::default(),
             expired: Vec::new(),
         };
         dispatcher.current = dispatcher.generation(&settings.shadows, &settings.limits, &[]);
@@ -268,26 +260,31 @@ impl Dispatcher {
         self.current.shadows.clone()
     }
 
-    /// Starts the replays of requests that just completed.
-    pub fn requests(&mut self, ready: impl Iterator<Item = ReadyRequest>, now_ns: u64) {
-        if self.current.clients.is_empty() {
+    /// Takes what the assembler produced, in its order: requests are replayed, exchanges joined.
+    pub fn assembled(&mut self, items: impl Iterator<Item = Assembled>, now_ns: u64) {
+        for item in items {
+            match item {
+                Assembled::Request(ready) => self.request(ready, now_ns),
+                Assembled::Exchange(exchange) => self.exchange(exchange),
+            }
+        }
+    }
+
+    /// Starts the replays of a request that just completed.
+    pub fn request(&mut self, ready: ReadyRequest, now_ns: u64) {
+        if self.current.clients.is_empty() || self.sampler.decide(&ready.request) != Decision::Replay {
             return;
         }
         let generation = &mut self.current;
-        for r in ready {
-            if self.sampler.decide(&r.request) != Decision::Replay {
-                continue;
-            }
-            if !generation.join.open(r.id, now_ns) {
-                self.counters.join_full += 1;
-                continue;
-            }
-            for (index, (_, client)) in generation.clients.iter().enumerate() {
-                let outgoing = request::build(&r.request, &client.target, &self.replay);
-                if !client.submit(Job { id: r.id, outgoing }) {
-                    // Production has not answered yet, so this cannot complete the entry.
-                    let _ = generation.join.shadow(r.id, index, ShadowResult::NotSent);
-                }
+        if !generation.join.open(ready.id, now_ns) {
+            self.counters.join_full += 1;
+            return;
+        }
+        for (index, (_, client)) in generation.clients.iter().enumerate() {
+            let outgoing = request::build(&ready.request, &client.target, &self.replay);
+            if !client.submit(Job { id: ready.id, outgoing }) {
+                // Production has not answered yet, so this cannot complete the entry.
+                let _ = generation.join.shadow(ready.id, index, ShadowResult::NotSent);
             }
         }
     }
@@ -358,6 +355,19 @@ impl Dispatcher {
     /// Sends a summary, final or reconfiguration item, waiting for room: these must not be lost.
     pub async fn send_control(&self, item: ReportItem) {
         let _ = self.to_report.send(item).await;
+    }
+
+    /// Per shadow: replays dropped because its queue was full.
+    pub fn replay_losses(&self) -> Vec<(String, u64)> {
+        self.shadows()
+            .iter()
+            .map(|c| {
+                (
+                    c.target.model.model_id.clone(),
+                    c.counters.queue_full.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Per-shadow replay counters for the summary.
@@ -631,17 +641,14 @@ impl Reporter {
     }
 
     fn summary(&mut self, s: &Snapshot, last: bool) {
-        for (name, value) in s.drops.list().into_iter().chain(s.dispatch.list()) {
-            Metrics::advance(
-                &self.metrics.drops.get_or_create(&ReasonLabels { reason: name.to_string() }),
-                value,
-            );
-        }
-        for (name, value) in s.kernel.named() {
-            if matches!(name, "ringbuf_full" | "truncated" | "marker_lost" | "unparsed") {
-                let labels = ReasonLabels { reason: format!("kernel_{name}") };
-                Metrics::advance(&self.metrics.drops.get_or_create(&labels), value);
-            }
+        for loss in s.losses.list() {
+            let reason = match loss.stage {
+                Stage::Kernel => format!("kernel_{}", loss.reason),
+                // Counted per shadow as `not_compared{reason="queue_full"}`.
+                Stage::Replay => continue,
+                _ => loss.reason.to_string(),
+            };
+            Metrics::advance(&self.metrics.drops.get_or_create(&ReasonLabels { reason }), loss.value);
         }
         for (model_id, counters) in &s.replay {
             if let Some((_, in_flight)) = counters.iter().find(|(n, _)| *n == "in_flight") {
@@ -660,9 +667,9 @@ impl Reporter {
             prod_latency_p99_ms = self.stats.latency_ms(0.99),
             connections = s.connections,
             buffered_bytes = s.buffered_bytes,
-            undecodable_records = s.undecodable,
+            undecodable_records = s.losses.kernel.undecodable_records,
             kernel = %s.kernel,
-            drops = %nonzero(s.drops.list().into_iter().chain(s.dispatch.list())),
+            drops = %nonzero(s.losses.pipeline()),
             replay = ?replay,
             "{}",
             if last { "final summary" } else { "summary" }
@@ -785,7 +792,7 @@ mod tests {
         let request = Request {
             method: "POST".into(),
             target: "/infer".into(),
-            version: 1,
+            version: Default::default(),
             headers: vec![],
             body: bytes::Bytes::from(format!("{{\"x\":{seq}}}")),
             trailers: vec![],
@@ -793,13 +800,15 @@ mod tests {
         let response = Response {
             status: 200,
             reason: "OK".into(),
-            version: 1,
+            version: Default::default(),
             headers: vec![],
             body: bytes::Bytes::from_static(b"{}"),
+            arrivals: Default::default(),
             trailers: vec![],
         };
         Exchange {
             id: ExchangeId { connection: 1, seq },
+            stream_id: None,
             client: "10.0.0.1:1".parse().unwrap(),
             server: "10.0.0.2:2".parse().unwrap(),
             request,
@@ -840,12 +849,12 @@ mod tests {
         let (report_tx, mut report_rx) = mpsc::channel(16);
         let mut dispatcher = Dispatcher::new(settings(&[("a", a), ("b", b)]), 16, done_tx, report_tx);
         let (first, second) = (exchange(1), exchange(2));
-        dispatcher.requests(std::iter::once(ready(&first)), 0);
+        dispatcher.request(ready(&first), 0);
         // Shadow `a` is removed and `c` added while the first request is still in flight at `a`.
         dispatcher.reconfigure(settings(&[("b", b), ("c", b)]));
         assert_eq!(dispatcher.shadows().len(), 3, "a stays until its comparison is complete");
         assert_eq!(dispatcher.current_shadows().len(), 2);
-        dispatcher.requests(std::iter::once(ready(&second)), 0);
+        dispatcher.request(ready(&second), 0);
         dispatcher.exchange(first);
         dispatcher.exchange(second);
         let mut replayed = Vec::new();
@@ -864,6 +873,6 @@ mod tests {
         assert_eq!(replayed, [(1, "a,b".to_string()), (2, "b,c".to_string())]);
         dispatcher.expire(0);
         assert_eq!(dispatcher.shadows().len(), 2, "the old generation is gone once nothing waits on it");
-        assert_eq!(dispatcher.counters, DispatchCounters::default());
+        assert_eq!(dispatcher.counters, DispatchDrops::default());
     }
 }

@@ -7,10 +7,11 @@ use std::{collections::HashMap, net::SocketAddr};
 use bytes::Bytes;
 use mirror_common::tcp_flags::{ACK, FIN, SYN};
 use mirror_daemon::{
+    assembler::{Assembler, AssemblerConfig},
     capture::Segment,
-    exchange::{Assembler, AssemblerConfig, Exchange, ExchangeId, Header, Request, Response},
+    exchange::{Assembled, Exchange, ExchangeId, Header, Request, Response},
     flows::{FlowConfig, FlowLimits},
-    http::HttpConfig,
+    http1::HttpConfig,
 };
 use proptest::prelude::*;
 
@@ -198,12 +199,13 @@ fn build(c: usize, spec: &ConnSpec, client: SocketAddr, server: SocketAddr) -> B
                 if resp_chunks.is_some() && !no_body { vec![header("X-Trailer", "t")] } else { vec![] };
             expected.push(Exchange {
                 id: ExchangeId::default(),
+                stream_id: None,
                 client,
                 server,
                 request: Request {
                     method: method.to_string(),
                     target,
-                    version: 1,
+                    version: Default::default(),
                     headers: req_headers,
                     body: req_body,
                     trailers: req_trailers,
@@ -211,9 +213,10 @@ fn build(c: usize, spec: &ConnSpec, client: SocketAddr, server: SocketAddr) -> B
                 response: Response {
                     status,
                     reason: reason.to_string(),
-                    version: 1,
+                    version: Default::default(),
                     headers: resp_headers,
                     body: resp_body,
+                    arrivals: Default::default(),
                     trailers: resp_trailers,
                 },
                 timing: Default::default(),
@@ -405,28 +408,32 @@ fn assemble_with(w: &Wire, http: HttpConfig) -> (Vec<Exchange>, Assembler) {
         announce_requests: true,
     };
     let mut a = Assembler::new(cfg);
+    let mut items = Vec::new();
     let mut out = Vec::new();
     // Every exchange must have been announced, with the same request, no later than it is emitted:
     // the early replay of a request and the production response it is compared with never differ.
     let mut announced: HashMap<ExchangeId, Request> = HashMap::new();
-    let mut checked = 0;
-    let mut check = |a: &mut Assembler, out: &Vec<Exchange>, checked: &mut usize| {
-        for r in a.take_ready_requests() {
-            assert!(announced.insert(r.id, r.request).is_none(), "announced twice: {:?}", r.id);
+    let mut check = |items: &mut Vec<Assembled>, out: &mut Vec<Exchange>| {
+        for item in items.drain(..) {
+            match item {
+                Assembled::Request(r) => {
+                    assert!(announced.insert(r.id, r.request).is_none(), "announced twice: {:?}", r.id)
+                }
+                Assembled::Exchange(e) => {
+                    let request =
+                        announced.get(&e.id).unwrap_or_else(|| panic!("exchange {:?} never announced", e.id));
+                    assert_eq!(request, &e.request, "announced request differs from the exchange's");
+                    out.push(e);
+                }
+            }
         }
-        for e in &out[*checked..] {
-            let request =
-                announced.get(&e.id).unwrap_or_else(|| panic!("exchange {:?} never announced", e.id));
-            assert_eq!(request, &e.request, "announced request differs from the exchange's");
-        }
-        *checked = out.len();
     };
     for s in &w.segments {
-        a.push(s.clone(), &mut out);
-        check(&mut a, &out, &mut checked);
+        a.push(s.clone(), &mut items);
+        check(&mut items, &mut out);
     }
-    a.tick(u64::MAX / 2, &mut out);
-    check(&mut a, &out, &mut checked);
+    a.tick(u64::MAX / 2, &mut items);
+    check(&mut items, &mut out);
     (out, a)
 }
 
@@ -445,7 +452,8 @@ fn in_order_start(segments: &[Segment], client: SocketAddr) -> bool {
 
 /// Timestamps depend on the cut; everything else must match exactly.
 fn strip(e: &Exchange) -> Exchange {
-    Exchange { timing: Default::default(), id: ExchangeId::default(), ..e.clone() }
+    let response = Response { arrivals: Default::default(), ..e.response.clone() };
+    Exchange { timing: Default::default(), id: ExchangeId::default(), response, ..e.clone() }
 }
 
 proptest! {
@@ -463,12 +471,12 @@ proptest! {
         }
         for (client, expected) in &w.expected {
             let got = got.remove(client).unwrap_or_default();
-            prop_assert_eq!(got.len(), expected.len(), "{:?}", a.stats());
+            prop_assert_eq!(got.len(), expected.len(), "{:?}", a.drops());
             for (g, x) in got.iter().zip(expected) {
                 prop_assert_eq!(g, x);
             }
         }
-        let drops: Vec<_> = a.stats().list().into_iter().filter(|&(_, v)| v > 0).collect();
+        let drops: Vec<_> = a.drops().list().into_iter().filter(|&(_, _, v)| v > 0).collect();
         prop_assert!(drops.is_empty(), "{:?}", drops);
         prop_assert_eq!(a.memory_bytes(), 0);
         prop_assert_eq!(a.connections(), 0);
@@ -495,7 +503,7 @@ proptest! {
             last_index.insert(e.client, pos);
         }
         let total: usize = w.expected.values().map(Vec::len).sum();
-        let drops: u64 = a.stats().list().into_iter().map(|(_, v)| v).sum();
+        let drops: u64 = a.drops().list().into_iter().map(|(_, _, v)| v).sum();
         if out.len() < total {
             prop_assert!(drops > 0, "{} of {} exchanges missing without a counter", total - out.len(), total);
         }
@@ -520,7 +528,7 @@ proptest! {
         for e in &out {
             got.entry(e.client).or_default().push(strip(e));
         }
-        let stats = a.stats();
+        let stats = a.drops();
         for (client, expected) in &w.expected {
             let got = got.remove(client).unwrap_or_default();
             let targets = |v: &[Exchange]| v.iter().map(|e| e.request.target.clone()).collect::<Vec<_>>();

@@ -34,6 +34,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use mirror_daemon::{
+    assembler::{Assembler, AssemblerConfig},
     compare::CompareRules,
     config::{self, FileSettings},
     discovery::{
@@ -42,9 +43,9 @@ use mirror_daemon::{
         pods,
         targets::CaptureTargets,
     },
-    exchange::{Assembler, AssemblerConfig},
+    drops::Losses,
     flows::{FlowConfig, FlowLimits},
-    http::HttpConfig,
+    http1::HttpConfig,
     kernel::KernelCapture,
     logging::LogFormat,
     metrics::{self, Metrics},
@@ -723,28 +724,34 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let mut expire_every = tokio::time::interval(Duration::from_secs(1));
     let mut reconcile_every = tokio::time::interval(follow::RETRY_EVERY);
     let mut failure = None;
-    let mut exchanges = Vec::new();
+    let mut assembled = Vec::new();
     let snapshot = |capture: &Capture,
                     reader: &mirror_daemon::capture::ring::RingReader,
                     assembler: &Assembler,
-                    dispatcher: &Dispatcher| Snapshot {
-        kernel: capture.kernel.counters().unwrap_or_default(),
-        drops: assembler.stats().clone(),
-        undecodable: reader.undecodable,
-        connections: assembler.connections(),
-        buffered_bytes: assembler.memory_bytes(),
-        dispatch: dispatcher.counters,
-        replay: dispatcher.replay_counters(),
+                    dispatcher: &Dispatcher| {
+        let kernel = capture.kernel.counters().unwrap_or_default();
+        Snapshot {
+            losses: Losses {
+                kernel: Snapshot::kernel_drops(&kernel, reader.undecodable),
+                assembly: assembler.drops().clone(),
+                dispatch: dispatcher.counters.clone(),
+                replay_queue_full: dispatcher.replay_losses(),
+            },
+            kernel,
+            connections: assembler.connections(),
+            buffered_bytes: assembler.memory_bytes(),
+            replay: dispatcher.replay_counters(),
+        }
     };
     loop {
         tokio::select! {
-            read = reader.read(|s| assembler.push(s, &mut exchanges)) => {
+            read = reader.read(|s| assembler.push(s, &mut assembled)) => {
                 read.context("read the kernel ring buffer")?;
             }
             Some(done) = done_rx.recv() => dispatcher.shadow_done(done),
             _ = expire_every.tick() => {
                 let now = monotonic_now_ns();
-                assembler.tick(now, &mut exchanges);
+                assembler.tick(now, &mut assembled);
                 dispatcher.expire(now);
             }
             _ = summary_every.tick() => {
@@ -763,18 +770,12 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             _ = sighup.recv() => reload(&invocation, &mut args, &mut dispatcher, &mut capture, &metrics).await,
             () = &mut deadline => break,
         }
-        dispatcher.requests(assembler.take_ready_requests(), monotonic_now_ns());
-        for exchange in exchanges.drain(..) {
-            dispatcher.exchange(exchange);
-        }
+        dispatcher.assembled(assembled.drain(..), monotonic_now_ns());
     }
 
     // Stop capturing, then give replays in flight up to their timeout to finish.
-    reader.drain(|s| assembler.push(s, &mut exchanges));
-    dispatcher.requests(assembler.take_ready_requests(), monotonic_now_ns());
-    for exchange in exchanges.drain(..) {
-        dispatcher.exchange(exchange);
-    }
+    reader.drain(|s| assembler.push(s, &mut assembled));
+    dispatcher.assembled(assembled.drain(..), monotonic_now_ns());
     let grace = tokio::time::sleep(args.mirror.shadow_timeout + Duration::from_millis(100));
     // Every live client counts, including those of shadows removed by a reload with answers due.
     tokio::pin!(grace);

@@ -22,7 +22,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::{capture::Segment, exchange::DropCounters};
+use crate::{capture::Segment, drops::AssemblyDrops};
 
 /// Identifies one connection for its whole life; a reused 4-tuple gets a new id.
 pub type ConnId = u64;
@@ -246,7 +246,7 @@ impl FlowTable {
     }
 
     /// Adds one segment; the stream events it makes possible are appended to `out`.
-    pub fn push(&mut self, seg: &Segment, out: &mut Vec<FlowEvent>, stats: &mut DropCounters) {
+    pub fn push(&mut self, seg: &Segment, out: &mut Vec<FlowEvent>, stats: &mut AssemblyDrops) {
         let (key, side) = if self.server_ports.contains(&seg.dst.port()) {
             (ConnKey { client: seg.src, server: seg.dst }, Side::Client)
         } else if self.server_ports.contains(&seg.src.port()) {
@@ -353,7 +353,7 @@ impl FlowTable {
     }
 
     /// Expires idle connections: holes become gaps, pending data is delivered, then `Closed`.
-    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<FlowEvent>, stats: &mut DropCounters) {
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<FlowEvent>, stats: &mut AssemblyDrops) {
         let timeout = self.limits.idle_timeout_ns;
         let expired: Vec<ConnKey> = self
             .conns
@@ -393,7 +393,7 @@ impl FlowTable {
 
     /// Evicts one connection if the table is full: closed ones first, then the least recently
     /// active. A linear scan, but only when the table is full.
-    fn make_room(&mut self, out: &mut Vec<FlowEvent>, stats: &mut DropCounters) {
+    fn make_room(&mut self, out: &mut Vec<FlowEvent>, stats: &mut AssemblyDrops) {
         if self.conns.len() < self.limits.max_connections.max(1) {
             return;
         }

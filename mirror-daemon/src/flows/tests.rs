@@ -42,9 +42,9 @@ fn client_stream(events: &[FlowEvent]) -> String {
     s
 }
 
-fn run(t: &mut FlowTable, segs: Vec<Segment>) -> (Vec<FlowEvent>, DropCounters) {
+fn run(t: &mut FlowTable, segs: Vec<Segment>) -> (Vec<FlowEvent>, AssemblyDrops) {
     let mut out = Vec::new();
-    let mut stats = DropCounters::default();
+    let mut stats = AssemblyDrops::default();
     for s in segs {
         t.push(&s, &mut out, &mut stats);
     }

@@ -189,12 +189,13 @@ mod tests {
     fn exchange(seq: u64) -> Exchange {
         Exchange {
             id: id(seq),
+            stream_id: None,
             client: "10.0.0.1:1".parse().unwrap(),
             server: "10.0.0.2:2".parse().unwrap(),
             request: Request {
                 method: "GET".into(),
                 target: "/".into(),
-                version: 1,
+                version: Default::default(),
                 headers: vec![],
                 body: Bytes::new(),
                 trailers: vec![],
@@ -202,9 +203,10 @@ mod tests {
             response: Response {
                 status: 200,
                 reason: "OK".into(),
-                version: 1,
+                version: Default::default(),
                 headers: vec![],
                 body: Bytes::new(),
+                arrivals: Default::default(),
                 trailers: vec![],
             },
             timing: Timing::default(),

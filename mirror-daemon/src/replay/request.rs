@@ -99,7 +99,7 @@ mod tests {
         Request {
             method: "POST".into(),
             target: "/v2/models/m/infer?x=1".into(),
-            version: 1,
+            version: Default::default(),
             headers: vec![
                 h("Host", "ml-inference:80"),
                 h("Connection", "keep-alive, X-Hop"),

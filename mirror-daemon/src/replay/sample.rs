@@ -117,7 +117,7 @@ mod tests {
         Request {
             method: method.into(),
             target: target.into(),
-            version: 1,
+            version: Default::default(),
             headers: vec![],
             body: Bytes::copy_from_slice(body.as_bytes()),
             trailers: vec![],

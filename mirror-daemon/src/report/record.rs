@@ -197,12 +197,13 @@ mod tests {
     fn exchange() -> Exchange {
         Exchange {
             id: crate::exchange::ExchangeId::default(),
+            stream_id: None,
             client: "10.0.0.1:40000".parse().unwrap(),
             server: "10.0.0.2:8080".parse().unwrap(),
             request: Request {
                 method: "POST".into(),
                 target: "/v2/models/m/infer?api_key=hunter2".into(),
-                version: 1,
+                version: Default::default(),
                 headers: vec![
                     header("Content-Type", "application/json"),
                     header("Authorization", "Bearer secret-token"),
@@ -214,12 +215,13 @@ mod tests {
             response: Response {
                 status: 200,
                 reason: "OK".into(),
-                version: 1,
+                version: Default::default(),
                 headers: vec![
                     header("Set-Cookie", "session=abc"),
                     header("Content-Type", "application/octet-stream"),
                 ],
                 body: Bytes::from_static(&[0xff, 0x00, 0x10]),
+                arrivals: Default::default(),
                 trailers: vec![],
             },
             timing: Timing {

@@ -5,10 +5,12 @@ use bytes::Bytes;
 use mirror_common::tcp_flags::{ACK, FIN, SYN};
 
 use crate::{
+    assembler::{Assembler, AssemblerConfig},
     capture::Segment,
-    exchange::{Assembler, AssemblerConfig, DropCounters, Exchange},
+    drops::AssemblyDrops,
+    exchange::{Assembled, Exchange, HttpVersion},
     flows::{FlowConfig, FlowLimits},
-    http::HttpConfig,
+    http1::HttpConfig,
 };
 
 const CISN: u32 = 1000;
@@ -87,7 +89,7 @@ impl Conn {
         self
     }
 
-    fn run_with(&self, http: HttpConfig) -> (Vec<Exchange>, DropCounters, Assembler) {
+    fn run_with(&self, http: HttpConfig) -> (Vec<Exchange>, AssemblyDrops, Assembler) {
         let cfg = AssemblerConfig {
             flows: FlowConfig { server_ports: vec![8080], limits: FlowLimits::default() },
             http,
@@ -98,11 +100,11 @@ impl Conn {
         for s in &self.segs {
             a.push(s.clone(), &mut out);
         }
-        let stats = a.stats().clone();
-        (out, stats, a)
+        let stats = a.drops().clone();
+        (out.into_iter().filter_map(Assembled::into_exchange).collect(), stats, a)
     }
 
-    fn run(&self) -> (Vec<Exchange>, DropCounters) {
+    fn run(&self) -> (Vec<Exchange>, AssemblyDrops) {
         let (out, stats, a) = self.run_with(HttpConfig::default());
         assert_eq!(a.memory_bytes(), 0, "everything released after the connection ended");
         (out, stats)
@@ -127,20 +129,21 @@ fn complete_requests_are_announced_before_their_response() {
     for s in &c.segs {
         a.push(s.clone(), &mut out);
     }
-    assert!(out.is_empty(), "no response yet");
-    let ready: Vec<_> = a.take_ready_requests().collect();
+    assert!(out.iter().all(|item| matches!(item, Assembled::Request(_))), "no response yet");
+    let ready: Vec<_> = out.drain(..).filter_map(Assembled::into_request).collect();
     assert_eq!(ready.len(), 2, "both requests are complete");
     assert_eq!((ready[0].request.target.as_str(), &ready[0].request.body[..]), ("/a", &b"hi"[..]));
     assert_eq!(ready[1].request.target, "/b");
     assert_eq!((ready[0].id.seq, ready[1].id.seq), (0, 1));
     assert_eq!(ready[0].id.connection, ready[1].id.connection);
-    assert!(a.take_ready_requests().next().is_none(), "announced once");
 
     c.server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx").server("HTTP/1.1 204 No Content\r\n\r\n");
     for s in &c.segs[sent..] {
         a.push(s.clone(), &mut out);
     }
-    assert_eq!(out.len(), 2, "{:?}", a.stats());
+    assert!(out.iter().all(|item| matches!(item, Assembled::Exchange(_))), "announced once: {out:?}");
+    let out: Vec<Exchange> = out.into_iter().filter_map(Assembled::into_exchange).collect();
+    assert_eq!(out.len(), 2, "{:?}", a.drops());
     assert_eq!(out[0].id, ready[0].id);
     assert_eq!(out[1].id, ready[1].id);
     assert_eq!(out[1].response.status, 204);
@@ -163,7 +166,7 @@ fn content_length_request_and_response() {
     assert_eq!(e.response.reason, "OK");
     assert_eq!(&e.response.body[..], b"ok");
     assert_eq!(e.client, addr("10.0.0.1:40000"));
-    assert_eq!(stats, DropCounters::default());
+    assert_eq!(stats, AssemblyDrops::default());
 }
 
 #[test]
@@ -249,7 +252,7 @@ fn close_delimited_response_ends_at_fin() {
         .run();
     assert_eq!(out.len(), 1);
     assert_eq!(&out[0].response.body[..], b"all of this until close");
-    assert_eq!(out[0].request.version, 0);
+    assert_eq!(out[0].request.version, HttpVersion::Http10);
 }
 
 #[test]

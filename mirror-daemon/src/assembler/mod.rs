@@ -1,0 +1,167 @@
+//! Segments in, exchanges out: TCP reassembly, then per connection the protocol its first bytes
+//! announce, bounded and counted.
+//!
+//! [`Assembler`] is the front door of the rebuilding pipeline: captured [`Segment`]s go through
+//! [`crate::flows`] (one ordered byte stream per direction, gaps explicit), then each connection's
+//! streams go to the framing of its protocol — HTTP/1.x ([`crate::http1`]) or HTTP/2 — chosen from
+//! the client's first bytes ([`detect`]). What leaves is one ordered sequence of [`Assembled`]
+//! items: each request as soon as it is complete (to be replayed at once) and each exchange when
+//! its response is.
+//!
+//! It is plain synchronous code with time passed in (`Segment::ts_ns` and [`Assembler::tick`]'s
+//! `now_ns`), so it is tested with segments built in memory and never reads a clock or does I/O.
+//! Whatever cannot be rebuilt with certainty is dropped and counted in [`AssemblyDrops`]: a wrong
+//! comparison is worse than a missing one (the design's invariant 2).
+mod detect;
+
+use std::collections::HashMap;
+
+use self::detect::{Detect, Detected};
+use crate::{
+    capture::Segment,
+    drops::AssemblyDrops,
+    exchange::Assembled,
+    flows::{ConnId, FlowConfig, FlowEvent, FlowTable},
+    http1::{self, HttpConfig},
+};
+
+/// Configuration of the whole pipeline.
+#[derive(Clone, Debug, Default)]
+pub struct AssemblerConfig {
+    pub flows: FlowConfig,
+    pub http: HttpConfig,
+    /// Announce each complete request before its response ([`Assembled::Request`]).
+    pub announce_requests: bool,
+}
+
+/// A connection's protocol state.
+#[derive(Debug)]
+enum Conn {
+    /// Its protocol is not known yet: events wait until the client's first bytes tell.
+    Detecting(Detect),
+    Http1(Box<http1::Connection>),
+    /// Not parsed (a protocol not rebuilt here); its bytes are counted as skipped.
+    Skipped,
+}
+
+impl Conn {
+    fn buffered(&self) -> usize {
+        match self {
+            Conn::Detecting(detect) => detect.buffered(),
+            Conn::Http1(conn) => conn.buffered(),
+            Conn::Skipped => 0,
+        }
+    }
+}
+
+/// Segments in, [`Assembled`] items out; see the module documentation.
+#[derive(Debug)]
+pub struct Assembler {
+    flows: FlowTable,
+    conns: HashMap<ConnId, Conn>,
+    http_config: HttpConfig,
+    events: Vec<FlowEvent>,
+    drops: AssemblyDrops,
+    /// Bytes buffered above reassembly: partial messages and undecided connections.
+    buffered: usize,
+    announce_requests: bool,
+}
+
+impl Assembler {
+    pub fn new(config: AssemblerConfig) -> Self {
+        Self {
+            flows: FlowTable::new(config.flows),
+            conns: HashMap::new(),
+            http_config: config.http,
+            events: Vec::new(),
+            drops: AssemblyDrops::default(),
+            buffered: 0,
+            announce_requests: config.announce_requests,
+        }
+    }
+
+    /// Feeds one captured segment; what it completes is appended to `out`.
+    pub fn push(&mut self, segment: Segment, out: &mut Vec<Assembled>) {
+        let mut events = std::mem::take(&mut self.events);
+        self.flows.push(&segment, &mut events, &mut self.drops);
+        self.dispatch(&mut events, out);
+        self.events = events;
+    }
+
+    /// Expires connections idle since before `now_ns - idle_timeout` (same clock as `ts_ns`).
+    /// Their holes become gaps and unfinished exchanges are dropped and counted.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Assembled>) {
+        let mut events = std::mem::take(&mut self.events);
+        self.flows.tick(now_ns, &mut events, &mut self.drops);
+        self.dispatch(&mut events, out);
+        self.events = events;
+    }
+
+    /// Losses since creation.
+    pub fn drops(&self) -> &AssemblyDrops {
+        &self.drops
+    }
+
+    /// Bytes currently buffered: out-of-order TCP data plus partial messages.
+    pub fn memory_bytes(&self) -> usize {
+        self.flows.buffered_bytes() + self.buffered
+    }
+
+    /// Connections tracked by TCP reassembly (including recently closed ones kept to recognise
+    /// their late retransmissions).
+    pub fn connections(&self) -> usize {
+        self.flows.len()
+    }
+
+    fn dispatch(&mut self, events: &mut Vec<FlowEvent>, out: &mut Vec<Assembled>) {
+        for event in events.drain(..) {
+            let id = event.id();
+            if let FlowEvent::Opened { key, .. } = event {
+                self.conns.insert(id, Conn::Detecting(Detect::new(key)));
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            let before = conn.buffered();
+            let closed = matches!(event, FlowEvent::Closed { .. });
+            match conn {
+                Conn::Detecting(detect) => match detect.push(event, self.http_config.max_backlog_bytes) {
+                    Detected::NotYet => {}
+                    Detected::Http1(events) => {
+                        let mut http = Box::new(http1::Connection::new(detect.client(), detect.server()));
+                        http.identify(id, self.announce_requests);
+                        for event in events {
+                            http.handle(event, &self.http_config, &mut self.drops, out);
+                        }
+                        *conn = Conn::Http1(http);
+                    }
+                    Detected::Http2 { skipped } => {
+                        self.drops.unsupported_http2_connections += 1;
+                        self.drops.desync_skipped_bytes += skipped;
+                        *conn = Conn::Skipped;
+                    }
+                },
+                Conn::Http1(http) => http.handle(event, &self.http_config, &mut self.drops, out),
+                Conn::Skipped => {
+                    if let FlowEvent::Data { data, .. } = &event {
+                        self.drops.desync_skipped_bytes += data.len() as u64;
+                    } else if let FlowEvent::Gap { len, .. } = &event {
+                        self.drops.desync_skipped_bytes += *len;
+                    }
+                }
+            }
+            let after = conn.buffered();
+            self.buffered = self.buffered + after - before;
+            if closed {
+                self.buffered -= after;
+                self.conns.remove(&id);
+            } else if self.buffered > self.http_config.max_buffered_total
+                && let Conn::Http1(http) = conn
+            {
+                // Bounded memory: give up on the connection that just grew rather than grow.
+                let before = http.buffered();
+                http.abort_memory_limit(&mut self.drops);
+                self.buffered = self.buffered + http.buffered() - before;
+            }
+        }
+    }
+}

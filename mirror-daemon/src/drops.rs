@@ -1,0 +1,285 @@
+//! Every loss the daemon counts, in one place.
+//!
+//! Invariant 4 of the design: every loss is visible. A request can be lost at any stage — the kernel
+//! could not copy a packet, reassembly had to skip a hole, framing could not prove a message
+//! boundary, the join table was full, a shadow's queue was full, the reporter fell behind — and each
+//! stage counts its losses under a named reason. This module declares all of them, so that logs,
+//! metrics and the summary list the same names from one [`Losses::list`], and a reader finds "where
+//! is a loss counted" in one file.
+//!
+//! Counts are requests (exchanges) unless the name ends in `_bytes`, `_segments`, `_connections`,
+//! `_events` or `_records`.
+use std::fmt;
+
+/// Where in the pipeline a loss happened, in the order data flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// The kernel programs or the ring buffer (packets not copied, records not decodable).
+    Kernel,
+    /// TCP reassembly (segments out of window, holes skipped, connections evicted).
+    Reassembly,
+    /// HTTP/1.x and HTTP/2 framing and pairing (messages that cannot be proven).
+    Framing,
+    /// Between rebuilt exchanges and comparisons (join table, missing parts).
+    Dispatch,
+    /// Replays not sent to a shadow.
+    Replay,
+    /// Comparisons and records not reported.
+    Reporting,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Kernel => "kernel",
+            Stage::Reassembly => "reassembly",
+            Stage::Framing => "framing",
+            Stage::Dispatch => "dispatch",
+            Stage::Replay => "replay",
+            Stage::Reporting => "reporting",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Declares a struct of monotonic counters grouped by [`Stage`], with a way to list and add them.
+macro_rules! counters {
+    (
+        $(#[doc = $sdoc:literal])+
+        pub struct $name:ident {
+            $($stage:ident: { $($(#[doc = $doc:literal])+ $field:ident,)* })*
+        }
+    ) => {
+        $(#[doc = $sdoc])+
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            $($($(#[doc = $doc])+ pub $field: u64,)*)*
+        }
+
+        impl $name {
+            /// Counter names, in the order [`Self::list`] returns them.
+            pub const NAMES: &[&str] = &[$($(stringify!($field),)*)*];
+
+            /// `(stage, name, value)` of every counter.
+            pub fn list(&self) -> Vec<(Stage, &'static str, u64)> {
+                vec![$($((Stage::$stage, stringify!($field), self.$field),)*)*]
+            }
+
+            /// Adds `other`'s counts to these (for counters kept by several workers).
+            pub fn add(&mut self, other: &Self) {
+                $($(self.$field += other.$field;)*)*
+            }
+        }
+    };
+}
+
+counters! {
+    /// Losses of the kernel capture and the ring-buffer reader.
+    pub struct KernelDrops {
+        Kernel: {
+            /// Packet ranges not copied because the ring buffer was full (segments).
+            ringbuf_full,
+            /// Packet ranges beyond the copy limit (segments).
+            truncated,
+            /// Loss markers that could not be written either: the stream has a hole nobody reported.
+            marker_lost,
+            /// Matching packets the kernel programs could not parse (fragments, options).
+            unparsed,
+            /// Ring-buffer records userspace could not decode (records).
+            undecodable_records,
+        }
+    }
+}
+
+counters! {
+    /// Losses between captured segments and rebuilt exchanges (TCP reassembly, then framing).
+    pub struct AssemblyDrops {
+        Reassembly: {
+            /// Segments whose ports match no configured server port.
+            not_server_port_segments,
+            /// Segments too far outside the receive window to be placed in the stream.
+            out_of_window_segments,
+            /// Times a connection's out-of-order buffer limit forced a hole to become a gap.
+            out_of_order_overflow_events,
+            /// Times the total buffer limit forced a hole to become a gap.
+            memory_limit_events,
+            /// Open connections evicted because the connection table was full.
+            conn_limit_evicted_connections,
+            /// Open connections that timed out while idle.
+            idle_timeout_connections,
+        }
+        Framing: {
+            /// Exchanges lost to missing bytes (a gap inside a message).
+            gap,
+            /// Connections whose framing was lost to a gap: no further exchange is rebuilt on them.
+            gap_desync_connections,
+            /// Connections first seen without a SYN: never parsed (no provable message boundary), unless
+            /// `--resync-mid-stream` picks them up at a request.
+            mid_stream_connections,
+            /// Bytes of connections first seen without a SYN (with `--resync-mid-stream`: until resynced).
+            mid_stream_skipped_bytes,
+            /// With `--resync-mid-stream`: requests dropped because the first response after the request
+            /// chosen to resynchronise at did not start with a status line (a pipelining client, or a
+            /// retransmission).
+            mid_stream_resync_failed,
+            /// Bytes skipped on connections that stopped being parsed (gap, malformed, unsupported, limit).
+            desync_skipped_bytes,
+            /// Exchanges whose head exceeded the header size limit or the header count limit.
+            header_too_large,
+            /// Exchanges whose body exceeded the body size limit.
+            body_too_large,
+            /// Requests beyond the pipelining depth limit.
+            pipeline_overflow,
+            /// Requests that could not be parsed.
+            malformed_request,
+            /// Responses that could not be parsed.
+            malformed_response,
+            /// Exchanges on connections that switched protocol (`Upgrade`, 101).
+            unsupported_upgrade,
+            /// Exchanges on `CONNECT` tunnels.
+            unsupported_connect,
+            /// Connections that opened with the HTTP/2 preface.
+            unsupported_http2_connections,
+            /// Responses with no request to pair with.
+            unpaired_response,
+            /// Requests that got no response before the connection ended.
+            unanswered_request,
+            /// Requests cut short by the end of the connection.
+            truncated_request,
+            /// Responses cut short by the end of the connection.
+            truncated_response,
+            /// Exchanges in progress when the connection was reset.
+            reset_with_pending,
+            /// Exchanges in progress when the connection timed out.
+            idle_timeout_with_pending,
+            /// Exchanges in progress when the connection was evicted or its 4-tuple reused.
+            evicted_with_pending,
+            /// Exchanges dropped because the total HTTP buffer limit was hit.
+            memory_limit,
+            /// Connections stopped because a final response to `Expect: 100-continue` came before the
+            /// request body: whether the body follows cannot be proven.
+            expect_ambiguous,
+        }
+    }
+}
+
+counters! {
+    /// Losses between rebuilt exchanges and reported comparisons.
+    pub struct DispatchDrops {
+        Dispatch: {
+            /// Replays not started because the join table was full.
+            join_full,
+            /// Replayed requests whose production response was never rebuilt.
+            production_missing,
+            /// Entries whose shadow result never came (replays time out, so this stays 0).
+            shadow_missing,
+        }
+        Reporting: {
+            /// Items dropped because the reporter fell behind.
+            report_queue_full,
+        }
+    }
+}
+
+/// The replay loss counted per shadow: replays dropped because the shadow's queue was full.
+pub const REPLAY_QUEUE_FULL: &str = "queue_full";
+
+/// One counted loss, as logs and metrics name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loss {
+    pub stage: Stage,
+    pub reason: &'static str,
+    /// The shadow's model id, for [`Stage::Replay`] losses.
+    pub shadow: Option<String>,
+    pub value: u64,
+}
+
+/// Every loss counter of the daemon at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    pub kernel: KernelDrops,
+    pub assembly: AssemblyDrops,
+    pub dispatch: DispatchDrops,
+    /// Per shadow (model id): replays dropped because its queue was full.
+    pub replay_queue_full: Vec<(String, u64)>,
+}
+
+impl Losses {
+    /// Every counter, in pipeline order.
+    pub fn list(&self) -> Vec<Loss> {
+        let plain = |(stage, reason, value)| Loss { stage, reason, shadow: None, value };
+        let mut all: Vec<Loss> = self.kernel.list().into_iter().map(plain).collect();
+        all.extend(self.assembly.list().into_iter().map(plain));
+        all.extend(self.dispatch.list().into_iter().filter(|l| l.0 == Stage::Dispatch).map(plain));
+        all.extend(self.replay_queue_full.iter().map(|(shadow, value)| Loss {
+            stage: Stage::Replay,
+            reason: REPLAY_QUEUE_FULL,
+            shadow: Some(shadow.clone()),
+            value: *value,
+        }));
+        all.extend(self.dispatch.list().into_iter().filter(|l| l.0 == Stage::Reporting).map(plain));
+        all
+    }
+
+    /// The losses after capture (reassembly, framing, dispatch, reporting) as `(name, value)`: the
+    /// summary's `drops` field. Kernel and replay losses have fields of their own there.
+    pub fn pipeline(&self) -> Vec<(&'static str, u64)> {
+        self.list()
+            .into_iter()
+            .filter(|l| !matches!(l.stage, Stage::Kernel | Stage::Replay))
+            .map(|l| (l.reason, l.value))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_is_listed_once_in_pipeline_order() {
+        let losses = Losses {
+            kernel: KernelDrops { ringbuf_full: 1, ..KernelDrops::default() },
+            assembly: AssemblyDrops { gap: 2, out_of_window_segments: 3, ..AssemblyDrops::default() },
+            dispatch: DispatchDrops { join_full: 4, report_queue_full: 5, ..DispatchDrops::default() },
+            replay_queue_full: vec![("m2".into(), 6)],
+        };
+        let list = losses.list();
+        let stages: Vec<Stage> = list.iter().map(|l| l.stage).collect();
+        let mut sorted = stages.clone();
+        sorted.sort();
+        assert_eq!(stages, sorted, "pipeline order");
+        let names = KernelDrops::NAMES.len() + AssemblyDrops::NAMES.len() + DispatchDrops::NAMES.len() + 1;
+        assert_eq!(list.len(), names);
+        let nonzero: Vec<(&str, u64)> =
+            list.iter().filter(|l| l.value > 0).map(|l| (l.reason, l.value)).collect();
+        assert_eq!(
+            nonzero,
+            [
+                ("ringbuf_full", 1),
+                ("out_of_window_segments", 3),
+                ("gap", 2),
+                ("join_full", 4),
+                ("queue_full", 6),
+                ("report_queue_full", 5)
+            ]
+        );
+        let pipeline: Vec<(&str, u64)> = losses.pipeline().into_iter().filter(|(_, v)| *v > 0).collect();
+        assert_eq!(
+            pipeline,
+            [("out_of_window_segments", 3), ("gap", 2), ("join_full", 4), ("report_queue_full", 5)]
+        );
+    }
+
+    #[test]
+    fn counters_add_up() {
+        let mut a = AssemblyDrops { gap: 1, ..AssemblyDrops::default() };
+        a.add(&AssemblyDrops { gap: 2, memory_limit: 1, ..AssemblyDrops::default() });
+        assert_eq!((a.gap, a.memory_limit), (3, 1));
+    }
+}

@@ -1,0 +1,512 @@
+//! Pairing on one connection: requests and responses are framed per direction and paired first
+//! in, first out; response bytes captured before the request they answer wait in a bounded
+//! backlog (the two directions are captured by different hooks and may be reordered).
+use std::{collections::VecDeque, net::SocketAddr};
+
+use bytes::Bytes;
+
+use super::{
+    HttpConfig, Stop,
+    head::{Framing, RequestHead, body_framing, has_token, parse_request, parse_response},
+    reader::{Damage, Finished, HeadResult, Phase, Reader},
+    resync::Resync,
+};
+use crate::{
+    drops::AssemblyDrops,
+    exchange::{Assembled, Exchange, ExchangeId, ReadyRequest, Request, Response, Timing},
+    flows::{CloseReason, FlowEvent, Side},
+};
+
+/// A request waiting for its response to complete (or for its own end, after an early response).
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) id: ExchangeId,
+    pub(super) request: Request,
+    pub(super) expect_continue: bool,
+    pub(super) request_done: bool,
+    pub(super) request_first_ns: u64,
+    pub(super) request_last_ns: u64,
+    pub(super) response: Option<Response>,
+    pub(super) response_done: bool,
+    pub(super) response_first_ns: u64,
+    pub(super) response_last_ns: u64,
+    pub(super) damage: Option<Damage>,
+    pub(super) bytes: usize,
+}
+
+/// Server-side input waiting for a request to answer.
+#[derive(Debug)]
+pub(super) enum Input {
+    Data(Bytes, u64),
+    Gap(u64),
+    Fin,
+}
+
+/// HTTP state of one connection.
+#[derive(Debug)]
+pub struct Connection {
+    pub(super) client: SocketAddr,
+    pub(super) server: SocketAddr,
+    /// Parsing stopped; further bytes are counted and ignored.
+    pub(super) stopped: bool,
+    /// Stopped because the connection was first seen mid-stream.
+    pub(super) mid_stream: bool,
+    /// Resynchronising a connection first seen mid-stream (opt-in).
+    pub(super) resync: Option<Box<Resync>>,
+    /// The server's FIN came while resynchronising: it ends the stream once its bytes are framed.
+    pub(super) server_fin_held: bool,
+    pub(super) requests: Reader,
+    pub(super) responses: Reader,
+    pub(super) pending: VecDeque<Pending>,
+    pub(super) pending_bytes: usize,
+    pub(super) backlog: VecDeque<Input>,
+    pub(super) backlog_bytes: usize,
+    /// The flow table's id of this connection, for [`ExchangeId`]s.
+    pub(super) conn_id: u64,
+    /// Requests seen so far (the next request's [`ExchangeId::seq`]).
+    pub(super) next_seq: u64,
+    /// Announce complete requests ([`Assembled::Request`]).
+    pub(super) announce: bool,
+}
+
+impl Connection {
+    /// Sets the connection's id and whether complete requests are announced early.
+    pub fn identify(&mut self, conn_id: u64, announce: bool) {
+        self.conn_id = conn_id;
+        self.announce = announce;
+    }
+
+    pub fn new(client: SocketAddr, server: SocketAddr) -> Self {
+        Self {
+            client,
+            server,
+            stopped: false,
+            mid_stream: false,
+            resync: None,
+            server_fin_held: false,
+            requests: Reader::default(),
+            responses: Reader { timed: true, ..Reader::default() },
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            conn_id: 0,
+            next_seq: 0,
+            announce: false,
+        }
+    }
+
+    /// Bytes buffered by this connection's partial messages.
+    pub fn buffered(&self) -> usize {
+        let resync = self.resync.as_ref().map_or(0, |r| r.candidate_bytes + r.server_bytes);
+        self.requests.buffered()
+            + self.responses.buffered()
+            + self.pending_bytes
+            + self.backlog_bytes
+            + resync
+    }
+
+    /// Applies one stream event; completed exchanges are appended to `out`.
+    pub fn handle(
+        &mut self,
+        event: FlowEvent,
+        cfg: &HttpConfig,
+        stats: &mut AssemblyDrops,
+        out: &mut Vec<Assembled>,
+    ) {
+        match event {
+            FlowEvent::Opened { .. } => {}
+            FlowEvent::StreamStart { mid_stream, .. } => {
+                if mid_stream && !self.stopped && self.resync.is_none() {
+                    // Only one side lacks its SYN: what the other side already started is lost
+                    // like bytes in a gap.
+                    let in_progress = u64::from(self.requests.started && self.requests.phase == Phase::Head);
+                    stats.gap += self.pending.len() as u64 + in_progress;
+                    stats.mid_stream_connections += 1;
+                    self.mid_stream = true;
+                    self.clear();
+                    if cfg.resync_mid_stream {
+                        self.resync = Some(Box::default());
+                    } else {
+                        self.stopped = true;
+                    }
+                }
+            }
+            FlowEvent::Data { side, data, ts_ns, .. } => {
+                if self.stopped {
+                    self.skipped(data.len(), stats);
+                } else if self.resync.is_some() {
+                    self.resync_data(side, data, ts_ns, cfg, stats, out);
+                    if self.resync.is_none() && std::mem::take(&mut self.server_fin_held) {
+                        self.server_input(Input::Fin, cfg, stats, out);
+                    }
+                } else if side == Side::Client {
+                    self.client_data(data, ts_ns, cfg, stats, out);
+                } else {
+                    self.server_input(Input::Data(data, ts_ns), cfg, stats, out);
+                }
+            }
+            FlowEvent::Gap { side, len, .. } => {
+                if self.stopped {
+                    self.skipped(len as usize, stats);
+                } else if self.resync.is_some() {
+                    // Whatever was being put together around the hole is no longer provable.
+                    self.skipped(len as usize, stats);
+                    stats.gap += self.restart_resync();
+                } else if side == Side::Client {
+                    if self.requests.gap(len).is_err() {
+                        self.stop(Stop::Gap, stats);
+                    }
+                } else {
+                    self.server_input(Input::Gap(len), cfg, stats, out);
+                }
+            }
+            FlowEvent::Fin { side: Side::Server, .. } if self.resync.is_some() => {
+                self.server_fin_held = true;
+            }
+            FlowEvent::Fin { side: Side::Server, .. } => {
+                if !self.stopped {
+                    self.server_input(Input::Fin, cfg, stats, out);
+                }
+            }
+            // The client's half-close ends requests only; what is unfinished is counted at close.
+            FlowEvent::Fin { side: Side::Client, .. } => {}
+            FlowEvent::Closed { reason, .. } => self.close(reason, stats),
+        }
+    }
+
+    /// Stops parsing because the total HTTP buffer limit was hit.
+    pub fn abort_memory_limit(&mut self, stats: &mut AssemblyDrops) {
+        if !self.stopped {
+            self.stop(Stop::MemoryLimit, stats);
+        }
+    }
+
+    pub(super) fn skipped(&self, len: usize, stats: &mut AssemblyDrops) {
+        if self.mid_stream {
+            stats.mid_stream_skipped_bytes += len as u64;
+        } else {
+            stats.desync_skipped_bytes += len as u64;
+        }
+    }
+
+    /// Stops parsing: every exchange in progress is dropped and counted under `why`.
+    pub(super) fn stop(&mut self, why: Stop, stats: &mut AssemblyDrops) {
+        let in_progress = u64::from(self.requests.started && self.requests.phase == Phase::Head);
+        let lost = (self.pending.len() as u64 + in_progress).max(1);
+        if why == Stop::Gap {
+            stats.gap_desync_connections += 1;
+        }
+        *why.counter(stats) += lost;
+        self.stopped = true;
+        self.clear();
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.backlog.clear();
+        self.backlog_bytes = 0;
+        self.requests = Reader::default();
+        self.responses = Reader { timed: true, ..Reader::default() };
+    }
+
+    pub(super) fn close(&mut self, reason: CloseReason, stats: &mut AssemblyDrops) {
+        if self.stopped {
+            self.clear();
+            return;
+        }
+        // After a clean end, say what was missing; otherwise, say how the connection ended.
+        let counter = |stats: &mut AssemblyDrops, clean: fn(&mut AssemblyDrops) -> &mut u64| {
+            let c = match reason {
+                CloseReason::Finished => clean(stats),
+                CloseReason::Reset => &mut stats.reset_with_pending,
+                CloseReason::IdleTimeout => &mut stats.idle_timeout_with_pending,
+                CloseReason::Evicted | CloseReason::Reused => &mut stats.evicted_with_pending,
+            };
+            *c += 1;
+        };
+        for p in &self.pending {
+            if p.response.is_some() && !p.response_done {
+                counter(stats, |s| &mut s.truncated_response);
+            } else if !p.request_done {
+                counter(stats, |s| &mut s.truncated_request);
+            } else {
+                counter(stats, |s| &mut s.unanswered_request);
+            }
+        }
+        if self.requests.started && self.requests.phase == Phase::Head {
+            counter(stats, |s| &mut s.truncated_request);
+        }
+        if self.backlog.iter().any(|i| matches!(i, Input::Data(..))) {
+            stats.unpaired_response += 1;
+        }
+        self.clear();
+    }
+
+    pub(super) fn client_data(
+        &mut self,
+        mut data: Bytes,
+        ts: u64,
+        cfg: &HttpConfig,
+        stats: &mut AssemblyDrops,
+        out: &mut Vec<Assembled>,
+    ) {
+        while !data.is_empty() {
+            if self.stopped {
+                self.skipped(data.len(), stats);
+                return;
+            }
+            if self.requests.phase == Phase::Head {
+                let head = match self.requests.take_head(&mut data, ts, cfg, Side::Client) {
+                    Ok(HeadResult::Partial) => return,
+                    Ok(HeadResult::Complete(head)) => head,
+                    Err(why) => return self.stop(why, stats),
+                };
+                if self.pending.len() >= cfg.max_pipelined {
+                    return self.stop(Stop::PipelineOverflow, stats);
+                }
+                let RequestHead { request, framing } = match parse_request(&head, cfg) {
+                    Ok(parsed) => parsed,
+                    Err(why) => return self.stop(why, stats),
+                };
+                self.requests.phase = framing.phase();
+                let expect_continue = has_token(&request.headers, "expect", "100-continue");
+                let id = ExchangeId { connection: self.conn_id, seq: self.next_seq };
+                self.next_seq += 1;
+                self.pending.push_back(Pending {
+                    id,
+                    request,
+                    expect_continue,
+                    request_done: false,
+                    request_first_ns: self.requests.first_ts,
+                    request_last_ns: ts,
+                    response: None,
+                    response_done: false,
+                    response_first_ns: 0,
+                    response_last_ns: 0,
+                    damage: None,
+                    bytes: 0,
+                });
+            }
+            // Called even with no data left: a message without body completes with its head.
+            match self.requests.feed_body(&mut data, ts, cfg, Stop::MalformedRequest) {
+                Ok(true) => self.finish_request(stats, out),
+                Ok(false) => {}
+                Err(why) => return self.stop(why, stats),
+            }
+            // Response bytes captured before this request may now have a request to answer.
+            if !self.backlog.is_empty() {
+                self.drive_server(cfg, stats, out);
+            }
+        }
+    }
+
+    pub(super) fn finish_request(&mut self, stats: &mut AssemblyDrops, out: &mut Vec<Assembled>) {
+        let Finished { body, trailers, last, damage, .. } = self.requests.finish();
+        if let Some(p) = self.pending.back_mut() {
+            p.request.body = body;
+            p.request.trailers = trailers;
+            p.request_done = true;
+            p.request_last_ns = last;
+            p.damage = p.damage.or(damage);
+            p.bytes += p.request.body.len();
+            self.pending_bytes += p.request.body.len();
+            if self.announce && p.damage.is_none() {
+                // Bodies and header values are reference-counted: the copy is cheap.
+                out.push(Assembled::Request(ReadyRequest {
+                    id: p.id,
+                    client: self.client,
+                    server: self.server,
+                    request: p.request.clone(),
+                    first_ns: p.request_first_ns,
+                    last_ns: p.request_last_ns,
+                }));
+            }
+        }
+        self.emit(stats, out);
+    }
+
+    pub(super) fn server_input(
+        &mut self,
+        input: Input,
+        cfg: &HttpConfig,
+        stats: &mut AssemblyDrops,
+        out: &mut Vec<Assembled>,
+    ) {
+        if let Input::Data(d, _) = &input {
+            self.backlog_bytes += d.len();
+        }
+        self.backlog.push_back(input);
+        self.drive_server(cfg, stats, out);
+        if !self.stopped && self.backlog_bytes > cfg.max_backlog_bytes {
+            self.stop(Stop::UnpairedResponse, stats);
+        }
+    }
+
+    /// Frames backlogged response bytes as far as the known requests allow.
+    pub(super) fn drive_server(
+        &mut self,
+        cfg: &HttpConfig,
+        stats: &mut AssemblyDrops,
+        out: &mut Vec<Assembled>,
+    ) {
+        while let Some(input) = self.backlog.pop_front() {
+            if self.stopped {
+                return;
+            }
+            match input {
+                Input::Data(mut data, ts) => {
+                    self.backlog_bytes -= data.len();
+                    let blocked = self.server_data(&mut data, ts, cfg, stats, out);
+                    if !data.is_empty() && !self.stopped {
+                        self.backlog_bytes += data.len();
+                        self.backlog.push_front(Input::Data(data, ts));
+                    }
+                    if blocked {
+                        return;
+                    }
+                }
+                Input::Gap(len) => {
+                    if self.responses.phase == Phase::Head || self.responses.gap(len).is_err() {
+                        return self.stop(Stop::Gap, stats);
+                    }
+                }
+                Input::Fin => {
+                    if self.responses.phase == Phase::UntilClose {
+                        self.finish_response(stats, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frames response bytes; returns `true` when a response head is due but no request waits.
+    pub(super) fn server_data(
+        &mut self,
+        data: &mut Bytes,
+        ts: u64,
+        cfg: &HttpConfig,
+        stats: &mut AssemblyDrops,
+        out: &mut Vec<Assembled>,
+    ) -> bool {
+        while !data.is_empty() {
+            if self.stopped {
+                return false;
+            }
+            if self.responses.phase == Phase::Head {
+                let Some(idx) = self.pending.iter().position(|p| p.response.is_none()) else {
+                    return true;
+                };
+                let head = match self.responses.take_head(data, ts, cfg, Side::Server) {
+                    Ok(HeadResult::Partial) => return false,
+                    Ok(HeadResult::Complete(head)) => head,
+                    Err(why) => {
+                        self.stop(why, stats);
+                        return false;
+                    }
+                };
+                let response = match parse_response(&head, cfg) {
+                    Ok(r) => r,
+                    Err(why) => {
+                        self.stop(why, stats);
+                        return false;
+                    }
+                };
+                match response.status {
+                    101 => {
+                        self.stop(Stop::Upgrade, stats);
+                        return false;
+                    }
+                    // Interim responses (100 Continue, 103 Early Hints) are not paired.
+                    100..=199 => {
+                        self.responses.reset();
+                        continue;
+                    }
+                    _ => {}
+                }
+                let p = &self.pending[idx];
+                if p.expect_continue && !p.request_done {
+                    // A final answer to `Expect: 100-continue` may mean the body is never sent:
+                    // the client's next bytes could be a body or a request. Not provable.
+                    self.stop(Stop::ExpectAmbiguous, stats);
+                    return false;
+                }
+                let framing = if p.request.method.eq_ignore_ascii_case("HEAD")
+                    || matches!(response.status, 204 | 304)
+                {
+                    Some(Framing::None)
+                } else {
+                    body_framing(&response.headers, false)
+                };
+                let Some(framing) = framing else {
+                    self.stop(Stop::MalformedResponse, stats);
+                    return false;
+                };
+                self.responses.phase = framing.phase();
+                let first = self.responses.first_ts;
+                let p = &mut self.pending[idx];
+                p.response = Some(response);
+                p.response_first_ns = first;
+                p.response_last_ns = ts;
+            }
+            match self.responses.feed_body(data, ts, cfg, Stop::MalformedResponse) {
+                Ok(true) => self.finish_response(stats, out),
+                Ok(false) => {}
+                Err(why) => {
+                    self.stop(why, stats);
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    pub(super) fn finish_response(&mut self, stats: &mut AssemblyDrops, out: &mut Vec<Assembled>) {
+        let Finished { body, arrivals, trailers, last, damage } = self.responses.finish();
+        if let Some(p) = self.pending.iter_mut().find(|p| p.response.is_some() && !p.response_done)
+            && let Some(resp) = p.response.as_mut()
+        {
+            p.bytes += body.len();
+            self.pending_bytes += body.len();
+            resp.body = body;
+            resp.arrivals = arrivals;
+            resp.trailers = trailers;
+            p.response_done = true;
+            p.response_last_ns = last;
+            p.damage = p.damage.or(damage);
+        }
+        self.emit(stats, out);
+    }
+
+    /// Emits the exchanges at the front of the queue that are complete on both sides.
+    pub(super) fn emit(&mut self, stats: &mut AssemblyDrops, out: &mut Vec<Assembled>) {
+        while self.pending.front().is_some_and(|p| p.request_done && p.response_done) {
+            let Some(p) = self.pending.pop_front() else { break };
+            self.pending_bytes -= p.bytes;
+            match p.damage {
+                Some(Damage::Gap) => stats.gap += 1,
+                Some(Damage::BodyTooLarge) => stats.body_too_large += 1,
+                None => {}
+            }
+            if p.damage.is_some() {
+                continue;
+            }
+            let Some(response) = p.response else { continue };
+            out.push(Assembled::Exchange(Exchange {
+                id: p.id,
+                stream_id: None,
+                client: self.client,
+                server: self.server,
+                request: p.request,
+                response,
+                timing: Timing {
+                    request_first_ns: p.request_first_ns,
+                    request_last_ns: p.request_last_ns,
+                    response_first_ns: p.response_first_ns,
+                    response_last_ns: p.response_last_ns,
+                },
+            }));
+        }
+    }
+}
