@@ -11,6 +11,7 @@ pub mod kube_api;
 pub mod model_server;
 pub mod netns;
 pub mod pcap_streams;
+pub mod python;
 
 use std::{path::PathBuf, process::Child};
 
