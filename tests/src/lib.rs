@@ -6,6 +6,7 @@
 pub mod client;
 pub mod daemon;
 pub mod gate;
+pub mod grpc;
 pub mod journal;
 pub mod kube_api;
 pub mod model_server;
