@@ -6,11 +6,13 @@
 pub mod client;
 pub mod daemon;
 pub mod gate;
+pub mod grpc;
 pub mod journal;
 pub mod kube_api;
 pub mod model_server;
 pub mod netns;
 pub mod pcap_streams;
+pub mod python;
 
 use std::{path::PathBuf, process::Child};
 

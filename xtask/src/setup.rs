@@ -2,7 +2,8 @@
 //!
 //! Debian provides a rustc (1.96) with a prebuilt `core` for `bpfel-unknown-none`
 //! (`libstd-rust-web-dev-bpf`), so no nightly `-Z build-std` is needed; bpf-linker is built from
-//! crates.io against Debian's LLVM 22. Test tools (tcpdump, wrk, curl, python3) come from Debian too.
+//! crates.io against Debian's LLVM 22. Test tools (tcpdump, wrk, curl, python3) come from Debian too;
+//! the Python gRPC stack of the tests is a pinned virtualenv (`mirror_tests::python`).
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
@@ -24,6 +25,7 @@ pub const PACKAGES: &[&str] = &[
     "curl",
     "wrk",
     "python3",
+    "python3-venv",
     "util-linux",
     // systemd-journald, journalctl and systemd-analyze for the logging and unit tests.
     "systemd",
@@ -119,6 +121,8 @@ pub fn run() -> Result<()> {
         )?;
     }
     ensure_cargo_fuzz()?;
+    let python = mirror_tests::python::prepare()?;
+    eprintln!("setup: Python gRPC test environment at {}", python.root.display());
     if !succeeds(Command::new("/usr/bin/rustc").arg("--version")) {
         bail!("/usr/bin/rustc (Debian's rustc-web) does not run after setup");
     }
