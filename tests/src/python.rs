@@ -9,7 +9,6 @@
 //! another and an interrupted install never leaves a half-made environment behind.
 //! `cargo xtask setup` prepares it up front; tests prepare it on first use otherwise.
 use std::{
-    fmt,
     fs::{self, File},
     io,
     os::fd::AsRawFd,
@@ -56,27 +55,15 @@ impl PythonEnv {
 }
 
 /// Why the environment could not be made.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PythonEnvError {
     /// A file or directory operation failed.
+    #[error("preparing the Python test environment: {what}: {error}")]
     Io { what: String, error: io::Error },
     /// A step (venv, pip, protoc, the import check) could not start or exited with an error.
+    #[error("preparing the Python test environment: {step} failed\n  command: {command}\n{detail}\n  {hint}")]
     Step { step: &'static str, command: String, detail: String, hint: &'static str },
 }
-
-impl fmt::Display for PythonEnvError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io { what, error } => write!(f, "preparing the Python test environment: {what}: {error}"),
-            Self::Step { step, command, detail, hint } => write!(
-                f,
-                "preparing the Python test environment: {step} failed\n  command: {command}\n{detail}\n  {hint}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for PythonEnvError {}
 
 const PIP_HINT: &str = "pip installs tests/python/requirements.txt from PyPI: check that PyPI (or the \
      mirror in PIP_INDEX_URL) is reachable and that every pinned version has a wheel for this Python, \
