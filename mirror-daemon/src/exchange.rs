@@ -6,7 +6,7 @@
 //! timestamps, and which protocol (and HTTP/2 stream) carried it — never how it was framed.
 use std::{fmt, net::SocketAddr};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// One header field; the value keeps the wire bytes (it need not be UTF-8).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +115,86 @@ impl Arrivals {
 
     pub fn clear(&mut self) {
         self.pieces.clear();
+    }
+}
+
+/// A body being received piece by piece (a content-length body, chunks, HTTP/2 DATA frames):
+/// bounded, and zero-copy when it came in one piece.
+#[derive(Debug, Default)]
+pub struct BodyBuilder {
+    parts: Vec<Bytes>,
+    len: usize,
+    /// Keep the [`Arrivals`] of the pieces (for responses).
+    timed: bool,
+    arrivals: Arrivals,
+    too_large: bool,
+}
+
+impl BodyBuilder {
+    /// A builder that also keeps when each piece arrived.
+    pub fn timed() -> Self {
+        Self { timed: true, ..Self::default() }
+    }
+
+    /// Appends a piece captured at `ts_ns`. Beyond `max` bytes the body is dropped (its pieces
+    /// released) and only [`Self::too_large`] remains.
+    pub fn push(&mut self, part: Bytes, ts_ns: u64, max: usize) {
+        if self.too_large || part.is_empty() {
+            return;
+        }
+        if self.len + part.len() > max {
+            self.too_large = true;
+            self.parts.clear();
+            self.len = 0;
+            self.arrivals.clear();
+            return;
+        }
+        self.len += part.len();
+        self.parts.push(part);
+        if self.timed {
+            self.arrivals.push(self.len as u64, ts_ns);
+        }
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The body grew over its limit.
+    pub fn too_large(&self) -> bool {
+        self.too_large
+    }
+
+    /// The whole body and its arrivals; one copy only when it came in several pieces. The
+    /// builder is empty afterwards (and keeps whether it is timed).
+    pub fn take(&mut self) -> (Bytes, Arrivals) {
+        let body = match self.parts.len() {
+            0 => Bytes::new(),
+            1 => self.parts.pop().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.len);
+                for part in self.parts.drain(..) {
+                    all.extend_from_slice(&part);
+                }
+                all.freeze()
+            }
+        };
+        self.len = 0;
+        self.too_large = false;
+        (body, std::mem::take(&mut self.arrivals))
+    }
+
+    /// Forgets everything received (keeps whether it is timed).
+    pub fn clear(&mut self) {
+        self.parts.clear();
+        self.len = 0;
+        self.too_large = false;
+        self.arrivals.clear();
     }
 }
 

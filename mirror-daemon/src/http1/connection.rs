@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     drops::AssemblyDrops,
-    exchange::{Assembled, Exchange, ExchangeId, ReadyRequest, Request, Response, Timing},
+    exchange::{Assembled, BodyBuilder, Exchange, ExchangeId, ReadyRequest, Request, Response, Timing},
     flows::{CloseReason, FlowEvent, Side},
 };
 
@@ -85,7 +85,7 @@ impl Connection {
             resync: None,
             server_fin_held: false,
             requests: Reader::default(),
-            responses: Reader { timed: true, ..Reader::default() },
+            responses: Reader { body: BodyBuilder::timed(), ..Reader::default() },
             pending: VecDeque::new(),
             pending_bytes: 0,
             backlog: VecDeque::new(),
@@ -208,7 +208,7 @@ impl Connection {
         self.backlog.clear();
         self.backlog_bytes = 0;
         self.requests = Reader::default();
-        self.responses = Reader { timed: true, ..Reader::default() };
+        self.responses = Reader { body: BodyBuilder::timed(), ..Reader::default() };
     }
 
     pub(super) fn close(&mut self, reason: CloseReason, stats: &mut AssemblyDrops) {

@@ -7,7 +7,7 @@ use super::{
     head::{head_len, to_headers},
 };
 use crate::{
-    exchange::{Arrivals, Header},
+    exchange::{Arrivals, BodyBuilder, Header},
     flows::Side,
 };
 
@@ -39,17 +39,12 @@ pub(super) struct Reader {
     /// Chunk-size line or trailer block split across segments.
     pub(super) line_buf: BytesMut,
     pub(super) trailer_buf: BytesMut,
-    pub(super) body: Vec<Bytes>,
-    pub(super) body_len: usize,
-    pub(super) too_large: bool,
+    pub(super) body: BodyBuilder,
     pub(super) damaged: bool,
     /// A byte of the current message has been seen.
     pub(super) started: bool,
     pub(super) first_ts: u64,
     pub(super) last_ts: u64,
-    /// Keep the body's [`Arrivals`] (for responses).
-    pub(super) timed: bool,
-    pub(super) arrivals: Arrivals,
 }
 
 pub(super) enum HeadResult {
@@ -60,7 +55,7 @@ pub(super) enum HeadResult {
 
 impl Reader {
     pub(super) fn buffered(&self) -> usize {
-        self.head_buf.len() + self.line_buf.len() + self.trailer_buf.len() + self.body_len
+        self.head_buf.len() + self.line_buf.len() + self.trailer_buf.len() + self.body.len()
     }
 
     /// Records that bytes captured at `ts` belong to the current message. Segments can be captured
@@ -82,11 +77,8 @@ impl Reader {
         self.line_buf.clear();
         self.trailer_buf.clear();
         self.body.clear();
-        self.body_len = 0;
-        self.too_large = false;
         self.damaged = false;
         self.started = false;
-        self.arrivals.clear();
     }
 
     /// Extracts a complete head from `data` (zero-copy when one segment holds it).
@@ -128,42 +120,6 @@ impl Reader {
         }
     }
 
-    pub(super) fn push_body(&mut self, part: Bytes, ts: u64, cfg: &HttpConfig) {
-        if self.too_large || part.is_empty() {
-            return;
-        }
-        if self.body_len + part.len() > cfg.max_body_bytes {
-            self.too_large = true;
-            self.body.clear();
-            self.body_len = 0;
-            self.arrivals.clear();
-            return;
-        }
-        self.body_len += part.len();
-        self.body.push(part);
-        if self.timed {
-            self.arrivals.push(self.body_len as u64, ts);
-        }
-    }
-
-    /// The de-chunked body; one copy only when it arrived in several pieces.
-    pub(super) fn take_body(&mut self) -> Bytes {
-        let body = match self.body.len() {
-            0 => Bytes::new(),
-            1 => self.body.pop().unwrap_or_default(),
-            _ => {
-                let mut all = BytesMut::with_capacity(self.body_len);
-                for part in self.body.drain(..) {
-                    all.extend_from_slice(&part);
-                }
-                all.freeze()
-            }
-        };
-        self.body.clear();
-        self.body_len = 0;
-        body
-    }
-
     /// Consumes body bytes; `Ok(true)` when the message is complete.
     pub(super) fn feed_body(
         &mut self,
@@ -183,7 +139,7 @@ impl Reader {
                     }
                     let n = rest.min(data.len() as u64) as usize;
                     let part = data.split_to(n);
-                    self.push_body(part, ts, cfg);
+                    self.body.push(part, ts, cfg.max_body_bytes);
                     let rest = rest - n as u64;
                     self.phase = match self.phase {
                         Phase::Length(_) => Phase::Length(rest),
@@ -193,7 +149,7 @@ impl Reader {
                 }
                 Phase::UntilClose => {
                     let part = std::mem::take(data);
-                    self.push_body(part, ts, cfg);
+                    self.body.push(part, ts, cfg.max_body_bytes);
                     return Ok(false);
                 }
                 Phase::ChunkSize => {
@@ -254,14 +210,15 @@ impl Reader {
     pub(super) fn finish(&mut self) -> Finished {
         let damage = if self.damaged {
             Some(Damage::Gap)
-        } else if self.too_large {
+        } else if self.body.too_large() {
             Some(Damage::BodyTooLarge)
         } else {
             None
         };
+        let (body, arrivals) = self.body.take();
         let finished = Finished {
-            body: self.take_body(),
-            arrivals: std::mem::take(&mut self.arrivals),
+            body,
+            arrivals,
             trailers: self.take_trailers(),
             last: self.last_ts,
             damage,
