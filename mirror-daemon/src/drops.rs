@@ -127,7 +127,8 @@ counters! {
             /// chosen to resynchronise at did not start with a status line (a pipelining client, or a
             /// retransmission).
             mid_stream_resync_failed,
-            /// Bytes skipped on connections that stopped being parsed (gap, malformed, unsupported, limit).
+            /// Bytes skipped on connections that stopped being parsed (gap, malformed, unsupported,
+            /// limit), and HTTP/2 DATA of streams that are not rebuilt.
             desync_skipped_bytes,
             /// Exchanges whose head exceeded the header size limit or the header count limit.
             header_too_large,
@@ -143,8 +144,6 @@ counters! {
             unsupported_upgrade,
             /// Exchanges on `CONNECT` tunnels.
             unsupported_connect,
-            /// Connections that opened with the HTTP/2 preface.
-            unsupported_http2_connections,
             /// Responses with no request to pair with.
             unpaired_response,
             /// Requests that got no response before the connection ended.
@@ -164,6 +163,28 @@ counters! {
             /// Connections stopped because a final response to `Expect: 100-continue` came before the
             /// request body: whether the body follows cannot be proven.
             expect_ambiguous,
+            /// HTTP/2 streams whose header block refers to table entries inserted before capture began
+            /// (or before bytes were lost): their fields cannot be proven, so they are not rebuilt.
+            h2_unresolved_headers,
+            /// HTTP/2 streams whose header block could not be decoded (malformed HPACK); the
+            /// direction's table is forgotten and rebuilt from later blocks.
+            h2_hpack_errors,
+            /// HTTP/2 streams pushed by the server (`PUSH_PROMISE`): not rebuilt.
+            h2_push_promised_streams,
+            /// HTTP/2 exchanges ended by `RST_STREAM` with `CANCEL` (a client gave up, e.g. a
+            /// deadline).
+            h2_reset_cancel,
+            /// HTTP/2 exchanges ended by `RST_STREAM` with `REFUSED_STREAM` (not processed).
+            h2_reset_refused_stream,
+            /// HTTP/2 exchanges ended by `RST_STREAM` with any other code.
+            h2_reset_other,
+            /// HTTP/2 streams above the last stream a `GOAWAY` said would be processed.
+            h2_goaway_unprocessed,
+            /// HTTP/2 streams beyond the per-connection limit of streams tracked at once.
+            h2_stream_limit,
+            /// HTTP/2 connections whose framing broke a rule that fixes frame boundaries (a frame over
+            /// the size limit, a misplaced CONTINUATION, a bad preface): not parsed further.
+            h2_framing_error_connections,
         }
     }
 }

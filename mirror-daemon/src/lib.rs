@@ -11,6 +11,7 @@
 //! - [`assembler`]: the pure pipeline from segments to exchanges: reassembly, then per connection
 //!   the framing of its protocol.
 //! - [`http1`]: HTTP/1.x framing and first-in-first-out request/response pairing per connection.
+//! - [`http2`]: HTTP/2 framing, HPACK and one exchange per stream, paired by stream id.
 //! - [`exchange`]: the rebuilt [`exchange::Exchange`]s, whatever protocol carried them: what every
 //!   later stage works on.
 //! - [`replay`], [`compare`], [`mirror`], [`report`]: replay to shadows, comparison, and reporting.
@@ -27,7 +28,9 @@ pub mod discovery;
 pub mod drops;
 pub mod exchange;
 pub mod flows;
+pub mod framing;
 pub mod http1;
+pub mod http2;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;

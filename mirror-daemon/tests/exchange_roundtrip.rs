@@ -11,7 +11,7 @@ use mirror_daemon::{
     capture::Segment,
     exchange::{Assembled, Exchange, ExchangeId, Header, Request, Response},
     flows::{FlowConfig, FlowLimits},
-    http1::HttpConfig,
+    framing::HttpConfig,
 };
 use proptest::prelude::*;
 

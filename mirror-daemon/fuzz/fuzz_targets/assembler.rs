@@ -13,7 +13,7 @@ use mirror_daemon::{
     assembler::{Assembler, AssemblerConfig},
     exchange::Assembled,
     flows::{FlowConfig, FlowLimits},
-    http1::HttpConfig,
+    framing::HttpConfig,
 };
 
 const FLOW_TOTAL: usize = 256 << 10;

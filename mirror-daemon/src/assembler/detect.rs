@@ -5,9 +5,19 @@
 //! for HTTP/1.x, whose framing then checks every head. Until the client's first bytes tell, a
 //! connection's events wait here (bounded): server bytes can be captured before the client's, since
 //! the two directions come from different hooks.
+//!
+//! A connection first seen mid-stream has no preface to look at. Its client bytes are offered to an
+//! HTTP/2 frame reader looking for frame boundaries: when it finds a chain of frames, the connection
+//! is HTTP/2; a client chunk that starts like an HTTP/1.x request, or a server chunk that starts
+//! like a status line, makes it HTTP/1.x (whose framing counts it, or resynchronises it when asked).
+//! So gRPC connections that were open before the daemon started are picked up as soon as one of
+//! their streams can be proven.
 use std::net::SocketAddr;
 
-use crate::flows::{ConnKey, FlowEvent, Side};
+use crate::{
+    flows::{ConnKey, FlowEvent, Side},
+    http2::frame::{FrameEvent, FrameReader},
+};
 
 /// The HTTP/2 client connection preface.
 pub const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -20,6 +30,9 @@ pub struct Detect {
     /// The client's first bytes so far (at most the preface's length).
     client_start: Vec<u8>,
     buffered: usize,
+    /// A side was first seen mid-connection: an HTTP/2 frame reader looks at the client's bytes.
+    probe: Option<Box<FrameReader>>,
+    frames: Vec<FrameEvent>,
 }
 
 /// What [`Detect::push`] found.
@@ -29,13 +42,20 @@ pub enum Detected {
     NotYet,
     /// HTTP/1.x: these events, in order, start the connection.
     Http1(Vec<FlowEvent>),
-    /// The HTTP/2 preface; `skipped` bytes were waiting.
-    Http2 { skipped: u64 },
+    /// HTTP/2 (the preface, or frames found mid-stream): these events start the connection.
+    Http2(Vec<FlowEvent>),
 }
 
 impl Detect {
     pub fn new(key: ConnKey) -> Self {
-        Self { key, events: Vec::new(), client_start: Vec::new(), buffered: 0 }
+        Self {
+            key,
+            events: Vec::new(),
+            client_start: Vec::new(),
+            buffered: 0,
+            probe: None,
+            frames: Vec::new(),
+        }
     }
 
     pub fn client(&self) -> SocketAddr {
@@ -51,10 +71,27 @@ impl Detect {
         self.buffered
     }
 
-    /// Takes the connection's next event. Waiting server bytes beyond `max_waiting` decide for
-    /// HTTP/1.x, whose framing bounds and counts them like any response without a request.
+    /// Takes the connection's next event. Waiting bytes beyond `max_waiting` decide for HTTP/1.x,
+    /// whose framing bounds and counts them like any response without a request.
     pub fn push(&mut self, event: FlowEvent, max_waiting: usize) -> Detected {
+        if let FlowEvent::Data { data, .. } = &event {
+            self.buffered += data.len();
+        }
         let decided = match &event {
+            FlowEvent::StreamStart { mid_stream: true, .. } => {
+                self.probe.get_or_insert_with(|| Box::new(FrameReader::mid_stream()));
+                None
+            }
+            FlowEvent::Data { side: Side::Client, data, ts_ns, .. } if self.probe.is_some() => {
+                if may_start_request(data) {
+                    Some(false)
+                } else {
+                    self.probe_frames(data.clone(), *ts_ns)
+                }
+            }
+            FlowEvent::Data { side: Side::Server, data, .. } if self.probe.is_some() => {
+                data.starts_with(b"HTTP/1.").then_some(false)
+            }
             FlowEvent::Data { side: Side::Client, data, .. } => {
                 let take = (HTTP2_PREFACE.len() - self.client_start.len()).min(data.len());
                 self.client_start.extend_from_slice(&data[..take]);
@@ -66,36 +103,60 @@ impl Detect {
                     None
                 }
             }
-            FlowEvent::Data { side: Side::Server, data, .. } => {
-                self.buffered += data.len();
-                (self.buffered > max_waiting).then_some(false)
+            FlowEvent::Data { side: Side::Server, .. }
+            | FlowEvent::Opened { .. }
+            | FlowEvent::StreamStart { mid_stream: false, .. }
+            | FlowEvent::Fin { side: Side::Server, .. } => None,
+            FlowEvent::Gap { side: Side::Client, len, .. } if self.probe.is_some() => {
+                if let Some(probe) = self.probe.as_mut() {
+                    probe.gap(*len, &mut self.frames);
+                    self.frames.clear();
+                }
+                None
             }
-            FlowEvent::Opened { .. } | FlowEvent::StreamStart { mid_stream: false, .. } => None,
-            FlowEvent::Fin { side: Side::Server, .. } => None,
-            // A stream first seen mid-connection, a gap before the first bytes, the client's end
-            // or the connection's: HTTP/1.x framing knows how to count each.
-            FlowEvent::StreamStart { mid_stream: true, .. }
-            | FlowEvent::Gap { .. }
-            | FlowEvent::Fin { side: Side::Client, .. }
-            | FlowEvent::Closed { .. } => Some(false),
+            FlowEvent::Gap { side: Side::Server, .. } if self.probe.is_some() => None,
+            // A gap before the first bytes, the client's end or the connection's: HTTP/1.x framing
+            // knows how to count each.
+            FlowEvent::Gap { .. } | FlowEvent::Fin { side: Side::Client, .. } | FlowEvent::Closed { .. } => {
+                Some(false)
+            }
         };
-        if let FlowEvent::Data { side: Side::Client, data, .. } = &event {
-            self.buffered += data.len();
-        }
+        let decided = decided.or((self.buffered > max_waiting).then_some(false));
         self.events.push(event);
         match decided {
             None => Detected::NotYet,
-            Some(false) => {
+            Some(http2) => {
                 self.buffered = 0;
-                Detected::Http1(std::mem::take(&mut self.events))
-            }
-            Some(true) => {
-                let skipped = std::mem::take(&mut self.buffered) as u64;
-                self.events.clear();
-                Detected::Http2 { skipped }
+                self.probe = None;
+                let events = std::mem::take(&mut self.events);
+                if http2 { Detected::Http2(events) } else { Detected::Http1(events) }
             }
         }
     }
+
+    /// Offers client bytes of a mid-stream connection to the HTTP/2 frame reader: `Some(true)` once
+    /// it found frame boundaries, `Some(false)` when it gave up.
+    fn probe_frames(&mut self, data: bytes::Bytes, ts_ns: u64) -> Option<bool> {
+        let probe = self.probe.as_mut()?;
+        probe.push(data, ts_ns, &mut self.frames);
+        let found = self.frames.iter().any(|f| matches!(f, FrameEvent::Synced { .. }));
+        let failed = probe.is_stopped();
+        self.frames.clear();
+        if found {
+            Some(true)
+        } else if failed {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether a chunk starts like an HTTP/1.x request line.
+fn may_start_request(data: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] =
+        [b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"TRACE ", b"CONNECT "];
+    METHODS.iter().any(|m| data.starts_with(m))
 }
 
 #[cfg(test)]
@@ -117,10 +178,11 @@ mod tests {
         let mut d = Detect::new(key());
         assert!(matches!(d.push(data(Side::Server, b"\0\0\0\x04\0\0\0\0\0"), 1024), Detected::NotYet));
         assert!(matches!(d.push(data(Side::Client, b"PRI * HTTP/2.0\r\n"), 1024), Detected::NotYet));
-        assert!(matches!(
-            d.push(data(Side::Client, b"\r\nSM\r\n\r\n\0\0"), 1024),
-            Detected::Http2 { skipped: 35 }
-        ));
+        let Detected::Http2(events) = d.push(data(Side::Client, b"\r\nSM\r\n\r\n\0\0"), 1024) else {
+            panic!("the preface is HTTP/2")
+        };
+        assert_eq!(events.len(), 3, "every event kept, in order");
+        assert!(matches!(&events[0], FlowEvent::Data { side: Side::Server, .. }));
     }
 
     #[test]
@@ -134,7 +196,10 @@ mod tests {
         assert!(matches!(&events[0], FlowEvent::Data { side: Side::Server, .. }));
         let mut d = Detect::new(key());
         let started = FlowEvent::StreamStart { id: 1, side: Side::Client, mid_stream: true };
-        assert!(matches!(d.push(started, 1024), Detected::Http1(e) if e.len() == 1));
+        assert!(matches!(d.push(started, 1024), Detected::NotYet), "mid-stream: the bytes tell");
+        assert!(
+            matches!(d.push(data(Side::Client, b"GET / HTTP/1.1\r\n"), 1024), Detected::Http1(e) if e.len() == 2)
+        );
     }
 
     #[test]

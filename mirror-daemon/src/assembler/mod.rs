@@ -22,7 +22,8 @@ use crate::{
     drops::AssemblyDrops,
     exchange::Assembled,
     flows::{ConnId, FlowConfig, FlowEvent, FlowTable},
-    http1::{self, HttpConfig},
+    framing::HttpConfig,
+    http1, http2,
 };
 
 /// Configuration of the whole pipeline.
@@ -40,8 +41,7 @@ enum Conn {
     /// Its protocol is not known yet: events wait until the client's first bytes tell.
     Detecting(Detect),
     Http1(Box<http1::Connection>),
-    /// Not parsed (a protocol not rebuilt here); its bytes are counted as skipped.
-    Skipped,
+    Http2(Box<http2::Connection>),
 }
 
 impl Conn {
@@ -49,7 +49,7 @@ impl Conn {
         match self {
             Conn::Detecting(detect) => detect.buffered(),
             Conn::Http1(conn) => conn.buffered(),
-            Conn::Skipped => 0,
+            Conn::Http2(conn) => conn.buffered(),
         }
     }
 }
@@ -134,33 +134,36 @@ impl Assembler {
                         }
                         *conn = Conn::Http1(http);
                     }
-                    Detected::Http2 { skipped } => {
-                        self.drops.unsupported_http2_connections += 1;
-                        self.drops.desync_skipped_bytes += skipped;
-                        *conn = Conn::Skipped;
+                    Detected::Http2(events) => {
+                        let mut h2 = Box::new(http2::Connection::new(
+                            detect.client(),
+                            detect.server(),
+                            &self.http_config,
+                        ));
+                        h2.identify(id, self.announce_requests);
+                        for event in events {
+                            h2.handle(event, &self.http_config, &mut self.drops, out);
+                        }
+                        *conn = Conn::Http2(h2);
                     }
                 },
                 Conn::Http1(http) => http.handle(event, &self.http_config, &mut self.drops, out),
-                Conn::Skipped => {
-                    if let FlowEvent::Data { data, .. } = &event {
-                        self.drops.desync_skipped_bytes += data.len() as u64;
-                    } else if let FlowEvent::Gap { len, .. } = &event {
-                        self.drops.desync_skipped_bytes += *len;
-                    }
-                }
+                Conn::Http2(h2) => h2.handle(event, &self.http_config, &mut self.drops, out),
             }
             let after = conn.buffered();
             self.buffered = self.buffered + after - before;
             if closed {
                 self.buffered -= after;
                 self.conns.remove(&id);
-            } else if self.buffered > self.http_config.max_buffered_total
-                && let Conn::Http1(http) = conn
-            {
+            } else if self.buffered > self.http_config.max_buffered_total {
                 // Bounded memory: give up on the connection that just grew rather than grow.
-                let before = http.buffered();
-                http.abort_memory_limit(&mut self.drops);
-                self.buffered = self.buffered + http.buffered() - before;
+                let before = conn.buffered();
+                match conn {
+                    Conn::Http1(http) => http.abort_memory_limit(&mut self.drops),
+                    Conn::Http2(h2) => h2.abort_memory_limit(&mut self.drops),
+                    Conn::Detecting(_) => {}
+                }
+                self.buffered = self.buffered + conn.buffered() - before;
             }
         }
     }

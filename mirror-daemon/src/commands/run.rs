@@ -45,7 +45,7 @@ use mirror_daemon::{
     },
     drops::Losses,
     flows::{FlowConfig, FlowLimits},
-    http1::HttpConfig,
+    framing::HttpConfig,
     kernel::KernelCapture,
     logging::LogFormat,
     metrics::{self, Metrics},

@@ -106,6 +106,33 @@ pub enum CloseReason {
     Reused,
 }
 
+/// How far an exchange had come when its connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unfinished {
+    /// The request was not complete.
+    Request,
+    /// The request was complete and nothing of the response came.
+    Unanswered,
+    /// The response had started.
+    Response,
+}
+
+impl CloseReason {
+    /// Counts one exchange left unfinished by the end of its connection: after a clean end, what
+    /// was missing; otherwise, how the connection ended.
+    pub fn count_unfinished(self, unfinished: Unfinished, drops: &mut AssemblyDrops) {
+        let counter = match (self, unfinished) {
+            (CloseReason::Finished, Unfinished::Request) => &mut drops.truncated_request,
+            (CloseReason::Finished, Unfinished::Unanswered) => &mut drops.unanswered_request,
+            (CloseReason::Finished, Unfinished::Response) => &mut drops.truncated_response,
+            (CloseReason::Reset, _) => &mut drops.reset_with_pending,
+            (CloseReason::IdleTimeout, _) => &mut drops.idle_timeout_with_pending,
+            (CloseReason::Evicted | CloseReason::Reused, _) => &mut drops.evicted_with_pending,
+        };
+        *counter += 1;
+    }
+}
+
 /// Reassembled stream events, in stream order per side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FlowEvent {

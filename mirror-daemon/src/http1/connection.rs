@@ -6,7 +6,7 @@ use std::{collections::VecDeque, net::SocketAddr};
 use bytes::Bytes;
 
 use super::{
-    HttpConfig, Stop,
+    Stop,
     head::{Framing, RequestHead, body_framing, has_token, parse_request, parse_response},
     reader::{Damage, Finished, HeadResult, Phase, Reader},
     resync::Resync,
@@ -14,7 +14,8 @@ use super::{
 use crate::{
     drops::AssemblyDrops,
     exchange::{Assembled, BodyBuilder, Exchange, ExchangeId, ReadyRequest, Request, Response, Timing},
-    flows::{CloseReason, FlowEvent, Side},
+    flows::{CloseReason, FlowEvent, Side, Unfinished},
+    framing::HttpConfig,
 };
 
 /// A request waiting for its response to complete (or for its own end, after an early response).
@@ -216,27 +217,18 @@ impl Connection {
             self.clear();
             return;
         }
-        // After a clean end, say what was missing; otherwise, say how the connection ended.
-        let counter = |stats: &mut AssemblyDrops, clean: fn(&mut AssemblyDrops) -> &mut u64| {
-            let c = match reason {
-                CloseReason::Finished => clean(stats),
-                CloseReason::Reset => &mut stats.reset_with_pending,
-                CloseReason::IdleTimeout => &mut stats.idle_timeout_with_pending,
-                CloseReason::Evicted | CloseReason::Reused => &mut stats.evicted_with_pending,
-            };
-            *c += 1;
-        };
         for p in &self.pending {
-            if p.response.is_some() && !p.response_done {
-                counter(stats, |s| &mut s.truncated_response);
+            let unfinished = if p.response.is_some() && !p.response_done {
+                Unfinished::Response
             } else if !p.request_done {
-                counter(stats, |s| &mut s.truncated_request);
+                Unfinished::Request
             } else {
-                counter(stats, |s| &mut s.unanswered_request);
-            }
+                Unfinished::Unanswered
+            };
+            reason.count_unfinished(unfinished, stats);
         }
         if self.requests.started && self.requests.phase == Phase::Head {
-            counter(stats, |s| &mut s.truncated_request);
+            reason.count_unfinished(Unfinished::Request, stats);
         }
         if self.backlog.iter().any(|i| matches!(i, Input::Data(..))) {
             stats.unpaired_response += 1;

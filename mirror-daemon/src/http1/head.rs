@@ -1,10 +1,11 @@
 //! Message heads: parsed with `httparse`, and how the body that follows is delimited.
 use bytes::Bytes;
 
-use super::{HttpConfig, Stop, reader::Phase};
+use super::{Stop, reader::Phase};
 use crate::{
     exchange::{Header, HttpVersion, Request, Response},
     flows::Side,
+    framing::HttpConfig,
 };
 
 /// Length of the complete head at the start of `buf`, if there is one.

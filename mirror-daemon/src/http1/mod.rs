@@ -15,7 +15,7 @@
 //!   the count of messages: the connection stops being parsed (`gap_desync_connections`), because
 //!   no later request boundary can be proven to pair with the right response.
 //! - A connection first seen mid-stream is never parsed (`mid_stream_connections`), for the same
-//!   reason: nothing proves where a message starts. [`HttpConfig::resync_mid_stream`] opts into
+//!   reason: nothing proves where a message starts. [`crate::framing::HttpConfig::resync_mid_stream`] opts into
 //!   picking such a connection up at a request, under an assumption that makes it safe: the client
 //!   does not pipeline (see `resync.rs`).
 //! - `Upgrade`, `CONNECT` and 101 responses stop parsing the connection.
@@ -37,40 +37,6 @@ mod tests;
 pub use connection::Connection;
 
 use crate::drops::AssemblyDrops;
-
-/// Framing limits. Hitting one is counted, never blocks.
-#[derive(Clone, Debug)]
-pub struct HttpConfig {
-    /// Largest request or response head (start line and header fields), and trailer block.
-    pub max_header_bytes: usize,
-    /// Most header fields in one head.
-    pub max_headers: usize,
-    /// Largest de-chunked body kept; larger bodies are framed but dropped.
-    pub max_body_bytes: usize,
-    /// Most requests waiting for their response on one connection.
-    pub max_pipelined: usize,
-    /// Most response bytes waiting for the request they answer.
-    pub max_backlog_bytes: usize,
-    /// Partial messages buffered across all connections.
-    pub max_buffered_total: usize,
-    /// Pick up connections first seen mid-stream at the next request (see [`Resync`]). Off by
-    /// default: it assumes clients do not pipeline.
-    pub resync_mid_stream: bool,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: 64 << 10,
-            max_headers: 128,
-            max_body_bytes: 64 << 20,
-            max_pipelined: 32,
-            max_backlog_bytes: 1 << 20,
-            max_buffered_total: 1 << 30,
-            resync_mid_stream: false,
-        }
-    }
-}
 
 /// Why a connection stopped being parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

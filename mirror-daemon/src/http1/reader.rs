@@ -3,12 +3,13 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
-    HttpConfig, Stop,
+    Stop,
     head::{head_len, to_headers},
 };
 use crate::{
     exchange::{Arrivals, BodyBuilder, Header},
     flows::Side,
+    framing::HttpConfig,
 };
 
 /// Why one exchange is dropped although the framing held.
@@ -216,13 +217,8 @@ impl Reader {
             None
         };
         let (body, arrivals) = self.body.take();
-        let finished = Finished {
-            body,
-            arrivals,
-            trailers: self.take_trailers(),
-            last: self.last_ts,
-            damage,
-        };
+        let finished =
+            Finished { body, arrivals, trailers: self.take_trailers(), last: self.last_ts, damage };
         self.reset();
         finished
     }

@@ -4,11 +4,10 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::{
-    HttpConfig,
     connection::{Connection, Input},
     reader::Phase,
 };
-use crate::{drops::AssemblyDrops, exchange::Assembled, flows::Side};
+use crate::{drops::AssemblyDrops, exchange::Assembled, flows::Side, framing::HttpConfig};
 
 /// Picking up a connection first seen mid-stream, at a request.
 ///

@@ -10,7 +10,7 @@ use crate::{
     drops::AssemblyDrops,
     exchange::{Assembled, Exchange, HttpVersion},
     flows::{FlowConfig, FlowLimits},
-    http1::HttpConfig,
+    framing::HttpConfig,
 };
 
 const CISN: u32 = 1000;
@@ -299,7 +299,7 @@ fn connection_close_completes_then_ends_and_counts_unanswered() {
 }
 
 #[test]
-fn upgrade_connect_and_http2_stop_parsing() {
+fn upgrade_and_connect_stop_parsing() {
     let (out, stats) = Conn::new()
         .client("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         .server("HTTP/1.1 101 Switching Protocols\r\n\r\n\u{1}\u{2}binary")
@@ -312,11 +312,6 @@ fn upgrade_connect_and_http2_stop_parsing() {
     let (out, stats) = Conn::new().client("CONNECT host:443 HTTP/1.1\r\n\r\n").fin().run();
     assert!(out.is_empty());
     assert_eq!(stats.unsupported_connect, 1);
-
-    let (out, stats) =
-        Conn::new().client("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").server("\0\0\0\u{4}\0\0\0\0\0").fin().run();
-    assert!(out.is_empty());
-    assert_eq!(stats.unsupported_http2_connections, 1);
 
     // A 101 without an `Upgrade` request is stopped at the response.
     let (out, stats) = Conn::new()
