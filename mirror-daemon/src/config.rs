@@ -139,7 +139,8 @@ pub struct ShadowEntry {
     #[serde(default = "unknown_version")]
     pub version: String,
     pub is_production: Option<bool>,
-    /// `http://HOST:PORT[/PREFIX]`.
+    /// `http://HOST:PORT[/PREFIX]` for HTTP/1.x requests and/or `h2c://HOST:PORT` (`grpc://`) for
+    /// HTTP/2 ones, comma-separated; or a host alone for the ports production was captured on.
     pub endpoint: String,
 }
 
@@ -429,13 +430,16 @@ fn model(
 fn endpoint_problem(endpoint: &str, err: &TargetError) -> String {
     match err {
         TargetError::Scheme(_) => format!(
-            "\"{endpoint}\": only http:// endpoints are supported: replay inside the cluster, next to the model (e.g. http://model-v2.default.svc:8080)"
+            "\"{endpoint}\": only http:// and h2c:// (grpc://) endpoints are supported: replay inside the cluster, next to the model (e.g. http://model-v2.default.svc:8080,h2c://model-v2.default.svc:8081)"
         ),
-        TargetError::NoPort(_) => {
-            format!("\"{endpoint}\": the endpoint needs a port, e.g. http://model-v2.default.svc:8080")
-        }
-        TargetError::Syntax(_) => {
-            format!("\"{endpoint}\": expected http://HOST:PORT[/PREFIX], e.g. http://10.0.0.7:8080")
+        TargetError::NoPort(_) => format!(
+            "\"{endpoint}\": the endpoint needs a port, e.g. http://model-v2.default.svc:8080 (or give the host alone, model-v2.default.svc, to use the ports production was captured on)"
+        ),
+        TargetError::Syntax(_) => format!(
+            "\"{endpoint}\": expected http://HOST:PORT[/PREFIX] and/or h2c://HOST:PORT, comma-separated, or a host alone, e.g. http://10.0.0.7:8080,h2c://10.0.0.7:8081"
+        ),
+        TargetError::Duplicate(_) => {
+            format!("\"{endpoint}\": two endpoints for one protocol; give at most one http:// and one h2c://")
         }
     }
 }

@@ -100,6 +100,9 @@ counters! {
     /// Losses between captured segments and rebuilt exchanges (TCP reassembly, then framing).
     pub struct AssemblyDrops {
         Reassembly: {
+            /// Segments of the daemon's own replay connections (the shadow is where the capture
+            /// sees it): never rebuilt, so never replayed again.
+            own_replay_segments,
             /// Segments whose ports match no configured server port.
             not_server_port_segments,
             /// Segments too far outside the receive window to be placed in the stream.
@@ -193,6 +196,9 @@ counters! {
     /// Losses between rebuilt exchanges and reported comparisons.
     pub struct DispatchDrops {
         Dispatch: {
+            /// Requests carrying this daemon's marker header (a replay captured again): not
+            /// replayed.
+            own_replays_ignored,
             /// Replays not started because the join table was full.
             join_full,
             /// Replayed requests whose production response was never rebuilt.

@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    capture::ignore::OwnConnections,
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
     drops::{DispatchDrops, KernelDrops, Losses, Stage},
     exchange::{Assembled, Exchange, ReadyRequest},
@@ -30,7 +31,9 @@ use crate::{
     metrics::{ComparisonLabels, Metrics, ReasonLabels, RouteLabels, ShadowReasonLabels, ShadowRouteLabels},
     replay::{
         client::{ClientLimits, Done, Job, ShadowClient},
-        join::{Complete, Expired, JoinTable, Joined, ShadowResult},
+        join::{
+            Complete, Expired, JoinTable, Joined, NOT_SENT_NO_ENDPOINT, NOT_SENT_QUEUE_FULL, ShadowResult,
+        },
         request::{self, ReplayOptions},
         sample::{Decision, RoutePattern, Sampler},
         target::ModelInfo,
@@ -143,6 +146,8 @@ pub struct Dispatcher {
     retired: Vec<Generation>,
     next_client: usize,
     done: mpsc::UnboundedSender<Done>,
+    /// Where the clients register their connections, so that the capture skips them.
+    own: Arc<OwnConnections>,
     max_pending: usize,
     to_report: mpsc::Sender<ReportItem>,
     pub counters: DispatchDrops,
@@ -154,20 +159,19 @@ fn join_wait(limits: &ClientLimits) -> u64 {
     (limits.timeout + Duration::from_secs(60)).as_nanos() as u64
 }
 
-/// `http://authority/prefix`, as records name the shadow.
+/// The shadow as records name it: its model and its endpoints.
 pub fn shadow_info(target: &crate::replay::target::ShadowTarget) -> ShadowInfo {
-    ShadowInfo {
-        model: target.model.clone(),
-        endpoint: format!("http://{}{}", target.authority, target.path_prefix),
-    }
+    ShadowInfo { model: target.model.clone(), endpoint: target.endpoints_text() }
 }
 
 impl Dispatcher {
     /// Starts a client per shadow; their results come back on `done` (pass them to
-    /// [`Self::shadow_done`]). At most `max_pending` comparisons wait at once.
+    /// [`Self::shadow_done`]), their connections are registered in `own`. At most `max_pending`
+    /// comparisons wait at once.
     pub fn new(
         settings: DispatchSettings,
         max_pending: usize,
+        own: Arc<OwnConnections>,
         done: mpsc::UnboundedSender<Done>,
         to_report: mpsc::Sender<ReportItem>,
     ) -> Self {
@@ -183,6 +187,7 @@ impl Dispatcher {
             retired: Vec::new(),
             next_client: 0,
             done,
+            own,
             max_pending,
             to_report,
             counters: DispatchDrops::default(),
@@ -209,7 +214,14 @@ impl Dispatcher {
                 }
                 let id = self.next_client;
                 self.next_client += 1;
-                (id, Arc::new(ShadowClient::spawn(id, target.clone(), limits.clone(), self.done.clone())))
+                let client = ShadowClient::spawn(
+                    id,
+                    target.clone(),
+                    limits.clone(),
+                    self.own.clone(),
+                    self.done.clone(),
+                );
+                (id, Arc::new(client))
             })
             .collect();
         let shadows: Arc<[ShadowInfo]> = targets.iter().map(shadow_info).collect();
@@ -275,22 +287,46 @@ impl Dispatcher {
         if self.current.clients.is_empty() || self.sampler.decide(&ready.request) != Decision::Replay {
             return;
         }
+        if self.replay.is_own_replay(&ready.request) {
+            // One of this daemon's replays, captured again (possible only through another path
+            // than its own connections, e.g. a proxy in front of the shadow): never replayed.
+            self.counters.own_replays_ignored += 1;
+            return;
+        }
         let generation = &mut self.current;
         if !generation.join.open(ready.id, now_ns) {
             self.counters.join_full += 1;
             return;
         }
         for (index, (_, client)) in generation.clients.iter().enumerate() {
-            let outgoing = request::build(&ready.request, &client.target, &self.replay);
-            if !client.submit(Job { id: ready.id, outgoing }) {
+            let Some(endpoint) = client.target.endpoint_for(ready.request.version, ready.server.port())
+            else {
                 // Production has not answered yet, so this cannot complete the entry.
-                let _ = generation.join.shadow(ready.id, index, ShadowResult::NotSent);
+                let _ = generation.join.shadow(
+                    ready.id,
+                    index,
+                    ShadowResult::NotSent { reason: NOT_SENT_NO_ENDPOINT },
+                );
+                continue;
+            };
+            let outgoing = request::build(&ready.request, &endpoint, &self.replay);
+            if !client.submit(Job { id: ready.id, outgoing }) {
+                let _ = generation.join.shadow(
+                    ready.id,
+                    index,
+                    ShadowResult::NotSent { reason: NOT_SENT_QUEUE_FULL },
+                );
             }
         }
     }
 
     /// A production exchange was rebuilt.
     pub fn exchange(&mut self, mut exchange: Exchange) {
+        if !self.current.clients.is_empty() && self.replay.is_own_replay(&exchange.request) {
+            // A replay of this daemon's, captured again: not production's traffic (counted when
+            // its request was announced).
+            return;
+        }
         for generation in self.retired.iter_mut().chain(std::iter::once(&mut self.current)) {
             match generation.join.production(exchange) {
                 Joined::Complete(complete) => {
@@ -560,8 +596,8 @@ impl Reporter {
         for (index, result) in complete.results.iter().enumerate() {
             let Some(shadow) = shadows.get(index).cloned() else { continue };
             let model_id = shadow.model.model_id.clone();
-            if matches!(result, ShadowResult::NotSent) {
-                self.not_compared(&record, &route, &shadow, "queue_full")?;
+            if let ShadowResult::NotSent { reason } = result {
+                self.not_compared(&record, &route, &shadow, reason)?;
                 continue;
             }
             let outcome = match result {
@@ -572,7 +608,7 @@ impl Reporter {
                 }),
                 ShadowResult::TimedOut { .. } => ShadowOutcome::TimedOut,
                 ShadowResult::Failed { error, .. } => ShadowOutcome::Failed(error),
-                ShadowResult::NotSent => continue,
+                ShadowResult::NotSent { .. } => continue,
             };
             let rules = self.rules.for_request(&exchange.request.method, &exchange.request.target);
             let comparison = compare::compare(&request, &production, &outcome, rules);
@@ -847,7 +883,9 @@ mod tests {
         let (a, b) = (slow_shadow(Duration::from_millis(200)).await, slow_shadow(Duration::ZERO).await);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let (report_tx, mut report_rx) = mpsc::channel(16);
-        let mut dispatcher = Dispatcher::new(settings(&[("a", a), ("b", b)]), 16, done_tx, report_tx);
+        let own = Arc::new(OwnConnections::new());
+        let mut dispatcher =
+            Dispatcher::new(settings(&[("a", a), ("b", b)]), 16, own.clone(), done_tx, report_tx);
         let (first, second) = (exchange(1), exchange(2));
         dispatcher.request(ready(&first), 0);
         // Shadow `a` is removed and `c` added while the first request is still in flight at `a`.

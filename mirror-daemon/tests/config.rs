@@ -55,7 +55,7 @@ fn yaml_and_toml_examples_mean_the_same() {
     assert_eq!(shadows.len(), 1);
     assert_eq!(shadows[0].model.model_id, "model-v2");
     assert_eq!(shadows[0].model.version, "1.0.0");
-    assert_eq!(shadows[0].authority, "ml-inference-v2.default.svc:8080");
+    assert_eq!(shadows[0].endpoints_text(), "http://ml-inference-v2.default.svc:8080");
     assert_eq!(s.sample_percent, Some(100.0));
     assert_eq!(s.shadow_timeout, Some(Duration::from_secs(5)));
     assert_eq!(s.shadow_max_response, Some(64 << 20));
@@ -104,9 +104,9 @@ fn check_config_lists_every_problem_and_exits_3() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(lines[0].ends_with("bad.yaml: capture.ports[0]: 0 is not a port: use 1–65535"), "{stderr}");
-    assert!(
-        lines[1].contains("shadows[0].endpoint: \"https://x:443\": only http:// endpoints are supported")
-    );
+    assert!(lines[1].contains(
+        "shadows[0].endpoint: \"https://x:443\": only http:// and h2c:// (grpc://) endpoints are supported"
+    ));
     // A file missing what the command line would otherwise give.
     std::fs::write(&file, "sampling: {percent: 5}\n").unwrap();
     let out =
@@ -214,15 +214,24 @@ fn ring_size_must_be_a_power_of_two() {
 }
 
 #[test]
-fn shadow_endpoints_must_be_http_with_a_port() {
+fn shadow_endpoints_are_http_or_h2c_with_a_port_or_a_host_alone() {
     let shadow = |endpoint: &str| format!("shadows: [{{model_id: a, endpoint: '{endpoint}'}}]");
     assert_problem(
         &shadow("https://x:443"),
         "shadows[0].endpoint",
-        &["\"https://x:443\"", "only http:// endpoints are supported"],
+        &["\"https://x:443\"", "only http:// and h2c:// (grpc://) endpoints are supported"],
     );
-    assert_problem(&shadow("http://x"), "shadows[0].endpoint", &["needs a port", "http://"]);
-    assert_problem(&shadow("x:80"), "shadows[0].endpoint", &["expected http://HOST:PORT"]);
+    assert_problem(&shadow("http://x"), "shadows[0].endpoint", &["needs a port", "http://", "host alone"]);
+    assert_problem(&shadow("x:80"), "shadows[0].endpoint", &["expected http://HOST:PORT", "h2c://HOST:PORT"]);
+    assert_problem(
+        &shadow("http://x:1,http://y:2"),
+        "shadows[0].endpoint",
+        &["two endpoints for one protocol"],
+    );
+    for valid in ["http://x:1,h2c://x:2", "grpc://x:2", "ml-inference-v2.default.svc"] {
+        let settings = yaml(&shadow(valid)).unwrap_or_else(|p| panic!("{valid}: {p:?}"));
+        assert_eq!(settings.shadows.map(|s| s.len()), Some(1), "{valid}");
+    }
 }
 
 #[test]

@@ -406,6 +406,7 @@ fn assemble_with(w: &Wire, http: HttpConfig) -> (Vec<Exchange>, Assembler) {
         },
         http,
         announce_requests: true,
+        ..AssemblerConfig::default()
     };
     let mut a = Assembler::new(cfg);
     let mut items = Vec::new();

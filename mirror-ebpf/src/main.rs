@@ -143,11 +143,16 @@ fn port_selected(port: u16) -> bool {
     }
 }
 
+/// Whether the packet's *server* end is selected: a selected port at a selected address (when the
+/// address filter is on). The destination for requests, the source for responses — a client that
+/// happens to have a server's address (the daemon's own replays from a production pod's node, a
+/// client on the same host) does not make its packets the server's.
 #[inline(always)]
-fn address_selected(src: &[u8; 16], dst: &[u8; 16]) -> bool {
+fn server_end_selected(src: &[u8; 16], src_port: u16, dst: &[u8; 16], dst_port: u16) -> bool {
     let filtered = CONFIG.get(config::FLAGS).is_some_and(|c| c & config::FILTER_ADDRS != 0);
     // SAFETY: lookups only read the map.
-    !filtered || unsafe { SERVER_ADDRS.get(src).is_some() || SERVER_ADDRS.get(dst).is_some() }
+    let address = |a: &[u8; 16]| !filtered || unsafe { SERVER_ADDRS.get(a).is_some() };
+    (port_selected(dst_port) && address(dst)) || (port_selected(src_port) && address(src))
 }
 
 /// The TCP header fields we read, in wire order.
@@ -233,10 +238,7 @@ fn observe<P: Packet>(p: &P, ifindex: u32, dir: u8) {
     };
     let src_port = u16::from_be_bytes(tcp.src_port);
     let dst_port = u16::from_be_bytes(tcp.dst_port);
-    if !(port_selected(dst_port) || port_selected(src_port)) {
-        return;
-    }
-    if !address_selected(&src_addr, &dst_addr) {
+    if !server_end_selected(&src_addr, src_port, &dst_addr, dst_port) {
         return;
     }
     count(counter::MATCHED, 1);

@@ -360,7 +360,8 @@ fn programs_always_pass_and_parse_every_frame_shape() {
     assert_eq!(finished.counter("seen"), runs);
 }
 
-/// With `--server-addr`, only traffic from or to those addresses matches, even on the right port.
+/// With `--server-addr`, only traffic to or from a server at those addresses matches, even on the
+/// right port.
 #[test]
 fn server_address_filter_selects_traffic() {
     if !kernel_tests_allowed("server_address_filter_selects_traffic") {
@@ -400,4 +401,30 @@ fn server_address_filter_selects_traffic() {
         finished.stdout
     );
     assert!(finished.counter("seen") > finished.counter("matched"), "{}", finished.stderr);
+}
+
+/// `--server-addr` selects the *server* end: packets whose client happens to have a selected
+/// address (a client on a production host, the daemon's own replays) are not captured.
+#[test]
+fn server_address_filter_means_the_server_end() {
+    if !kernel_tests_allowed("server_address_filter_means_the_server_end") {
+        return;
+    }
+    let pair = Pair::new();
+    let _server = start_server(&pair, &[PORT]);
+    let v4 = SocketAddr::new(pair.server_ip(false), PORT);
+    // The client's own address, on the server port: no server end matches it.
+    let client_addr = pair.client_v4.to_string();
+    let daemon = Daemon::start(
+        &pair.server,
+        &["capture", "-i", &pair.server_if, "-p", "8080", "--server-addr", &client_addr],
+    );
+    let asks = [Ask { request_body: 100, response_body: 100 }];
+    pair.client.run(move || run_connection(v4, &asks));
+    std::thread::sleep(Duration::from_millis(300));
+    let finished = daemon.stop();
+    assert!(finished.success, "{}", finished.stderr);
+    assert_eq!(finished.stdout.lines().count(), 0, "nothing captured:\n{}", finished.stdout);
+    assert_eq!(finished.counter("matched"), 0, "{}", finished.stderr);
+    assert!(finished.counter("seen") > 0, "the traffic passed the hooks: {}", finished.stderr);
 }

@@ -87,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
             resync_mid_stream: data.first().is_some_and(|b| b & 0x80 != 0),
         },
         announce_requests: true,
+        ..AssemblerConfig::default()
     });
     let mut out = Vec::new();
     let mut last_ts = 0;

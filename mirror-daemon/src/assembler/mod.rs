@@ -14,11 +14,11 @@
 //! comparison is worse than a missing one (the design's invariant 2).
 mod detect;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use self::detect::{Detect, Detected};
 use crate::{
-    capture::Segment,
+    capture::{Segment, ignore::OwnConnections},
     drops::AssemblyDrops,
     exchange::Assembled,
     flows::{ConnId, FlowConfig, FlowEvent, FlowTable},
@@ -33,6 +33,8 @@ pub struct AssemblerConfig {
     pub http: HttpConfig,
     /// Announce each complete request before its response ([`Assembled::Request`]).
     pub announce_requests: bool,
+    /// The daemon's own replay connections: their segments are dropped before reassembly.
+    pub own_connections: Option<Arc<OwnConnections>>,
 }
 
 /// A connection's protocol state.
@@ -65,6 +67,7 @@ pub struct Assembler {
     /// Bytes buffered above reassembly: partial messages and undecided connections.
     buffered: usize,
     announce_requests: bool,
+    own_connections: Option<Arc<OwnConnections>>,
 }
 
 impl Assembler {
@@ -77,11 +80,16 @@ impl Assembler {
             drops: AssemblyDrops::default(),
             buffered: 0,
             announce_requests: config.announce_requests,
+            own_connections: config.own_connections,
         }
     }
 
     /// Feeds one captured segment; what it completes is appended to `out`.
     pub fn push(&mut self, segment: Segment, out: &mut Vec<Assembled>) {
+        if self.own_connections.as_ref().is_some_and(|own| own.matches(&segment)) {
+            self.drops.own_replay_segments += 1;
+            return;
+        }
         let mut events = std::mem::take(&mut self.events);
         self.flows.push(&segment, &mut events, &mut self.drops);
         self.dispatch(&mut events, out);

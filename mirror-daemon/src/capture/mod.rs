@@ -1,8 +1,10 @@
 //! Captured TCP segments: what the kernel programs saw, as typed values.
 //!
 //! [`record`] decodes the kernel's ring-buffer records (pure, unit-tested); [`ring`] reads them from
-//! the ring buffer asynchronously. The rest of the daemon only ever sees [`Segment`]s, so flow
+//! the ring buffer asynchronously; [`ignore`] knows the daemon's own replay connections, which are
+//! never rebuilt. The rest of the daemon only ever sees [`Segment`]s, so flow
 //! tracking, HTTP framing and pcap export can be tested with segments built in memory.
+pub mod ignore;
 pub mod record;
 pub mod ring;
 

@@ -35,6 +35,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use mirror_daemon::{
     assembler::{Assembler, AssemblerConfig},
+    capture::ignore::OwnConnections,
     compare::CompareRules,
     config::{self, FileSettings},
     discovery::{
@@ -285,6 +286,7 @@ impl LimitArgs {
                 ..HttpConfig::default()
             },
             announce_requests,
+            own_connections: None,
         }
     }
 }
@@ -621,6 +623,20 @@ async fn reload(
     *running = reloadable_part(running, new);
 }
 
+/// Says once that the capture sees the daemon's own replays: they are skipped, but capturing an
+/// interface or port the shadows do not use saves the work.
+fn own_replay_hint(said: &mut bool, drops: &mirror_daemon::drops::AssemblyDrops, dispatcher: &Dispatcher) {
+    if *said || (drops.own_replay_segments == 0 && dispatcher.counters.own_replays_ignored == 0) {
+        return;
+    }
+    *said = true;
+    let shadows: Vec<String> = dispatcher.shadows().iter().map(|c| c.target.to_string()).collect();
+    tracing::info!(
+        shadows = ?shadows,
+        "the capture sees this daemon's own replays (a shadow is on a captured interface and port); they are never rebuilt or replayed again (counted as own_replay_segments and own_replays_ignored); capture an interface or port the shadows do not use to save that work"
+    );
+}
+
 /// Kernel CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
 fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -689,13 +705,18 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let reporter = tokio::spawn(reporter.run(report_rx));
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let mut dispatcher = Dispatcher::new(dispatch, args.limits.max_pending_comparisons, done_tx, report_tx);
+    // The replay clients register their connections here; the assembler skips them.
+    let own = Arc::new(OwnConnections::new());
+    let mut dispatcher =
+        Dispatcher::new(dispatch, args.limits.max_pending_comparisons, own.clone(), done_tx, report_tx);
 
     // Requests are announced as soon as they are complete even without shadows when a config file
     // is in use: a reload may add the first shadow.
     let announce = !shadows.is_empty() || args.config.is_some();
-    let mut assembler =
-        Assembler::new(args.limits.assembler_config(&cfg.ports, announce, args.resync_mid_stream));
+    let mut assembler = Assembler::new(AssemblerConfig {
+        own_connections: Some(own.clone()),
+        ..args.limits.assembler_config(&cfg.ports, announce, args.resync_mid_stream)
+    });
     let (kernel, mut reader) = KernelCapture::start(&cfg)?;
     let attacher = Attacher::new(&cfg.server_addrs, cfg.filter_addrs);
     let mut capture = Capture { kernel, targets, attacher };
@@ -724,6 +745,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let mut expire_every = tokio::time::interval(Duration::from_secs(1));
     let mut reconcile_every = tokio::time::interval(follow::RETRY_EVERY);
     let mut failure = None;
+    let mut own_replays_seen = false;
     let mut assembled = Vec::new();
     let snapshot = |capture: &Capture,
                     reader: &mirror_daemon::capture::ring::RingReader,
@@ -753,6 +775,8 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
                 let now = monotonic_now_ns();
                 assembler.tick(now, &mut assembled);
                 dispatcher.expire(now);
+                own.expire(std::time::Instant::now());
+                own_replay_hint(&mut own_replays_seen, assembler.drops(), &dispatcher);
             }
             _ = summary_every.tick() => {
                 let s = snapshot(&capture, &reader, &assembler, &dispatcher);

@@ -94,6 +94,7 @@ impl Conn {
             flows: FlowConfig { server_ports: vec![8080], limits: FlowLimits::default() },
             http,
             announce_requests: false,
+            ..AssemblerConfig::default()
         };
         let mut a = Assembler::new(cfg);
         let mut out = Vec::new();
@@ -123,6 +124,7 @@ fn complete_requests_are_announced_before_their_response() {
         flows: FlowConfig { server_ports: vec![8080], limits: FlowLimits::default() },
         http: HttpConfig::default(),
         announce_requests: true,
+        ..AssemblerConfig::default()
     });
     let mut out = Vec::new();
     let sent = c.segs.len();

@@ -147,6 +147,7 @@ impl Conn {
             flows: FlowConfig { server_ports: vec![8081], limits: FlowLimits::default() },
             http,
             announce_requests: true,
+            ..AssemblerConfig::default()
         });
         let mut out = Vec::new();
         for s in &self.segs {

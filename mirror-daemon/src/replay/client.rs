@@ -1,36 +1,55 @@
-//! Sends replays to one shadow: a bounded queue in front of a pooled keep-alive client with a
-//! cap on requests in flight and a per-request timeout.
+//! Sends replays to one shadow: a bounded queue in front of pooled clients — keep-alive HTTP/1.1
+//! and multiplexed h2c — with a cap on requests in flight and a per-request timeout.
 //!
 //! Capture never waits for a shadow. [`ShadowClient::submit`] only tries to enqueue; when the
 //! queue is full (the shadow is slow or down) the replay is dropped and counted. Memory is bounded
 //! by `queue + max_in_flight` requests and `max_in_flight` responses of at most
 //! `max_response_bytes`.
+//!
+//! Every connection is opened by [`ReplayConnector`], which binds the socket first and registers
+//! it in [`OwnConnections`] before the SYN leaves, so the capture never rebuilds the daemon's own
+//! replays, wherever the shadow is. A pooled connection can be closed by the shadow between two
+//! replays (a server that closes keep-alive connections after an error, an idle timeout racing a
+//! new request); a replay that fails on a reused connection before any response byte came is sent
+//! once more on a fresh connection (counted), since nothing says the shadow saw it. A fresh
+//! connection's failure is the shadow's.
 use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
-    Request,
+    Request, Uri,
     header::{HeaderName, HeaderValue},
 };
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
+    client::legacy::{
+        Client,
+        connect::{Connected, Connection, capture_connection},
+    },
+    rt::{TokioExecutor, TokioIo},
 };
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{
     join::{ShadowAnswer, ShadowResult},
     request::Outgoing,
-    target::ShadowTarget,
+    target::{ShadowTarget, Transport},
 };
-use crate::exchange::{ExchangeId, Header};
+use crate::{
+    capture::ignore::OwnConnections,
+    exchange::{ExchangeId, Header},
+};
 
 /// Bounds of the replay to one shadow.
 #[derive(Clone, Debug)]
@@ -71,6 +90,8 @@ pub struct ReplayCounters {
     pub timed_out: AtomicU64,
     pub failed: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Replays sent again on a fresh connection after the reused one failed before answering.
+    pub retries: AtomicU64,
 }
 
 impl ReplayCounters {
@@ -81,7 +102,7 @@ impl ReplayCounters {
     }
 
     /// `(name, value)` pairs for logs and metrics.
-    pub fn list(&self) -> [(&'static str, u64); 6] {
+    pub fn list(&self) -> [(&'static str, u64); 7] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("submitted", get(&self.submitted)),
@@ -90,7 +111,171 @@ impl ReplayCounters {
             ("timed_out", get(&self.timed_out)),
             ("failed", get(&self.failed)),
             ("in_flight", get(&self.in_flight)),
+            ("replay_retries", get(&self.retries)),
         ]
+    }
+}
+
+/// What a connection tells about itself: how many answers it has carried (a connection that
+/// carried none is fresh).
+#[derive(Debug, Default)]
+struct ConnectionUse {
+    answers: AtomicU64,
+}
+
+/// A replay connection: the socket, registered as the daemon's own until it is dropped.
+#[derive(Debug)]
+pub struct ReplayStream {
+    io: TokioIo<tokio::net::TcpStream>,
+    use_: Arc<ConnectionUse>,
+    own: Arc<OwnConnections>,
+    remote: SocketAddr,
+    local_port: u16,
+}
+
+impl Drop for ReplayStream {
+    fn drop(&mut self) {
+        self.own.closed(self.remote, self.local_port, Instant::now());
+    }
+}
+
+impl Connection for ReplayStream {
+    fn connected(&self) -> Connected {
+        Connected::new().extra(self.use_.clone())
+    }
+}
+
+impl hyper::rt::Read for ReplayStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for ReplayStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Opens replay connections: resolve, bind, register, connect.
+#[derive(Clone, Debug)]
+pub struct ReplayConnector {
+    own: Arc<OwnConnections>,
+    timeout: Duration,
+}
+
+impl ReplayConnector {
+    pub fn new(own: Arc<OwnConnections>, timeout: Duration) -> Self {
+        Self { own, timeout }
+    }
+
+    async fn connect(self, uri: Uri) -> io::Result<ReplayStream> {
+        let host = uri.host().ok_or_else(|| io::Error::other("replay URI without a host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(80);
+        let remote = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::other(format!("{host} resolves to no address")))?;
+        let socket = if remote.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        let any: SocketAddr = if remote.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }
+            .map_err(io::Error::other)?;
+        socket.bind(any)?;
+        let local_port = socket.local_addr()?.port();
+        // Registered before the SYN: the capture knows this connection from its first segment.
+        self.own.register(remote, local_port);
+        let stream = ReplayStream {
+            io: TokioIo::new(match tokio::time::timeout(self.timeout, socket.connect(remote)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    self.own.closed(remote, local_port, Instant::now());
+                    return Err(err);
+                }
+                Err(_) => {
+                    self.own.closed(remote, local_port, Instant::now());
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect to {remote} timed out"),
+                    ));
+                }
+            }),
+            use_: Arc::default(),
+            own: self.own.clone(),
+            remote,
+            local_port,
+        };
+        stream.io.inner().set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+impl tower_service::Service<Uri> for ReplayConnector {
+    type Response = ReplayStream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<ReplayStream>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(self.clone().connect(uri))
+    }
+}
+
+type HttpClient = Client<ReplayConnector, Full<Bytes>>;
+
+/// The pooled clients of one shadow: per transport, one that keeps connections and one that
+/// never reuses them (for the retry).
+#[derive(Clone, Debug)]
+struct Clients {
+    http1: HttpClient,
+    h2c: HttpClient,
+    fresh_http1: HttpClient,
+    fresh_h2c: HttpClient,
+}
+
+impl Clients {
+    fn new(connector: ReplayConnector, limits: &ClientLimits) -> Self {
+        let build = |h2: bool, pool: bool| {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_max_idle_per_host(if pool { limits.max_in_flight } else { 0 })
+                .pool_idle_timeout(Duration::from_secs(30))
+                .http2_only(h2);
+            builder.build(connector.clone())
+        };
+        Self {
+            http1: build(false, true),
+            h2c: build(true, true),
+            fresh_http1: build(false, false),
+            fresh_h2c: build(true, false),
+        }
+    }
+
+    fn get(&self, transport: Transport, fresh: bool) -> &HttpClient {
+        match (transport, fresh) {
+            (Transport::Http1, false) => &self.http1,
+            (Transport::Http1, true) => &self.fresh_http1,
+            (Transport::H2c, false) => &self.h2c,
+            (Transport::H2c, true) => &self.fresh_h2c,
+        }
     }
 }
 
@@ -103,32 +288,28 @@ pub struct ShadowClient {
 }
 
 impl ShadowClient {
-    /// Starts the dispatcher for shadow number `index`; results go to `done`.
+    /// Starts the dispatcher for shadow number `index`; results go to `done`. Its connections are
+    /// registered in `own`.
     pub fn spawn(
         index: usize,
         target: ShadowTarget,
         limits: ClientLimits,
+        own: Arc<OwnConnections>,
         done: mpsc::UnboundedSender<Done>,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(limits.queue.max(1));
         let counters = Arc::new(ReplayCounters::default());
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(limits.timeout));
-        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(limits.max_in_flight)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let clients = Clients::new(ReplayConnector::new(own, limits.timeout), &limits);
         let permits = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
         let task_counters = counters.clone();
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                let (client, done, counters, limits) =
-                    (client.clone(), done.clone(), task_counters.clone(), limits.clone());
+                let (clients, done, counters, limits) =
+                    (clients.clone(), done.clone(), task_counters.clone(), limits.clone());
                 counters.in_flight.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let result = send(&client, job.outgoing, &limits).await;
+                    let result = send(&clients, job.outgoing, &limits, &counters).await;
                     let counter = match &result {
                         ShadowResult::Answered { .. } => &counters.answered,
                         ShadowResult::TimedOut { .. } => &counters.timed_out,
@@ -171,14 +352,20 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    outgoing: Outgoing,
-    limits: &ClientLimits,
-) -> ShadowResult {
-    let started = Instant::now();
-    let elapsed = || started.elapsed().as_nanos() as u64;
+fn headers_of(map: &hyper::HeaderMap) -> Vec<Header> {
+    map.iter()
+        .map(|(name, value)| Header {
+            name: name.as_str().to_string(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        })
+        .collect()
+}
+
+fn build_request(outgoing: &Outgoing) -> Result<Request<Full<Bytes>>, String> {
     let mut builder = Request::builder().method(outgoing.method.as_str()).uri(outgoing.uri.as_str());
+    if outgoing.transport == Transport::H2c {
+        builder = builder.version(hyper::Version::HTTP_2);
+    }
     for (name, value) in &outgoing.headers {
         // Headers that were valid on the wire are valid here; anything else is left out.
         if let (Ok(name), Ok(value)) =
@@ -187,31 +374,237 @@ async fn send(
             builder = builder.header(name, value);
         }
     }
-    let request = match builder.body(Full::new(outgoing.body)) {
+    builder.body(Full::new(outgoing.body.clone())).map_err(|err| format!("build request: {err}"))
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Answered(ShadowAnswer),
+    /// Failed before any response byte, on a connection that had carried answers before.
+    FailedReused(String),
+    Failed(String),
+}
+
+async fn attempt(client: &HttpClient, outgoing: &Outgoing, limits: &ClientLimits) -> Attempt {
+    let mut request = match build_request(outgoing) {
         Ok(request) => request,
-        Err(err) => return ShadowResult::Failed { error: format!("build request: {err}"), latency_ns: 0 },
+        Err(error) => return Attempt::Failed(error),
     };
+    let connection = capture_connection(&mut request);
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(err) => {
+            let mut extensions = hyper::http::Extensions::new();
+            if let Some(connected) = connection.connection_metadata().as_ref() {
+                connected.get_extras(&mut extensions);
+            }
+            let reused =
+                extensions.get::<Arc<ConnectionUse>>().is_some_and(|u| u.answers.load(Ordering::Relaxed) > 0);
+            let error = chain(&err);
+            return if reused { Attempt::FailedReused(error) } else { Attempt::Failed(error) };
+        }
+    };
+    if let Some(use_) = response.extensions().get::<Arc<ConnectionUse>>() {
+        use_.answers.fetch_add(1, Ordering::Relaxed);
+    }
+    let status = response.status().as_u16();
+    let headers = headers_of(response.headers());
+    let collected = match Limited::new(response.into_body(), limits.max_response_bytes).collect().await {
+        Ok(collected) => collected,
+        Err(err) => return Attempt::Failed(format!("read response body: {}", chain(err.as_ref()))),
+    };
+    let trailers = collected.trailers().map(headers_of).unwrap_or_default();
+    Attempt::Answered(ShadowAnswer { status, headers, body: collected.to_bytes(), trailers })
+}
+
+async fn send(
+    clients: &Clients,
+    outgoing: Outgoing,
+    limits: &ClientLimits,
+    counters: &ReplayCounters,
+) -> ShadowResult {
+    let started = Instant::now();
     let exchange = async {
-        let response = client.request(request).await.map_err(|e| chain(&e))?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(name, value)| Header {
-                name: name.as_str().to_string(),
-                value: Bytes::copy_from_slice(value.as_bytes()),
-            })
-            .collect();
-        let body = Limited::new(response.into_body(), limits.max_response_bytes)
-            .collect()
-            .await
-            .map_err(|e| format!("read response body: {}", chain(e.as_ref())))?
-            .to_bytes();
-        Ok::<_, String>(ShadowAnswer { status, headers, body })
+        let first = attempt(clients.get(outgoing.transport, false), &outgoing, limits).await;
+        match first {
+            Attempt::FailedReused(_) => {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                let retried = Instant::now();
+                (attempt(clients.get(outgoing.transport, true), &outgoing, limits).await, retried)
+            }
+            other => (other, started),
+        }
     };
     match tokio::time::timeout(limits.timeout, exchange).await {
-        Ok(Ok(answer)) => ShadowResult::Answered { answer, latency_ns: elapsed() },
-        Ok(Err(error)) => ShadowResult::Failed { error, latency_ns: elapsed() },
-        Err(_) => ShadowResult::TimedOut { latency_ns: elapsed() },
+        Ok((Attempt::Answered(answer), from)) => {
+            ShadowResult::Answered { answer, latency_ns: from.elapsed().as_nanos() as u64 }
+        }
+        Ok((Attempt::Failed(error) | Attempt::FailedReused(error), from)) => {
+            ShadowResult::Failed { error, latency_ns: from.elapsed().as_nanos() as u64 }
+        }
+        Err(_) => ShadowResult::TimedOut { latency_ns: started.elapsed().as_nanos() as u64 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+    use crate::{
+        capture::Segment,
+        exchange::{HttpVersion, Request as Captured},
+        replay::request::{ReplayOptions, build},
+    };
+
+    fn outgoing(spec: &str, version: HttpVersion, path: &str) -> Outgoing {
+        let target = ShadowTarget::parse(spec).unwrap();
+        let endpoint = target.endpoint_for(version, 80).unwrap();
+        let request = Captured { method: "POST".into(), target: path.into(), version, ..Captured::default() };
+        build(&request, &endpoint, &ReplayOptions::default())
+    }
+
+    fn limits() -> ClientLimits {
+        ClientLimits { timeout: Duration::from_secs(5), ..ClientLimits::default() }
+    }
+
+    /// Reads one HTTP/1.1 request head (no body in these tests); false at EOF.
+    async fn read_head(conn: &mut tokio::net::TcpStream) -> bool {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// A shadow that, on each connection, answers `answers` requests and then closes the
+    /// connection when the next request arrives, without answering it (as a server that decided
+    /// to close a keep-alive connection after an error). Returns its address and the client
+    /// addresses it saw.
+    async fn closing_shadow(answers: usize) -> (SocketAddr, Arc<std::sync::Mutex<Vec<SocketAddr>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, peer)) = listener.accept().await {
+                seen.lock().unwrap().push(peer);
+                tokio::spawn(async move {
+                    for _ in 0..answers {
+                        if !read_head(&mut conn).await {
+                            return;
+                        }
+                        let answer = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 2\r\n\r\nno";
+                        conn.write_all(answer).await.unwrap();
+                    }
+                    let _ = read_head(&mut conn).await;
+                    // Dropped: the request just read is never answered.
+                });
+            }
+        });
+        (addr, peers)
+    }
+
+    #[tokio::test]
+    async fn a_replay_that_fails_on_a_reused_connection_is_sent_once_more_on_a_fresh_one() {
+        let (addr, peers) = closing_shadow(1).await;
+        let own = Arc::new(OwnConnections::new());
+        let clients = Clients::new(ReplayConnector::new(own.clone(), Duration::from_secs(5)), &limits());
+        let counters = ReplayCounters::default();
+        let spec = format!("m=http://{addr}");
+        let first = send(&clients, outgoing(&spec, HttpVersion::Http11, "/1"), &limits(), &counters).await;
+        assert!(matches!(&first, ShadowResult::Answered { answer, .. } if answer.status == 500), "{first:?}");
+        let second = send(&clients, outgoing(&spec, HttpVersion::Http11, "/2"), &limits(), &counters).await;
+        assert!(
+            matches!(&second, ShadowResult::Answered { answer, .. } if answer.status == 500),
+            "{second:?}"
+        );
+        assert_eq!(counters.retries.load(Ordering::Relaxed), 1);
+        assert_eq!(peers.lock().unwrap().len(), 2, "the retry went out on a new connection");
+        // Every connection the client opened is known to the capture, in both directions.
+        for peer in peers.lock().unwrap().iter() {
+            let request = Segment::new(*peer, addr, 1, 0, Bytes::new(), 0);
+            let response = Segment::new(addr, *peer, 1, 0, Bytes::new(), 0);
+            assert!(own.matches(&request) && own.matches(&response), "{peer} registered");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fresh_connection_that_fails_is_the_shadows_error() {
+        let (addr, _) = closing_shadow(0).await;
+        let own = Arc::new(OwnConnections::new());
+        let clients = Clients::new(ReplayConnector::new(own, Duration::from_secs(5)), &limits());
+        let counters = ReplayCounters::default();
+        let result = send(
+            &clients,
+            outgoing(&format!("m=http://{addr}"), HttpVersion::Http11, "/"),
+            &limits(),
+            &counters,
+        )
+        .await;
+        assert!(matches!(result, ShadowResult::Failed { .. }), "{result:?}");
+        assert_eq!(counters.retries.load(Ordering::Relaxed), 0, "nothing to retry on a fresh connection");
+    }
+
+    #[tokio::test]
+    async fn h2c_replays_are_multiplexed_and_keep_trailers() {
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                            let path = req.uri().path().to_string();
+                            let te = req.headers().get("te").map(|v| v.as_bytes().to_vec());
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                            let frames = vec![
+                                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!(
+                                    "{path} te={te:?}"
+                                )))),
+                                Ok(Frame::trailers(trailers)),
+                            ];
+                            let body = StreamBody::new(futures_util::stream::iter(frames));
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                        });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(conn), service)
+                        .await;
+                });
+            }
+        });
+        let own = Arc::new(OwnConnections::new());
+        let clients = Clients::new(ReplayConnector::new(own, Duration::from_secs(5)), &limits());
+        let counters = ReplayCounters::default();
+        let spec = format!("m=http://{addr},h2c://{addr}");
+        let mut grpc = outgoing(&spec, HttpVersion::Http2, "/pkg.Svc/Method");
+        grpc.headers.push(("te".into(), Bytes::from_static(b"trailers")));
+        let limits = limits();
+        let calls = (0..8).map(|_| send(&clients, grpc.clone(), &limits, &counters));
+        for result in futures_util::future::join_all(calls).await {
+            let ShadowResult::Answered { answer, .. } = result else { panic!("{result:?}") };
+            assert_eq!(&answer.body[..], b"/pkg.Svc/Method te=Some([116, 114, 97, 105, 108, 101, 114, 115])");
+            assert_eq!(answer.trailers.len(), 1);
+            assert_eq!(
+                (answer.trailers[0].name.as_str(), &answer.trailers[0].value[..]),
+                ("grpc-status", &b"0"[..])
+            );
+        }
+        assert_eq!(connections.load(Ordering::Relaxed), 1, "eight concurrent replays on one h2c connection");
     }
 }

@@ -16,7 +16,14 @@ pub struct ShadowAnswer {
     pub status: u16,
     pub headers: Vec<Header>,
     pub body: Bytes,
+    /// Trailer fields (HTTP/2, gRPC's status).
+    pub trailers: Vec<Header>,
 }
+
+/// [`ShadowResult::NotSent`]: the shadow's queue was full.
+pub const NOT_SENT_QUEUE_FULL: &str = "queue_full";
+/// [`ShadowResult::NotSent`]: the shadow has no endpoint for the request's protocol.
+pub const NOT_SENT_NO_ENDPOINT: &str = "no_endpoint";
 
 /// The outcome of replaying one request to one shadow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +40,11 @@ pub enum ShadowResult {
         error: String,
         latency_ns: u64,
     },
-    /// Never sent: the shadow's queue was full (it is slow or down).
-    NotSent,
+    /// Never sent: `queue_full` (the shadow is slow or down) or `no_endpoint` (the shadow has
+    /// no endpoint for the request's protocol).
+    NotSent {
+        reason: &'static str,
+    },
 }
 
 impl ShadowResult {
@@ -43,7 +53,7 @@ impl ShadowResult {
             ShadowResult::Answered { latency_ns, .. }
             | ShadowResult::TimedOut { latency_ns }
             | ShadowResult::Failed { latency_ns, .. } => Some(*latency_ns),
-            ShadowResult::NotSent => None,
+            ShadowResult::NotSent { .. } => None,
         }
     }
 }
@@ -149,7 +159,11 @@ impl JoinTable {
         let entry = self.entries.remove(&id)?;
         Some(Complete {
             exchange: entry.production?,
-            results: entry.results.into_iter().map(|r| r.unwrap_or(ShadowResult::NotSent)).collect(),
+            results: entry
+                .results
+                .into_iter()
+                .map(|r| r.unwrap_or(ShadowResult::NotSent { reason: NOT_SENT_QUEUE_FULL }))
+                .collect(),
         })
     }
 
@@ -215,7 +229,7 @@ mod tests {
 
     fn answered(status: u16) -> ShadowResult {
         ShadowResult::Answered {
-            answer: ShadowAnswer { status, headers: vec![], body: Bytes::new() },
+            answer: ShadowAnswer { status, headers: vec![], body: Bytes::new(), trailers: vec![] },
             latency_ns: 5,
         }
     }
@@ -233,7 +247,7 @@ mod tests {
 
         assert!(t.open(id(2), 0));
         assert!(t.shadow(id(2), 0, answered(200)).is_none());
-        assert!(t.shadow(id(2), 1, ShadowResult::NotSent).is_none());
+        assert!(t.shadow(id(2), 1, ShadowResult::NotSent { reason: NOT_SENT_QUEUE_FULL }).is_none());
         assert!(matches!(t.production(exchange(2)), Joined::Complete(_)), "production last");
     }
 

@@ -335,7 +335,9 @@ impl ShadowRecord {
             }
             ShadowResult::TimedOut { .. } => record.error = Some("timeout".into()),
             ShadowResult::Failed { error, .. } => record.error = Some(error.clone()),
-            ShadowResult::NotSent => record.error = Some("not sent: queue full".into()),
+            ShadowResult::NotSent { reason } => {
+                record.error = Some(format!("not sent: {}", reason.replace('_', " ")))
+            }
         }
         record
     }
