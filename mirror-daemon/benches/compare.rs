@@ -15,10 +15,10 @@ fn answer(perturb: bool) -> Vec<u8> {
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let mut data = String::with_capacity(TARGET_BYTES + 64);
     let mut count = 0usize;
-    while data.len() < TARGET_BYTES || count % CLASSES != 0 {
+    while data.len() < TARGET_BYTES || !count.is_multiple_of(CLASSES) {
         state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         let mut score = f64::from((state >> 40) as f32 / (1u64 << 24) as f32);
-        if perturb && count % 100 == 0 {
+        if perturb && count.is_multiple_of(100) {
             score += 1e-7;
         }
         if count > 0 {

@@ -15,15 +15,20 @@
 //!    could collide with a real body field.
 //! 3. Bodies are decoded ([`body`]); a corrupt or oversized encoded body is a mismatch with a note.
 //!    An unknown coding leaves the bodies as sent and compares them as bytes, with a note.
-//! 4. Bodies that both parse as JSON are compared as the detected protocol ([`protocol`]): Open
-//!    Inference Protocol (`oip.rs`), TensorFlow Serving and MLflow (`predictions.rs`), OpenAI
-//!    (`openai.rs`), else generic JSON (`json_diff.rs`). Otherwise they are compared as bytes.
+//! 4. Bodies that both parse as JSON ([`json`], which keeps every number's text) are compared as
+//!    the detected protocol ([`protocol`]): Open Inference Protocol (`oip.rs`), TensorFlow Serving
+//!    and MLflow (`predictions.rs`), OpenAI (`openai.rs`), else generic JSON (`json_diff.rs`).
+//!    Otherwise they are compared as bytes.
+//!
+//! Numbers are equal only when their decimal values are (`1.0` equals `1e0`; `0.1` does not equal
+//! `0.10000000000000001`, though both are one `f64`), and a [`Diff`] shows them as written.
 //!
 //! The verdict is [`Verdict::Match`] when nothing differs, [`Verdict::WithinTolerance`] when the
 //! only differences are numbers within [`CompareRules`]' tolerance (and no argmax label flipped),
 //! [`Verdict::Mismatch`] otherwise.
 pub mod body;
 pub mod config;
+pub mod json;
 mod json_diff;
 mod oip;
 mod openai;
@@ -36,10 +41,11 @@ pub mod verdict;
 mod tests;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub use self::{
     config::{CompareRules, ProtocolChoice},
+    json::Json,
     protocol::Protocol,
     verdict::Verdict,
 };
@@ -79,11 +85,11 @@ pub enum ShadowOutcome<'a> {
 pub struct Diff {
     /// RFC 6901 JSON Pointer into the production body (`""` for the whole answer).
     pub pointer: String,
-    /// Production's value (`null` when missing); long values are clipped or summarised, and
-    /// byte bodies are summarised as `{"bytes": n}`.
-    pub production: Value,
+    /// Production's value (`null` when missing), numbers written exactly as on the wire; long
+    /// values are clipped or summarised, and byte bodies are summarised as `{"bytes": n}`.
+    pub production: Json<'static>,
     /// The shadow's value, as for `production`.
-    pub shadow: Value,
+    pub shadow: Json<'static>,
 }
 
 /// Prediction-level measurements; only the fields that apply to the protocol are set.
@@ -144,8 +150,8 @@ fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
 }
 
-fn summary(message: &Message<'_>) -> Value {
-    json!({ "status": message.status, "bytes": message.body.len() })
+fn summary(message: &Message<'_>) -> Json<'static> {
+    Json::from(json!({ "status": message.status, "bytes": message.body.len() }))
 }
 
 /// Compares the shadow's outcome with production's answer to `request`.
@@ -212,10 +218,7 @@ pub fn compare(
         return bytes(&prod_body.body, &shadow_body.body, notes, rules);
     }
 
-    let parsed = (
-        serde_json::from_slice::<Value>(&prod_body.body),
-        serde_json::from_slice::<Value>(&shadow_body.body),
-    );
+    let parsed = (json::parse(&prod_body.body), json::parse(&shadow_body.body));
     let (a, b) = match parsed {
         (Ok(a), Ok(b)) => (a, b),
         (Err(_), Err(_)) => {
@@ -247,8 +250,8 @@ pub fn compare(
     let mut c = Collector::new(rules, IgnoreSet::new(ignores));
     let mut metrics = PredictionMetrics::default();
     match (protocol, &a, &b) {
-        (Protocol::Oip, Value::Object(x), Value::Object(y)) => oip::compare(&mut c, x, y, &mut metrics),
-        (Protocol::OpenAi, Value::Object(x), Value::Object(y)) => openai::compare(&mut c, x, y, &mut metrics),
+        (Protocol::Oip, Json::Object(x), Json::Object(y)) => oip::compare(&mut c, x, y, &mut metrics),
+        (Protocol::OpenAi, Json::Object(x), Json::Object(y)) => openai::compare(&mut c, x, y, &mut metrics),
         (Protocol::TfServing | Protocol::Mlflow, a, b) => predictions::compare(&mut c, a, b, &mut metrics),
         // A protocol other than JSON gets here only when the shadow body lacks its shape.
         (_, a, b) => {
@@ -281,8 +284,8 @@ fn bytes(a: &[u8], b: &[u8], notes: Vec<String>, rules: &CompareRules) -> Compar
     if rules.max_diffs > 0 {
         comparison.diffs.push(Diff {
             pointer: String::new(),
-            production: json!({ "bytes": a.len() }),
-            shadow: json!({ "bytes": b.len() }),
+            production: Json::from(json!({ "bytes": a.len() })),
+            shadow: Json::from(json!({ "bytes": b.len() })),
         });
     }
     comparison.diff_count = 1;

@@ -194,6 +194,111 @@ fn deeply_nested_json_does_not_overflow_the_stack() {
     assert_eq!((c.verdict, c.protocol), (Verdict::Match, Protocol::Bytes));
 }
 
+// ---- exact numbers ----
+
+/// The diffs as the record file shows them.
+fn diff_texts(c: &Comparison) -> Vec<String> {
+    c.diffs.iter().map(|d| serde_json::to_string(d).unwrap()).collect()
+}
+
+#[test]
+fn numbers_one_ulp_apart_differ_at_tolerance_zero() {
+    let (a, b) = ("0.9736888111888111", "0.9736888111888112");
+    assert_ne!(a.parse::<f64>().unwrap(), b.parse::<f64>().unwrap(), "one ulp apart");
+    for (p, s) in [(a, b), (b, a)] {
+        let (prod, shadow) = (format!("[{p}, 0.5]"), format!("[{s}, 0.5]"));
+        let c = run("/x", prod.as_bytes(), shadow.as_bytes(), &strict());
+        assert_eq!((c.verdict, c.protocol), (Verdict::Mismatch, Protocol::Json));
+        assert_eq!(diff_texts(&c), [format!(r#"{{"pointer":"/0","production":{p},"shadow":{s}}}"#)]);
+        assert!(c.metrics.max_abs_error.unwrap() > 0.0);
+        // A tolerance still applies, on the f64 values.
+        let c = run("/x", prod.as_bytes(), shadow.as_bytes(), &tol(1e-15));
+        assert_eq!(c.verdict, Verdict::WithinTolerance);
+        let c = run("/x", prod.as_bytes(), shadow.as_bytes(), &tol(1e-17));
+        assert_eq!(c.verdict, Verdict::Mismatch);
+    }
+}
+
+#[test]
+fn numbers_of_one_f64_but_different_values_differ() {
+    let c = run("/x", b"[0.1]", b"[0.10000000000000001]", &strict());
+    assert_eq!(c.verdict, Verdict::Mismatch);
+    assert_eq!(diff_texts(&c), [r#"{"pointer":"/0","production":0.1,"shadow":0.10000000000000001}"#]);
+    // Their f64 distance is 0, so any non-zero tolerance covers it.
+    assert_eq!(c.metrics.max_abs_error, Some(0.0));
+    assert_eq!(run("/x", b"[0.1]", b"[0.10000000000000001]", &tol(1e-300)).verdict, Verdict::WithinTolerance);
+    let rel = CompareRules { rel_tolerance: 1e-300, ..strict() };
+    assert_eq!(run("/x", b"[0.1]", b"[0.10000000000000001]", &rel).verdict, Verdict::WithinTolerance);
+}
+
+#[test]
+fn one_value_written_differently_matches() {
+    let c = run(
+        "/x",
+        b"[1, 1.0, 1e0, 10e-1, 1e308, -0, 0.50]",
+        b"[1.0, 1e0, 10e-1, 1, 1.0e308, 0, 5E-1]",
+        &strict(),
+    );
+    assert_eq!((c.verdict, c.diff_count), (Verdict::Match, 0));
+    assert_eq!(c.metrics.max_abs_error, Some(0.0));
+}
+
+#[test]
+fn extreme_exponents_compare_exactly() {
+    let c = run("/x", b"[5e-324, 1e-400]", b"[5e-324, 0]", &strict());
+    assert_eq!(c.verdict, Verdict::Mismatch);
+    assert_eq!(diff_texts(&c), [r#"{"pointer":"/1","production":1e-400,"shadow":0}"#]);
+    assert_eq!(run("/x", b"[1e-400]", b"[0]", &tol(1e-300)).verdict, Verdict::WithinTolerance);
+    let c = run("/x", b"[5e-324]", b"[0]", &strict());
+    assert_eq!(diff_texts(&c), [r#"{"pointer":"/0","production":5e-324,"shadow":0}"#]);
+    assert_eq!(run("/x", b"[1e-400]", b"[1e-401]", &strict()).verdict, Verdict::Mismatch);
+    assert_eq!(run("/x", b"[1e308]", b"[1.0e308]", &strict()).verdict, Verdict::Match);
+    assert_eq!(run("/x", b"[1e308]", b"[1.0000000000000001e308]", &strict()).verdict, Verdict::Mismatch);
+}
+
+#[test]
+fn integers_of_any_length_compare_exactly() {
+    let cases: [(&str, &str, f64); 3] = [
+        ("9007199254740993", "9007199254740992", 1.0),
+        ("18446744073709551617", "18446744073709551616", 1.0),
+        ("-36893488147419103232", "-36893488147419103231", 1.0),
+    ];
+    for (p, s, error) in cases {
+        let c = run("/x", format!("[{p}]").as_bytes(), format!("[{s}]").as_bytes(), &strict());
+        assert_eq!(c.verdict, Verdict::Mismatch, "{p} vs {s}");
+        assert_eq!(diff_texts(&c), [format!(r#"{{"pointer":"/0","production":{p},"shadow":{s}}}"#)]);
+        assert_eq!(c.metrics.max_abs_error, Some(error));
+    }
+    let long = format!("[{}]", "9".repeat(300));
+    assert_eq!(run("/x", long.as_bytes(), long.as_bytes(), &strict()).verdict, Verdict::Match);
+    let longer = format!("[{}8]", "9".repeat(299));
+    assert_eq!(run("/x", long.as_bytes(), longer.as_bytes(), &strict()).verdict, Verdict::Mismatch);
+    // Integer labels beyond 2^64 compare exactly too.
+    let c = run("/invocations", b"[18446744073709551617]", b"[18446744073709551616]", &tol(10.0));
+    assert_eq!((c.verdict, c.metrics.label_flips), (Verdict::Mismatch, 1));
+}
+
+#[test]
+fn negative_zero_equals_zero() {
+    assert_eq!(run("/x", b"[-0, -0.0, 0e-5]", b"[0, 0.0, -0]", &strict()).verdict, Verdict::Match);
+}
+
+#[test]
+fn oip_scores_one_ulp_apart_differ_and_the_diff_shows_the_wire_text() {
+    let body = |x: &str| {
+        format!(
+            r#"{{"outputs":[{{"name":"p","datatype":"FP64","shape":[1,2],"data":[{x},0.0263111888111889]}}]}}"#
+        )
+    };
+    let c = run(OIP, body("0.9736888111888111").as_bytes(), body("0.9736888111888112").as_bytes(), &strict());
+    assert_eq!((c.verdict, c.protocol), (Verdict::Mismatch, Protocol::Oip));
+    assert_eq!(
+        diff_texts(&c),
+        [r#"{"pointer":"/outputs/0/data/0","production":0.9736888111888111,"shadow":0.9736888111888112}"#]
+    );
+    assert_eq!((c.metrics.label_agreements, c.metrics.label_flips), (1, 0));
+}
+
 // ---- generic JSON ----
 
 #[test]
@@ -501,7 +606,7 @@ fn comparison_serializes_for_records() {
 
 // ---- properties ----
 
-fn arb_json() -> impl Strategy<Value = Value> {
+pub(crate) fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
