@@ -568,14 +568,17 @@ impl Reporter {
             let comparison = compare::compare(&request, &production, &outcome, rules);
             let shadow_record =
                 ShadowRecord::from_result(&shadow.model, &shadow.endpoint, result, &self.record);
-            let value = serde_json::to_value(ComparisonRecord::compared(
+            let production_model = self.production_model.clone();
+            let compared = ComparisonRecord::compared(
                 &record,
                 &route,
-                self.production_model.as_ref(),
+                production_model.as_ref(),
                 shadow_record,
                 &comparison,
-            ))?;
-            self.write(&value)?;
+            );
+            // Written from the record itself: a `serde_json::Value` would round numbers in diffs.
+            self.write(&compared)?;
+            let value = serde_json::to_value(&compared)?;
             self.observe(&value);
 
             let labels = ShadowRouteLabels { model_id: model_id.clone(), route: route_label.clone() };
