@@ -21,6 +21,7 @@ pub mod config;
 pub mod discovery;
 pub mod exchange;
 pub mod flows;
+pub mod grpc;
 pub mod http;
 pub mod kernel;
 pub mod logging;
