@@ -28,5 +28,6 @@ pub mod logging;
 pub mod metrics;
 pub mod mirror;
 pub mod pcap;
+pub mod proto;
 pub mod replay;
 pub mod report;
