@@ -5,7 +5,7 @@
 //! f64, the way Python servers print float32 values); the shadow's is the same answer, or one with
 //! every 100th score moved by 1e-7 and compared with an absolute tolerance of 1e-6.
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mirror_daemon::compare::{self, CompareRules, Message, RequestView, ShadowOutcome};
+use mirror_daemon::compare::{self, CompareRules, Message, RequestView, Schemas, ShadowOutcome};
 
 const TARGET_BYTES: usize = 10 << 20;
 const CLASSES: usize = 10;
@@ -38,23 +38,34 @@ fn bench(c: &mut Criterion) {
     let production = answer(false);
     let perturbed = answer(true);
     let request = RequestView { method: "POST", path: "/v2/models/m/infer", headers: &[], body: b"{}" };
-    let prod = Message { status: 200, headers: &[], body: &production };
+    let prod = Message { status: 200, headers: &[], body: &production, trailers: &[] };
+    let schemas = Schemas::builtin();
     let mut group = c.benchmark_group("compare_oip_10MiB");
     group.sample_size(10);
     group.throughput(Throughput::Bytes(production.len() as u64));
     let strict = CompareRules::default();
     group.bench_function("identical", |b| {
         b.iter(|| {
-            let shadow = ShadowOutcome::Answered(Message { status: 200, headers: &[], body: &production });
-            let c = compare::compare(&request, &prod, &shadow, &strict);
+            let shadow = ShadowOutcome::Answered(Message {
+                status: 200,
+                headers: &[],
+                body: &production,
+                trailers: &[],
+            });
+            let c = compare::compare(&request, &prod, &shadow, &strict, &schemas);
             assert_eq!(c.verdict, compare::Verdict::Match);
         })
     });
     let tolerant = CompareRules { abs_tolerance: 1e-6, ..CompareRules::default() };
     group.bench_function("within_tolerance", |b| {
         b.iter(|| {
-            let shadow = ShadowOutcome::Answered(Message { status: 200, headers: &[], body: &perturbed });
-            let c = compare::compare(&request, &prod, &shadow, &tolerant);
+            let shadow = ShadowOutcome::Answered(Message {
+                status: 200,
+                headers: &[],
+                body: &perturbed,
+                trailers: &[],
+            });
+            let c = compare::compare(&request, &prod, &shadow, &tolerant, &schemas);
             assert_eq!(c.verdict, compare::Verdict::WithinTolerance);
         })
     });

@@ -66,6 +66,9 @@ pub(crate) struct Collector<'r> {
     rules: &'r CompareRules,
     ignore: IgnoreSet,
     path: Vec<String>,
+    /// Segments of `path` that locate a message in a stream (`messages`, `3`); ignore patterns
+    /// also match the path after them, so patterns written for one message apply to each.
+    message_prefix: usize,
     pub(crate) diffs: Vec<Diff>,
     pub(crate) diff_count: usize,
     /// A numeric difference within tolerance was seen.
@@ -80,6 +83,7 @@ impl<'r> Collector<'r> {
             rules,
             ignore,
             path: Vec::new(),
+            message_prefix: 0,
             diffs: Vec::new(),
             diff_count: 0,
             tolerated: false,
@@ -96,9 +100,23 @@ impl<'r> Collector<'r> {
         result
     }
 
+    /// Runs `f` at message `index` of a stream (`/messages/{index}`).
+    pub(crate) fn in_message<R>(&mut self, index: usize, f: impl FnOnce(&mut Self) -> R) -> R {
+        let (depth, outer) = (self.path.len(), self.message_prefix);
+        self.path.push("messages".into());
+        self.path.push(index.to_string());
+        self.message_prefix = depth + 2;
+        let result = f(self);
+        self.path.truncate(depth);
+        self.message_prefix = outer;
+        result
+    }
+
     /// Whether the current location is ignored.
     pub(crate) fn ignored(&self) -> bool {
         self.ignore.matches(&self.path)
+            || (self.message_prefix > 0
+                && self.path.get(self.message_prefix..).is_some_and(|inner| self.ignore.matches(inner)))
     }
 
     /// Records a difference at the current location.

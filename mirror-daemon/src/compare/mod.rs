@@ -13,7 +13,9 @@
 //!    pointer `""` (the whole answer) and `{"status": s, "bytes": n}` on each side, and the note
 //!    says `status 200 vs 503`. A synthetic pointer such as `/_status` was avoided because it
 //!    could collide with a real body field.
-//! 3. Bodies are decoded ([`body`]); a corrupt or oversized encoded body is a mismatch with a note.
+//! 3. A gRPC call (the request's or production's `content-type` is `application/grpc*`) is
+//!    compared by `grpc.rs`: `grpc-status` like the HTTP status, then message by message.
+//!    Otherwise bodies are decoded ([`body`]); a corrupt or oversized encoded body is a mismatch with a note.
 //!    An unknown coding leaves the bodies as sent and compares them as bytes, with a note.
 //! 4. Bodies that both parse as JSON ([`json`], which keeps every number's text) are compared as
 //!    the detected protocol ([`protocol`]): Open Inference Protocol (`oip.rs`), TensorFlow Serving
@@ -28,6 +30,7 @@
 //! [`Verdict::Mismatch`] otherwise.
 pub mod body;
 pub mod config;
+mod grpc;
 pub mod json;
 mod json_diff;
 mod oip;
@@ -35,8 +38,12 @@ mod openai;
 mod pointer;
 mod predictions;
 pub mod protocol;
+pub mod schemas;
+pub mod tensor;
 pub mod verdict;
 
+#[cfg(test)]
+mod grpc_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,6 +54,7 @@ pub use self::{
     config::{CompareRules, ProtocolChoice},
     json::Json,
     protocol::Protocol,
+    schemas::Schemas,
     verdict::Verdict,
 };
 use self::{json_diff::Collector, pointer::IgnoreSet};
@@ -57,8 +65,10 @@ use crate::exchange::Header;
 pub struct Message<'a> {
     pub status: u16,
     pub headers: &'a [Header],
-    /// The body as sent (de-chunked, still content-encoded).
+    /// The body as sent (de-chunked, still content-encoded; for gRPC, the DATA payload).
     pub body: &'a [u8],
+    /// Trailer fields (HTTP/1.1 chunked trailers, HTTP/2 trailers: gRPC's status); may be empty.
+    pub trailers: &'a [Header],
 }
 
 /// The request both answers respond to; its path selects the protocol.
@@ -154,14 +164,20 @@ fn summary(message: &Message<'_>) -> Json<'static> {
     Json::from(json!({ "status": message.status, "bytes": message.body.len() }))
 }
 
-/// Compares the shadow's outcome with production's answer to `request`.
+/// Compares the shadow's outcome with production's answer to `request`; `schemas` decodes gRPC
+/// messages.
 pub fn compare(
     request: &RequestView<'_>,
     production: &Message<'_>,
     shadow: &ShadowOutcome<'_>,
     rules: &CompareRules,
+    schemas: &Schemas,
 ) -> Comparison {
-    let hinted = protocol::hinted(rules.protocol, request.path).unwrap_or(Protocol::Bytes);
+    let codec = crate::grpc::codec(request.headers).or_else(|| crate::grpc::codec(production.headers));
+    let hinted = match codec {
+        Some(_) => grpc::hinted(request.path, rules, schemas),
+        None => protocol::hinted(rules.protocol, request.path).unwrap_or(Protocol::Bytes),
+    };
     let shadow = match shadow {
         ShadowOutcome::Answered(message) => message,
         ShadowOutcome::TimedOut => {
@@ -189,6 +205,10 @@ pub fn compare(
         }
         comparison.diff_count = 1;
         return comparison;
+    }
+
+    if let Some(codec) = &codec {
+        return grpc::compare(request, production, shadow, rules, schemas, codec);
     }
 
     let decoded = (
@@ -243,24 +263,51 @@ pub fn compare(
 
     let (protocol, note) = protocol::choose(rules.protocol, request.path, &a);
     notes.extend(note);
+    let mut c = Collector::new(rules, ignores(rules, protocol));
+    let mut metrics = PredictionMetrics::default();
+    compare_as(&mut c, protocol, &a, &b, &mut metrics, &mut notes);
+    finish(c, protocol, metrics, notes)
+}
+
+/// The ignore patterns in force for a comparison as `protocol`.
+fn ignores(rules: &CompareRules, protocol: Protocol) -> IgnoreSet {
     let mut ignores: Vec<&str> = rules.ignore.iter().map(String::as_str).collect();
     if rules.protocol_default_ignores {
         ignores.extend(protocol::default_ignores(protocol));
     }
-    let mut c = Collector::new(rules, IgnoreSet::new(ignores));
-    let mut metrics = PredictionMetrics::default();
-    match (protocol, &a, &b) {
-        (Protocol::Oip, Json::Object(x), Json::Object(y)) => oip::compare(&mut c, x, y, &mut metrics),
-        (Protocol::OpenAi, Json::Object(x), Json::Object(y)) => openai::compare(&mut c, x, y, &mut metrics),
-        (Protocol::TfServing | Protocol::Mlflow, a, b) => predictions::compare(&mut c, a, b, &mut metrics),
+    IgnoreSet::new(ignores)
+}
+
+/// Compares two parsed bodies as `protocol` (chosen by [`protocol::choose`]).
+fn compare_as(
+    c: &mut Collector<'_>,
+    protocol: Protocol,
+    a: &Json<'_>,
+    b: &Json<'_>,
+    metrics: &mut PredictionMetrics,
+    notes: &mut Vec<String>,
+) {
+    match (protocol, a, b) {
+        (Protocol::Oip, Json::Object(x), Json::Object(y)) => oip::compare(c, x, y, metrics),
+        (Protocol::OpenAi, Json::Object(x), Json::Object(y)) => openai::compare(c, x, y, metrics),
+        (Protocol::TfServing | Protocol::Mlflow, a, b) => predictions::compare(c, a, b, metrics),
         // A protocol other than JSON gets here only when the shadow body lacks its shape.
         (_, a, b) => {
             if protocol != Protocol::Json {
                 notes.push(format!("shadow body does not have the {protocol} shape"));
             }
-            json_diff::diff_values(&mut c, a, b);
+            json_diff::diff_values(c, a, b);
         }
     }
+}
+
+/// The comparison a collector's findings amount to.
+fn finish(
+    mut c: Collector<'_>,
+    protocol: Protocol,
+    mut metrics: PredictionMetrics,
+    mut notes: Vec<String>,
+) -> Comparison {
     metrics.max_abs_error = c.errors.max();
     metrics.mean_abs_error = c.errors.mean();
     notes.append(&mut c.notes);

@@ -43,7 +43,10 @@ pub(crate) fn compare(c: &mut Collector<'_>, a: &Object<'_>, b: &Object<'_>, m: 
         let pairs = pair(xs, ys, by_position);
         for (i, j) in pairs {
             match (i, j) {
-                (Some(i), Some(j)) => c.at(i.to_string(), |c| output(c, &xs[i], &ys[j], m)),
+                (Some(i), Some(j)) => {
+                    let label = name(&xs[i]).unwrap_or("?");
+                    c.at(i.to_string(), |c| output(c, label, &xs[i], &ys[j], m))
+                }
                 (Some(i), None) => c.at(i.to_string(), |c| {
                     if !c.ignored() {
                         c.record(&xs[i], &Json::Null)
@@ -94,7 +97,11 @@ enum Kind {
 }
 
 fn kind(datatype: &str, shape: &[usize], data: &[&Json<'_>]) -> Kind {
-    let upper = datatype.to_ascii_uppercase();
+    let mut upper = datatype.to_ascii_uppercase();
+    // TensorFlow names (`DT_FLOAT`), from TF Serving answers, read as their OIP counterparts.
+    if let Some(oip) = super::tensor::oip_datatype(&upper) {
+        upper = oip.to_string();
+    }
     let float = upper.starts_with("FP") || upper == "BF16";
     if float {
         match shape {
@@ -126,8 +133,48 @@ fn flatten<'v>(value: &'v Json<'v>, out: &mut Vec<&'v Json<'v>>) {
     }
 }
 
-/// Compares one pair of outputs at the current location (`/outputs/{i}`).
-fn output(c: &mut Collector<'_>, x: &Json<'_>, y: &Json<'_>, m: &mut PredictionMetrics) {
+/// Compares two answers whose outputs are an object of tensors keyed by name (TF Serving's
+/// `PredictResponse` in the shape of [`super::tensor::predict_response`]), each pair of tensors as
+/// an OIP output.
+pub(crate) fn compare_tensor_map(
+    c: &mut Collector<'_>,
+    a: &Object<'_>,
+    b: &Object<'_>,
+    m: &mut PredictionMetrics,
+) {
+    diff_fields(c, a, b, &["outputs"]);
+    let (Some(xs), Some(ys)) =
+        (a.get("outputs").and_then(Json::as_object), b.get("outputs").and_then(Json::as_object))
+    else {
+        let (x, y) = (a.get("outputs").unwrap_or(&Json::Null), b.get("outputs").unwrap_or(&Json::Null));
+        return c.at("outputs", |c| diff_values(c, x, y));
+    };
+    c.at("outputs", |c| {
+        if c.ignored() {
+            return;
+        }
+        for (key, x) in xs.iter() {
+            c.at(key, |c| match ys.get(key) {
+                Some(y) => output(c, key, x, y, m),
+                None if !c.ignored() => c.record(x, &Json::Null),
+                None => {}
+            });
+        }
+        for (key, y) in ys.iter() {
+            if !xs.contains_key(key) {
+                c.at(key, |c| {
+                    if !c.ignored() {
+                        c.record(&Json::Null, y)
+                    }
+                });
+            }
+        }
+    });
+}
+
+/// Compares one pair of outputs at the current location (`/outputs/{i}`); `label` names the output
+/// in notes.
+fn output(c: &mut Collector<'_>, label: &str, x: &Json<'_>, y: &Json<'_>, m: &mut PredictionMetrics) {
     if c.ignored() {
         return;
     }
@@ -149,7 +196,6 @@ fn output(c: &mut Collector<'_>, x: &Json<'_>, y: &Json<'_>, m: &mut PredictionM
         if c.ignored() {
             return;
         }
-        let label = name(x).unwrap_or("?").to_string();
         let (Some(xs), Some(ys)) = (shape_of(x), shape_of(y)) else {
             c.note(format!("output {label}: shape is not a list of dimensions"));
             return diff_values(c, xd, yd);

@@ -40,7 +40,7 @@ impl Protocol {
         }
     }
 
-    fn from_choice(choice: ProtocolChoice) -> Option<Self> {
+    pub(crate) fn from_choice(choice: ProtocolChoice) -> Option<Self> {
         match choice {
             ProtocolChoice::Auto => None,
             ProtocolChoice::Oip => Some(Protocol::Oip),

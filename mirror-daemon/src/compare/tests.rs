@@ -8,12 +8,28 @@ use super::{
     *,
 };
 
+/// The built-in message definitions, loaded once for all tests.
+pub(crate) fn builtin() -> &'static Schemas {
+    static BUILTIN: std::sync::LazyLock<Schemas> = std::sync::LazyLock::new(Schemas::builtin);
+    &BUILTIN
+}
+
+/// [`super::compare`] with the built-in message definitions.
+fn compare(
+    request: &RequestView<'_>,
+    production: &Message<'_>,
+    shadow: &ShadowOutcome<'_>,
+    rules: &CompareRules,
+) -> Comparison {
+    super::compare(request, production, shadow, rules, builtin())
+}
+
 fn req(path: &str) -> RequestView<'_> {
     RequestView { method: "POST", path, headers: &[], body: b"{}" }
 }
 
 fn ok(body: &[u8]) -> Message<'_> {
-    Message { status: 200, headers: &[], body }
+    Message { status: 200, headers: &[], body, trailers: &[] }
 }
 
 fn run(path: &str, prod: &[u8], shadow: &[u8], rules: &CompareRules) -> Comparison {
@@ -52,7 +68,7 @@ fn timeout_and_failure_are_reported_before_anything_else() {
 
 #[test]
 fn shadow_failing_where_production_succeeded_is_a_shadow_error() {
-    let shadow = Message { status: 503, headers: &[], body: b"busy" };
+    let shadow = Message { status: 503, headers: &[], body: b"busy", trailers: &[] };
     let c = compare(&req("/x"), &ok(b"{}"), &ShadowOutcome::Answered(shadow), &strict());
     assert_eq!(c.verdict, Verdict::ShadowError);
     assert_eq!(c.note.as_deref(), Some("status 200 vs 503"));
@@ -65,8 +81,8 @@ fn shadow_failing_where_production_succeeded_is_a_shadow_error() {
 #[test]
 fn other_status_differences_are_mismatches() {
     for (p, s) in [(404, 200), (200, 201), (500, 400), (200, 304)] {
-        let prod = Message { status: p, headers: &[], body: b"" };
-        let shadow = Message { status: s, headers: &[], body: b"" };
+        let prod = Message { status: p, headers: &[], body: b"", trailers: &[] };
+        let shadow = Message { status: s, headers: &[], body: b"", trailers: &[] };
         let c = compare(&req("/x"), &prod, &ShadowOutcome::Answered(shadow), &strict());
         let want = if s == 304 { Verdict::ShadowError } else { Verdict::Mismatch };
         assert_eq!(c.verdict, want, "{p} vs {s}");
@@ -76,9 +92,9 @@ fn other_status_differences_are_mismatches() {
 
 #[test]
 fn equal_error_statuses_compare_bodies() {
-    let prod = Message { status: 400, headers: &[], body: br#"{"error": "bad input"}"# };
-    let same = Message { status: 400, headers: &[], body: br#"{"error":"bad input"}"# };
-    let other = Message { status: 400, headers: &[], body: br#"{"error":"other"}"# };
+    let prod = Message { status: 400, headers: &[], body: br#"{"error": "bad input"}"#, trailers: &[] };
+    let same = Message { status: 400, headers: &[], body: br#"{"error":"bad input"}"#, trailers: &[] };
+    let other = Message { status: 400, headers: &[], body: br#"{"error":"other"}"#, trailers: &[] };
     assert_eq!(compare(&req("/x"), &prod, &ShadowOutcome::Answered(same), &strict()).verdict, Verdict::Match);
     let c = compare(&req("/x"), &prod, &ShadowOutcome::Answered(other), &strict());
     assert_eq!(c.verdict, Verdict::Mismatch);
@@ -92,13 +108,13 @@ fn encoded_bodies_compare_decoded() {
     let text = br#"{"predictions": [1, 2]}"#;
     let headers = encoding("gzip");
     let gz = gzip(text);
-    let shadow = Message { status: 200, headers: &headers, body: &gz };
+    let shadow = Message { status: 200, headers: &headers, body: &gz, trailers: &[] };
     let c = compare(&req("/x"), &ok(text), &ShadowOutcome::Answered(shadow), &strict());
     assert_eq!(c.verdict, Verdict::Match);
     assert_eq!(c.protocol, Protocol::TfServing);
     let headers = encoding("deflate");
     let z = zlib(br#"{"predictions": [1, 3]}"#);
-    let shadow = Message { status: 200, headers: &headers, body: &z };
+    let shadow = Message { status: 200, headers: &headers, body: &z, trailers: &[] };
     let c = compare(&req("/x"), &ok(text), &ShadowOutcome::Answered(shadow), &strict());
     assert_eq!(c.verdict, Verdict::Mismatch);
     assert_eq!(pointers(&c), vec!["/predictions/1"]);
@@ -107,7 +123,7 @@ fn encoded_bodies_compare_decoded() {
 #[test]
 fn corrupt_encoding_is_a_mismatch_with_a_note() {
     let headers = encoding("gzip");
-    let shadow = Message { status: 200, headers: &headers, body: b"{\"a\":1}" };
+    let shadow = Message { status: 200, headers: &headers, body: b"{\"a\":1}", trailers: &[] };
     let c = compare(&req("/x"), &ok(b"{\"a\":1}"), &ShadowOutcome::Answered(shadow), &strict());
     assert_eq!(c.verdict, Verdict::Mismatch);
     let note = c.note.unwrap();
@@ -120,7 +136,7 @@ fn zip_bomb_is_a_mismatch_not_an_allocation() {
     let bomb = gzip(&zeros);
     let headers = encoding("gzip");
     let rules = CompareRules { max_decoded_bytes: 1 << 20, ..strict() };
-    let shadow = Message { status: 200, headers: &headers, body: &bomb };
+    let shadow = Message { status: 200, headers: &headers, body: &bomb, trailers: &[] };
     let c = compare(&req("/x"), &ok(b"{}"), &ShadowOutcome::Answered(shadow), &rules);
     assert_eq!(c.verdict, Verdict::Mismatch);
     assert_eq!(c.note.as_deref(), Some("shadow body is larger than 1048576 bytes once decoded"));
@@ -129,8 +145,8 @@ fn zip_bomb_is_a_mismatch_not_an_allocation() {
 #[test]
 fn unknown_encoding_compares_bytes_as_sent_with_a_note() {
     let headers = encoding("br");
-    let prod = Message { status: 200, headers: &headers, body: b"\x1b\x01" };
-    let same = Message { status: 200, headers: &headers, body: b"\x1b\x01" };
+    let prod = Message { status: 200, headers: &headers, body: b"\x1b\x01", trailers: &[] };
+    let same = Message { status: 200, headers: &headers, body: b"\x1b\x01", trailers: &[] };
     let c = compare(&req("/x"), &prod, &ShadowOutcome::Answered(same), &strict());
     assert_eq!((c.verdict, c.protocol), (Verdict::Match, Protocol::Bytes));
     assert_eq!(
@@ -722,7 +738,7 @@ proptest! {
             _ => ("deflate", raw_deflate(text.as_bytes())),
         };
         let headers = encoding(name);
-        let shadow = Message { status: 200, headers: &headers, body: &body };
+        let shadow = Message { status: 200, headers: &headers, body: &body, trailers: &[] };
         let c = compare(&req("/x"), &ok(text.as_bytes()), &ShadowOutcome::Answered(shadow), &strict());
         prop_assert_eq!(c.verdict, Verdict::Match);
         prop_assert_eq!(c.note, None);
@@ -731,8 +747,8 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(a in prop::collection::vec(any::<u8>(), 0..64), b in prop::collection::vec(any::<u8>(), 0..64), enc in prop_oneof![Just("gzip"), Just("deflate"), Just("identity"), Just("br")]) {
         let headers = encoding(enc);
-        let prod = Message { status: 200, headers: &headers, body: &a };
-        let shadow = Message { status: 200, headers: &[], body: &b };
+        let prod = Message { status: 200, headers: &headers, body: &a, trailers: &[] };
+        let shadow = Message { status: 200, headers: &[], body: &b, trailers: &[] };
         let _ = compare(&req("/v2/models/m/infer"), &prod, &ShadowOutcome::Answered(shadow), &strict());
     }
 }

@@ -260,15 +260,17 @@ mod tests {
 
     #[test]
     fn comparison_records_show_differing_numbers_as_written() {
-        use crate::compare::{self, CompareRules, Message, RequestView, ShadowOutcome};
+        use crate::compare::{self, CompareRules, Message, RequestView, Schemas, ShadowOutcome};
         let request = RequestView { method: "POST", path: "/x", headers: &[], body: b"{}" };
-        let production = Message { status: 200, headers: &[], body: b"[0.1, 1E+2]" };
-        let shadow = Message { status: 200, headers: &[], body: b"[0.10000000000000001, 1E+2]" };
+        let production = Message { status: 200, headers: &[], body: b"[0.1, 1E+2]", trailers: &[] };
+        let shadow =
+            Message { status: 200, headers: &[], body: b"[0.10000000000000001, 1E+2]", trailers: &[] };
         let comparison = compare::compare(
             &request,
             &production,
             &ShadowOutcome::Answered(shadow),
             &CompareRules::default(),
+            &Schemas::builtin(),
         );
         let exchange = ExchangeRecord::new(&exchange(), &RecordOptions::default());
         let model = crate::replay::target::parse_model("m@2", false);
