@@ -94,10 +94,18 @@ pub struct ParseError {
 
 /// Parses a whole JSON text (RFC 8259), borrowing from `input` where possible.
 pub fn parse(input: &[u8]) -> Result<Json<'_>, ParseError> {
-    let mut parser = Parser { bytes: input, pos: 0 };
-    let result = parser.document();
+    // JSON text is UTF-8 (RFC 8259 §8.1): checked once for the whole body, so that strings and
+    // numbers can be borrowed as `str` without checking each.
+    let (text, result) = match std::str::from_utf8(input) {
+        Ok(text) => {
+            let mut parser = Parser { text, bytes: input, pos: 0 };
+            let result = parser.document();
+            (parser.pos, result)
+        }
+        Err(e) => (e.valid_up_to(), Err(Problem::InvalidUtf8)),
+    };
     result.map_err(|problem| {
-        let upto = input.get(..parser.pos.min(input.len())).unwrap_or_default();
+        let upto = input.get(..text.min(input.len())).unwrap_or_default();
         let line = 1 + upto.iter().filter(|&&b| b == b'\n').count();
         let column = 1 + upto.iter().rev().take_while(|&&b| b != b'\n').count();
         ParseError { problem, line, column }
@@ -105,6 +113,7 @@ pub fn parse(input: &[u8]) -> Result<Json<'_>, ParseError> {
 }
 
 struct Parser<'a> {
+    text: &'a str,
     bytes: &'a [u8],
     pos: usize,
 }
@@ -240,9 +249,9 @@ impl<'a> Parser<'a> {
             match self.peek() {
                 None => return Err(Problem::Eof),
                 Some(b'"') => {
-                    let raw = self.bytes.get(start..self.pos).unwrap_or_default();
+                    let raw = self.text.get(start..self.pos).ok_or(Problem::InvalidUtf8)?;
                     self.pos += 1;
-                    return std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|_| Problem::InvalidUtf8);
+                    return Ok(Cow::Borrowed(raw));
                 }
                 Some(b'\\') => break,
                 Some(0..=0x1f) => return Err(Problem::ControlCharacter),
@@ -409,7 +418,7 @@ impl<'a> Number<'a> {
     /// Wraps `text` when it is a JSON number.
     pub fn new(text: impl Into<Cow<'a, str>>) -> Option<Self> {
         let text = text.into();
-        let mut parser = Parser { bytes: text.as_bytes(), pos: 0 };
+        let mut parser = Parser { text: &text, bytes: text.as_bytes(), pos: 0 };
         let ok = parser.number().is_ok() && parser.pos == text.len();
         ok.then_some(Number(text))
     }

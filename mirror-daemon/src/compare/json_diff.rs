@@ -142,6 +142,21 @@ impl<'r> Collector<'r> {
     /// tolerance when a non-zero tolerance covers their `f64` distance, so at tolerance 0 any
     /// difference counts, even one below `f64`'s resolution (measured as an error of 0).
     pub(crate) fn numbers(&mut self, a: &Number<'_>, b: &Number<'_>, track_error: bool) -> NumberOutcome {
+        let outcome = self.number_outcome(a, b, track_error);
+        if outcome == NumberOutcome::Beyond {
+            self.record(&Json::Number(a.clone()), &Json::Number(b.clone()));
+        }
+        outcome
+    }
+
+    /// How two numbers compare, as [`Self::numbers`] but leaving the recording of a difference
+    /// beyond tolerance to the caller.
+    pub(crate) fn number_outcome(
+        &mut self,
+        a: &Number<'_>,
+        b: &Number<'_>,
+        track_error: bool,
+    ) -> NumberOutcome {
         let outcome = if a.value_eq(b) {
             if track_error {
                 self.errors.add(0.0);
@@ -160,10 +175,8 @@ impl<'r> Collector<'r> {
                 NumberOutcome::Beyond
             }
         };
-        match outcome {
-            NumberOutcome::Equal => {}
-            NumberOutcome::WithinTolerance => self.tolerated = true,
-            NumberOutcome::Beyond => self.record(&Json::Number(a.clone()), &Json::Number(b.clone())),
+        if outcome == NumberOutcome::WithinTolerance {
+            self.tolerated = true;
         }
         outcome
     }

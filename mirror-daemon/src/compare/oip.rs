@@ -21,7 +21,7 @@ use serde_json::json;
 use super::{
     PredictionMetrics,
     json::{Json, Object},
-    json_diff::{Collector, diff_fields, diff_values, exact_eq},
+    json_diff::{Collector, NumberOutcome, diff_fields, diff_values, exact_eq},
 };
 
 /// Compares two OIP answers (both known to have an `outputs` array).
@@ -223,28 +223,58 @@ fn output(c: &mut Collector<'_>, label: &str, x: &Json<'_>, y: &Json<'_>, m: &mu
 
 /// Compares two flattened tensors of the same shape at the current location (`.../data`).
 fn tensor(c: &mut Collector<'_>, kind: Kind, xs: &[&Json<'_>], ys: &[&Json<'_>], m: &mut PredictionMetrics) {
+    // Elements are not matched against ignore patterns (those stop at `.../data`), so a location
+    // is only built for an element that differs.
+    let classes = match kind {
+        Kind::Scores { classes } => classes,
+        _ => 1,
+    };
+    let mut differing_rows = if matches!(kind, Kind::Scores { .. }) {
+        vec![false; xs.len().div_ceil(classes.max(1))]
+    } else {
+        Vec::new()
+    };
     for (k, (a, b)) in xs.iter().zip(ys).enumerate() {
-        c.at(k.to_string(), |c| match (kind, a, b) {
+        let equal = match (kind, a, b) {
             (Kind::Labels, a, b) => {
-                if exact_eq(a, b) {
+                let equal = exact_eq(a, b);
+                if equal {
                     m.label_agreements += 1;
                 } else {
                     m.label_flips += 1;
-                    c.record(a, b);
+                    c.at(k.to_string(), |c| c.record(a, b));
                 }
+                equal
             }
-            (_, Json::Number(a), Json::Number(b)) => {
-                c.numbers(a, b, true);
-            }
+            (_, Json::Number(x), Json::Number(y)) => match c.number_outcome(x, y, true) {
+                NumberOutcome::Equal => true,
+                NumberOutcome::WithinTolerance => false,
+                NumberOutcome::Beyond => {
+                    c.at(k.to_string(), |c| c.record(a, b));
+                    false
+                }
+            },
             (_, a, b) => {
-                if !exact_eq(a, b) {
-                    c.record(a, b);
+                let equal = exact_eq(a, b);
+                if !equal {
+                    c.at(k.to_string(), |c| c.record(a, b));
                 }
+                equal
             }
-        });
+        };
+        if !equal && let Some(row) = differing_rows.get_mut(k / classes.max(1)) {
+            *row = true;
+        }
     }
     if let Kind::Scores { classes } = kind {
         for (row, (xr, yr)) in xs.chunks(classes).zip(ys.chunks(classes)).enumerate() {
+            // Equal rows have equal argmaxes: only rows that differ need their scores as f64.
+            if !differing_rows.get(row).copied().unwrap_or(true) {
+                if xr.iter().all(|v| v.is_number()) {
+                    m.label_agreements += 1;
+                }
+                continue;
+            }
             let (Some(xl), Some(yl)) = (argmax(xr), argmax(yr)) else { continue };
             if xl == yl {
                 m.label_agreements += 1;
