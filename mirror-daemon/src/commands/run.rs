@@ -468,6 +468,7 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
     applied("replay.marker_header", o.marker_header != n.marker_header);
     applied("compare", o.compare != n.compare);
     applied("routes", o.route_rules != n.route_rules);
+    applied("proto_descriptors", o.proto_descriptor != n.proto_descriptor);
     applied("criteria", old.criteria != new.criteria);
     applied("capture.interfaces", old.attach.interfaces != new.attach.interfaces);
     applied("capture.server_addrs", old.attach.server_addrs != new.attach.server_addrs);

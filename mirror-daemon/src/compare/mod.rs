@@ -14,9 +14,12 @@
 //!    says `status 200 vs 503`. A synthetic pointer such as `/_status` was avoided because it
 //!    could collide with a real body field.
 //! 3. A gRPC call (the request's or production's `content-type` is `application/grpc*`) is
-//!    compared by `grpc.rs`: `grpc-status` like the HTTP status, then message by message.
-//!    Otherwise bodies are decoded ([`body`]); a corrupt or oversized encoded body is a mismatch with a note.
-//!    An unknown coding leaves the bodies as sent and compares them as bytes, with a note.
+//!    compared by `grpc.rs`: `grpc-status` like the HTTP status, then message by message, the
+//!    messages decoded with the built-in inference APIs or the user's descriptor sets
+//!    ([`Schemas`]) and compared through the same adapters as below.
+//!    Otherwise bodies are decoded ([`body`]); a corrupt or oversized encoded body is a mismatch
+//!    with a note. An unknown coding leaves the bodies as sent and compares them as bytes, with a
+//!    note.
 //! 4. Bodies that both parse as JSON ([`json`], which keeps every number's text) are compared as
 //!    the detected protocol ([`protocol`]): Open Inference Protocol (`oip.rs`), TensorFlow Serving
 //!    and MLflow (`predictions.rs`), OpenAI (`openai.rs`), else generic JSON (`json_diff.rs`).
@@ -131,7 +134,9 @@ pub struct Comparison {
     pub verdict: Verdict,
     /// The protocol the bodies were compared as. When bodies were not compared (timeout, error,
     /// status difference, undecodable body) it is the protocol the rules or the path name, or
-    /// `bytes`.
+    /// `bytes`. For gRPC: `oip` (ModelInfer), `tf_serving` (Predict), `json` (a method decoded
+    /// with a descriptor, or `application/grpc+json`), `bytes` (no descriptor, or a message that
+    /// does not decode).
     pub protocol: Protocol,
     /// The first [`CompareRules::max_diffs`] differences.
     pub diffs: Vec<Diff>,
