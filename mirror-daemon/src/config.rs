@@ -97,6 +97,9 @@ pub struct FileConfig {
     /// Comparison rules per route; the first matching route wins, others use `compare`.
     pub routes: Vec<RouteEntry>,
     pub criteria: Option<Criteria>,
+    /// Descriptor sets of gRPC services compared as JSON (`protoc --include_imports
+    /// --descriptor_set_out` or `buf build` output).
+    pub proto_descriptors: Option<Vec<PathBuf>>,
     pub limits: LimitsSection,
     pub output: OutputSection,
 }
@@ -220,6 +223,7 @@ pub struct FileSettings {
     pub compare: Option<CompareRules>,
     pub route_rules: Vec<RouteRules>,
     pub criteria: Option<Criteria>,
+    pub proto_descriptors: Option<Vec<PathBuf>>,
     pub max_connections: Option<usize>,
     pub max_body_size: Option<u32>,
     pub max_buffered_per_connection: Option<u32>,
@@ -444,6 +448,19 @@ fn endpoint_problem(endpoint: &str, err: &TargetError) -> String {
     }
 }
 
+/// Reads a descriptor set and checks that it decodes with the built-in definitions; the error
+/// says what to do.
+pub fn check_descriptor_set(path: &Path) -> Result<crate::compare::Schemas, String> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        format!(
+            "cannot read {}: {e}: give a file written by `protoc --include_imports --descriptor_set_out=FILE` or `buf build -o FILE`",
+            path.display()
+        )
+    })?;
+    crate::compare::Schemas::with_descriptor_sets([bytes.as_slice()])
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// A light check of a Kubernetes label selector (the API server has the last word): not empty, no
 /// empty requirement, and each one a key with an operator (`k=v`, `k==v`, `k!=v`, `k in (a,b)`,
 /// `k notin (a)`, `k`, `!k`).
@@ -639,6 +656,14 @@ impl FileConfig {
                 c.problem(format!("criteria.{}", err.field), format!("{}: {}", err.value, err.expected));
             }
             s.criteria = Some(criteria.clone());
+        }
+        if let Some(paths) = &self.proto_descriptors {
+            for (i, path) in paths.iter().enumerate() {
+                if let Err(message) = check_descriptor_set(path) {
+                    c.problem(format!("proto_descriptors[{i}]"), message);
+                }
+            }
+            s.proto_descriptors = Some(paths.clone());
         }
 
         let limits = &self.limits;

@@ -64,6 +64,8 @@ pub struct RuleSet {
     pub default: CompareRules,
     /// Tried in order; the first pattern that matches the request wins.
     pub routes: Vec<RouteRules>,
+    /// Message definitions gRPC answers are decoded with (built-ins and `--proto-descriptor`).
+    pub schemas: compare::Schemas,
 }
 
 impl RuleSet {
@@ -591,6 +593,7 @@ impl Reporter {
             status: exchange.response.status,
             headers: &exchange.response.headers,
             body: &exchange.response.body,
+            trailers: &exchange.response.trailers,
         };
         let route_label = self.metrics.route_label(&route);
         for (index, result) in complete.results.iter().enumerate() {
@@ -605,23 +608,27 @@ impl Reporter {
                     status: answer.status,
                     headers: &answer.headers,
                     body: &answer.body,
+                    trailers: &answer.trailers,
                 }),
                 ShadowResult::TimedOut { .. } => ShadowOutcome::TimedOut,
                 ShadowResult::Failed { error, .. } => ShadowOutcome::Failed(error),
                 ShadowResult::NotSent { .. } => continue,
             };
             let rules = self.rules.for_request(&exchange.request.method, &exchange.request.target);
-            let comparison = compare::compare(&request, &production, &outcome, rules);
+            let comparison = compare::compare(&request, &production, &outcome, rules, &self.rules.schemas);
             let shadow_record =
                 ShadowRecord::from_result(&shadow.model, &shadow.endpoint, result, &self.record);
-            let value = serde_json::to_value(ComparisonRecord::compared(
+            let production_model = self.production_model.clone();
+            let compared = ComparisonRecord::compared(
                 &record,
                 &route,
-                self.production_model.as_ref(),
+                production_model.as_ref(),
                 shadow_record,
                 &comparison,
-            ))?;
-            self.write(&value)?;
+            );
+            // Written from the record itself: a `serde_json::Value` would round numbers in diffs.
+            self.write(&compared)?;
+            let value = serde_json::to_value(&compared)?;
             self.observe(&value);
 
             let labels = ShadowRouteLabels { model_id: model_id.clone(), route: route_label.clone() };
@@ -795,6 +802,7 @@ mod tests {
                 },
                 RouteRules { pattern: RoutePattern::parse("/v2/**").unwrap(), rules: rules(2.0) },
             ],
+            schemas: compare::Schemas::default(),
         };
         assert_eq!(set.for_request("POST", "/v2/models/m/infer?x=1").abs_tolerance, 1.0);
         assert_eq!(set.for_request("GET", "/v2/models/m/infer").abs_tolerance, 2.0, "method differs");

@@ -315,7 +315,11 @@ fn per_route_rules_pick_the_first_match() {
         "compare: {abs_tolerance: 0.5}\nroutes:\n  - {route: 'POST /v2/models/*/infer', compare: {abs_tolerance: 1}}\n  - {route: '/v2/**', compare: {protocol: json}}\n",
     )
     .unwrap();
-    let set = RuleSet { default: s.compare.clone().unwrap(), routes: s.route_rules.clone() };
+    let set = RuleSet {
+        default: s.compare.clone().unwrap(),
+        routes: s.route_rules.clone(),
+        schemas: Default::default(),
+    };
     assert_eq!(set.for_request("POST", "/v2/models/m/infer").abs_tolerance, 1.0);
     let health = set.for_request("GET", "/v2/health/ready");
     assert_eq!(
@@ -327,5 +331,47 @@ fn per_route_rules_pick_the_first_match() {
     assert_eq!(
         *set.for_request("POST", "/predict"),
         CompareRules { abs_tolerance: 0.5, ..CompareRules::default() }
+    );
+}
+
+#[test]
+fn proto_descriptors_must_be_readable_descriptor_sets() {
+    let dir = std::env::temp_dir().join(format!("config-proto-descriptors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing.pb");
+    assert_problem(
+        &format!("proto_descriptors: [{}]", missing.display()),
+        "proto_descriptors[0]",
+        &["cannot read", "missing.pb", "protoc --include_imports --descriptor_set_out=FILE", "buf build"],
+    );
+    let garbage = dir.join("garbage.pb");
+    std::fs::write(&garbage, b"\xff\xff not a descriptor set").unwrap();
+    assert_problem(
+        &format!("proto_descriptors: [{}]", garbage.display()),
+        "proto_descriptors[0]",
+        &["garbage.pb", "is not a usable FileDescriptorSet", "--include_imports"],
+    );
+    std::fs::write(dir.join("svc.proto"), "syntax = \"proto3\";\npackage svc;\nmessage R { int64 n = 1; }\nservice S { rpc M(R) returns (R); }\n")
+        .unwrap();
+    let set = protox::compile(["svc.proto"], [&dir]).unwrap();
+    let good = dir.join("svc.pb");
+    std::fs::write(&good, prost::Message::encode_to_vec(&set)).unwrap();
+    let s = yaml(&format!("proto_descriptors: [{}]", good.display())).expect("a descriptor set is accepted");
+    assert_eq!(s.proto_descriptors, Some(vec![good.clone()]));
+    // A set whose imports are missing is refused too.
+    std::fs::write(
+        dir.join("svc2.proto"),
+        "syntax = \"proto3\";\npackage svc2;\nimport \"svc.proto\";\nmessage Q { svc.R r = 1; }\n",
+    )
+    .unwrap();
+    let dependent = protox::compile(["svc2.proto"], [&dir]).unwrap();
+    let mut only_top = dependent.clone();
+    only_top.file.retain(|f| f.name() == "svc2.proto");
+    let broken = dir.join("broken.pb");
+    std::fs::write(&broken, prost::Message::encode_to_vec(&only_top)).unwrap();
+    assert_problem(
+        &format!("proto_descriptors: [{}]", broken.display()),
+        "proto_descriptors[0]",
+        &["is not a usable FileDescriptorSet", "--include_imports"],
     );
 }

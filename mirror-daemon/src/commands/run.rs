@@ -181,6 +181,11 @@ pub struct MirrorArgs {
     /// Compare as: auto, oip, tf_serving, mlflow, openai, json, bytes.
     #[arg(long, default_value = "auto")]
     pub protocol: String,
+    /// Descriptor set of gRPC services to compare as JSON (repeatable), as written by `protoc
+    /// --include_imports --descriptor_set_out=FILE` or `buf build -o FILE`; without one, other
+    /// gRPC methods than the built-in inference APIs are compared as bytes.
+    #[arg(long, value_name = "FILE")]
+    pub proto_descriptor: Vec<std::path::PathBuf>,
     /// The default rules when a config file is in use (the file's, with the flags given applied).
     #[arg(skip)]
     pub compare: Option<CompareRules>,
@@ -195,7 +200,25 @@ impl MirrorArgs {
             Some(rules) => rules.clone(),
             None => self.flag_rules(CompareRules::default(), &|_| true)?,
         };
-        Ok(RuleSet { default, routes: self.route_rules.clone() })
+        Ok(RuleSet { default, routes: self.route_rules.clone(), schemas: self.schemas()? })
+    }
+
+    /// The built-in message definitions plus the `--proto-descriptor` files.
+    fn schemas(&self) -> Result<mirror_daemon::compare::Schemas> {
+        let mut schemas = mirror_daemon::compare::Schemas::builtin();
+        for path in &self.proto_descriptor {
+            let bytes = std::fs::read(path).with_context(|| {
+                format!(
+                    "--proto-descriptor {}: cannot read it (give a file written by `protoc --include_imports \
+                     --descriptor_set_out=FILE` or `buf build -o FILE`)",
+                    path.display()
+                )
+            })?;
+            schemas
+                .add_descriptor_set(&bytes)
+                .with_context(|| format!("--proto-descriptor {}", path.display()))?;
+        }
+        Ok(schemas)
     }
 
     /// `base` with the comparison flags for which `given` is true applied.
@@ -367,6 +390,7 @@ impl Invocation {
             "shadow_max_in_flight": args.mirror.shadow_max_in_flight => file.shadow_max_in_flight;
             "shadow_queue": args.mirror.shadow_queue => file.shadow_queue;
             "shadow_max_response": args.mirror.shadow_max_response => file.shadow_max_response;
+            "proto_descriptor": args.mirror.proto_descriptor => file.proto_descriptors;
         }
         if !given("production_model")
             && let Some(model) = &file.production_model
@@ -447,6 +471,7 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
     applied("replay.marker_header", o.marker_header != n.marker_header);
     applied("compare", o.compare != n.compare);
     applied("routes", o.route_rules != n.route_rules);
+    applied("proto_descriptors", o.proto_descriptor != n.proto_descriptor);
     applied("criteria", old.criteria != new.criteria);
     applied("capture.interfaces", old.attach.interfaces != new.attach.interfaces);
     applied("capture.server_addrs", old.attach.server_addrs != new.attach.server_addrs);

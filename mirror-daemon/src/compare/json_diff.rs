@@ -1,16 +1,23 @@
 //! Generic JSON comparison, and the [`Collector`] every protocol adapter records into.
 //!
 //! Objects are compared by key and arrays element by element; a key or element present on one
-//! side only is a difference with `null` on the missing side. Numbers compare by value (`1` equals
-//! `1.0`, integers compare exactly even beyond 2^53) and may agree within the rules' tolerance.
+//! side only is a difference with `null` on the missing side. Numbers compare by decimal value
+//! (`1` equals `1.0`; `0.1` does not equal `0.10000000000000001`, though both are one `f64`; see
+//! [`super::json`]) and may agree within the rules' tolerance, which is measured in `f64`.
 //! Ignored locations are skipped entirely, so they can never produce a difference.
 //!
 //! Only differences that break agreement are recorded as [`Diff`]s; numeric differences within
 //! tolerance are summarised by the absolute-error statistics instead, so that a float output with
 //! noise in every element does not bury a real difference.
-use serde_json::{Map, Number, Value, json};
+use std::borrow::Cow;
 
-use super::{CompareRules, Diff, Verdict, pointer::IgnoreSet};
+use serde_json::json;
+
+use super::{
+    CompareRules, Diff, Verdict,
+    json::{Json, Number, Object},
+    pointer::IgnoreSet,
+};
 
 /// Longest string kept in a [`Diff`] value, in characters.
 const CLIP_CHARS: usize = 256;
@@ -59,6 +66,9 @@ pub(crate) struct Collector<'r> {
     rules: &'r CompareRules,
     ignore: IgnoreSet,
     path: Vec<String>,
+    /// Segments of `path` that locate a message in a stream (`messages`, `3`); ignore patterns
+    /// also match the path after them, so patterns written for one message apply to each.
+    message_prefix: usize,
     pub(crate) diffs: Vec<Diff>,
     pub(crate) diff_count: usize,
     /// A numeric difference within tolerance was seen.
@@ -73,6 +83,7 @@ impl<'r> Collector<'r> {
             rules,
             ignore,
             path: Vec::new(),
+            message_prefix: 0,
             diffs: Vec::new(),
             diff_count: 0,
             tolerated: false,
@@ -89,13 +100,27 @@ impl<'r> Collector<'r> {
         result
     }
 
+    /// Runs `f` at message `index` of a stream (`/messages/{index}`).
+    pub(crate) fn in_message<R>(&mut self, index: usize, f: impl FnOnce(&mut Self) -> R) -> R {
+        let (depth, outer) = (self.path.len(), self.message_prefix);
+        self.path.push("messages".into());
+        self.path.push(index.to_string());
+        self.message_prefix = depth + 2;
+        let result = f(self);
+        self.path.truncate(depth);
+        self.message_prefix = outer;
+        result
+    }
+
     /// Whether the current location is ignored.
     pub(crate) fn ignored(&self) -> bool {
         self.ignore.matches(&self.path)
+            || (self.message_prefix > 0
+                && self.path.get(self.message_prefix..).is_some_and(|inner| self.ignore.matches(inner)))
     }
 
     /// Records a difference at the current location.
-    pub(crate) fn record(&mut self, production: &Value, shadow: &Value) {
+    pub(crate) fn record(&mut self, production: &Json<'_>, shadow: &Json<'_>) {
         self.diff_count += 1;
         if self.diffs.len() < self.rules.max_diffs {
             self.diffs.push(Diff {
@@ -112,22 +137,46 @@ impl<'r> Collector<'r> {
 
     /// Compares two numbers at the current location, recording a difference beyond tolerance.
     /// With `track_error`, the absolute error joins the error statistics.
-    pub(crate) fn numbers(&mut self, a: &Number, b: &Number, track_error: bool) -> NumberOutcome {
-        let (error, magnitude) = number_error(a, b);
-        if track_error {
-            self.errors.add(error);
+    ///
+    /// Numbers are equal only when their decimal values are. Unequal numbers agree within
+    /// tolerance when a non-zero tolerance covers their `f64` distance, so at tolerance 0 any
+    /// difference counts, even one below `f64`'s resolution (measured as an error of 0).
+    pub(crate) fn numbers(&mut self, a: &Number<'_>, b: &Number<'_>, track_error: bool) -> NumberOutcome {
+        let outcome = self.number_outcome(a, b, track_error);
+        if outcome == NumberOutcome::Beyond {
+            self.record(&Json::Number(a.clone()), &Json::Number(b.clone()));
         }
-        let outcome = if error == 0.0 {
+        outcome
+    }
+
+    /// How two numbers compare, as [`Self::numbers`] but leaving the recording of a difference
+    /// beyond tolerance to the caller.
+    pub(crate) fn number_outcome(
+        &mut self,
+        a: &Number<'_>,
+        b: &Number<'_>,
+        track_error: bool,
+    ) -> NumberOutcome {
+        let outcome = if a.value_eq(b) {
+            if track_error {
+                self.errors.add(0.0);
+            }
             NumberOutcome::Equal
-        } else if error <= self.rules.abs_tolerance || error <= self.rules.rel_tolerance * magnitude {
-            NumberOutcome::WithinTolerance
         } else {
-            NumberOutcome::Beyond
+            let error = a.distance(b);
+            if track_error {
+                self.errors.add(error);
+            }
+            let magnitude = a.as_f64().abs().max(b.as_f64().abs());
+            let (abs, rel) = (self.rules.abs_tolerance, self.rules.rel_tolerance);
+            if (abs > 0.0 && error <= abs) || (rel > 0.0 && error <= rel * magnitude) {
+                NumberOutcome::WithinTolerance
+            } else {
+                NumberOutcome::Beyond
+            }
         };
-        match outcome {
-            NumberOutcome::Equal => {}
-            NumberOutcome::WithinTolerance => self.tolerated = true,
-            NumberOutcome::Beyond => self.record(&Value::Number(a.clone()), &Value::Number(b.clone())),
+        if outcome == NumberOutcome::WithinTolerance {
+            self.tolerated = true;
         }
         outcome
     }
@@ -144,47 +193,22 @@ impl<'r> Collector<'r> {
     }
 }
 
-fn as_i128(n: &Number) -> Option<i128> {
-    n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
-}
-
-/// `(|a - b|, max(|a|, |b|))`, exact for integers (0 only when equal).
-fn number_error(a: &Number, b: &Number) -> (f64, f64) {
-    let x = a.as_f64().unwrap_or(f64::NAN);
-    let y = b.as_f64().unwrap_or(f64::NAN);
-    let magnitude = x.abs().max(y.abs());
-    if let (Some(i), Some(j)) = (as_i128(a), as_i128(b)) {
-        // i64/u64 fit in i128 without overflow; the f64 of a non-zero difference is non-zero.
-        return ((i - j).unsigned_abs() as f64, magnitude);
-    }
-    if x == y { (0.0, magnitude) } else { ((x - y).abs(), magnitude) }
-}
-
 /// Value equality where numbers compare by value (`1 == 1.0`), used for exact (label) comparison.
-pub(crate) fn exact_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => number_error(x, y).0 == 0.0,
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| exact_eq(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| exact_eq(v, w)))
-        }
-        _ => a == b,
-    }
+pub(crate) fn exact_eq(a: &Json<'_>, b: &Json<'_>) -> bool {
+    a == b
 }
 
 /// Compares two values recursively at the current location.
-pub(crate) fn diff_values(c: &mut Collector<'_>, a: &Value, b: &Value) {
+pub(crate) fn diff_values(c: &mut Collector<'_>, a: &Json<'_>, b: &Json<'_>) {
     if c.ignored() {
         return;
     }
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
+        (Json::Number(x), Json::Number(y)) => {
             c.numbers(x, y, true);
         }
-        (Value::Object(x), Value::Object(y)) => diff_fields(c, x, y, &[]),
-        (Value::Array(x), Value::Array(y)) => diff_arrays(c, x, y),
+        (Json::Object(x), Json::Object(y)) => diff_fields(c, x, y, &[]),
+        (Json::Array(x), Json::Array(y)) => diff_arrays(c, x, y),
         _ => {
             if a != b {
                 c.record(a, b);
@@ -194,76 +218,76 @@ pub(crate) fn diff_values(c: &mut Collector<'_>, a: &Value, b: &Value) {
 }
 
 /// Compares two arrays element by element; elements past the shorter one are differences.
-pub(crate) fn diff_arrays(c: &mut Collector<'_>, x: &[Value], y: &[Value]) {
+pub(crate) fn diff_arrays(c: &mut Collector<'_>, x: &[Json<'_>], y: &[Json<'_>]) {
     for i in 0..x.len().max(y.len()) {
         c.at(i.to_string(), |c| match (x.get(i), y.get(i)) {
             (Some(a), Some(b)) => diff_values(c, a, b),
-            (Some(a), None) => missing(c, a, &Value::Null),
-            (None, Some(b)) => missing(c, &Value::Null, b),
+            (Some(a), None) => missing(c, a, &Json::Null),
+            (None, Some(b)) => missing(c, &Json::Null, b),
             (None, None) => {}
         });
     }
 }
 
 /// Compares two objects key by key, except the keys in `skip` (compared by the caller).
-pub(crate) fn diff_fields(
-    c: &mut Collector<'_>,
-    x: &Map<String, Value>,
-    y: &Map<String, Value>,
-    skip: &[&str],
-) {
-    for (key, a) in x {
-        if skip.contains(&key.as_str()) {
+pub(crate) fn diff_fields(c: &mut Collector<'_>, x: &Object<'_>, y: &Object<'_>, skip: &[&str]) {
+    for (key, a) in x.iter() {
+        if skip.contains(&key) {
             continue;
         }
-        c.at(key.as_str(), |c| match y.get(key) {
+        c.at(key, |c| match y.get(key) {
             Some(b) => diff_values(c, a, b),
-            None => missing(c, a, &Value::Null),
+            None => missing(c, a, &Json::Null),
         });
     }
-    for (key, b) in y {
-        if !skip.contains(&key.as_str()) && !x.contains_key(key) {
-            c.at(key.as_str(), |c| missing(c, &Value::Null, b));
+    for (key, b) in y.iter() {
+        if !skip.contains(&key) && !x.contains_key(key) {
+            c.at(key, |c| missing(c, &Json::Null, b));
         }
     }
 }
 
-fn missing(c: &mut Collector<'_>, a: &Value, b: &Value) {
+fn missing(c: &mut Collector<'_>, a: &Json<'_>, b: &Json<'_>) {
     if !c.ignored() {
         c.record(a, b);
     }
 }
 
 /// Bounds a value kept in a [`Diff`]: long strings are cut, big arrays and objects summarised.
-fn clip(value: &Value, depth: usize) -> Value {
+/// Numbers keep their text as written.
+pub(crate) fn clip(value: &Json<'_>, depth: usize) -> Json<'static> {
     match value {
-        Value::String(s) if s.chars().count() > CLIP_CHARS => {
+        Json::String(s) if s.chars().count() > CLIP_CHARS => {
             let mut cut: String = s.chars().take(CLIP_CHARS).collect();
             cut.push('…');
-            Value::String(cut)
+            Json::String(Cow::Owned(cut))
         }
-        Value::Array(items) if items.len() > CLIP_ITEMS || (depth >= CLIP_DEPTH && !items.is_empty()) => {
-            json!({ "array_len": items.len() })
+        Json::Array(items) if items.len() > CLIP_ITEMS || (depth >= CLIP_DEPTH && !items.is_empty()) => {
+            Json::from(json!({ "array_len": items.len() }))
         }
-        Value::Object(map) if map.len() > CLIP_ITEMS || (depth >= CLIP_DEPTH && !map.is_empty()) => {
-            json!({ "object_len": map.len() })
+        Json::Object(map) if map.len() > CLIP_ITEMS || (depth >= CLIP_DEPTH && !map.is_empty()) => {
+            Json::from(json!({ "object_len": map.len() }))
         }
-        Value::Array(items) => Value::Array(items.iter().map(|v| clip(v, depth + 1)).collect()),
-        Value::Object(map) => {
-            Value::Object(map.iter().map(|(k, v)| (k.clone(), clip(v, depth + 1))).collect())
-        }
-        other => other.clone(),
+        Json::Array(items) => Json::Array(items.iter().map(|v| clip(v, depth + 1)).collect()),
+        Json::Object(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| (Cow::Owned(k.to_string()), clip(v, depth + 1)))
+                .collect::<Object<'static>>(),
+        ),
+        other => other.clone().into_owned(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn run(a: &Value, b: &Value, rules: &CompareRules) -> Collector<'static> {
         let rules: &'static CompareRules = Box::leak(Box::new(rules.clone()));
         let mut c = Collector::new(rules, IgnoreSet::new(rules.ignore.iter().map(String::as_str)));
-        diff_values(&mut c, a, b);
+        diff_values(&mut c, &Json::from(a), &Json::from(b));
         c
     }
 
@@ -298,15 +322,16 @@ mod tests {
     #[test]
     fn missing_keys_and_extra_elements_have_null_on_the_missing_side() {
         let c = run(&json!({"a": 1, "b": [1, 2, 3]}), &json!({"b": [1], "c": "x"}), &CompareRules::default());
-        let got: Vec<(&str, &Value, &Value)> =
-            c.diffs.iter().map(|d| (d.pointer.as_str(), &d.production, &d.shadow)).collect();
+        let value = |v: &Json<'_>| serde_json::to_value(v).unwrap();
+        let got: Vec<(&str, Value, Value)> =
+            c.diffs.iter().map(|d| (d.pointer.as_str(), value(&d.production), value(&d.shadow))).collect();
         assert_eq!(
             got,
             vec![
-                ("/a", &json!(1), &Value::Null),
-                ("/b/1", &json!(2), &Value::Null),
-                ("/b/2", &json!(3), &Value::Null),
-                ("/c", &Value::Null, &json!("x")),
+                ("/a", json!(1), Value::Null),
+                ("/b/1", json!(2), Value::Null),
+                ("/b/2", json!(3), Value::Null),
+                ("/c", Value::Null, json!("x")),
             ]
         );
         assert_eq!(c.diff_count, 4);
@@ -397,9 +422,10 @@ mod tests {
 
     #[test]
     fn exact_eq_compares_numbers_by_value_only() {
-        assert!(exact_eq(&json!([1, {"a": 2.0}]), &json!([1.0, {"a": 2}])));
-        assert!(!exact_eq(&json!([1]), &json!([1, 2])));
-        assert!(!exact_eq(&json!({"a": 1}), &json!({"b": 1})));
-        assert!(!exact_eq(&json!("1"), &json!(1)));
+        let exact_eq = |a: Value, b: Value| exact_eq(&Json::from(a), &Json::from(b));
+        assert!(exact_eq(json!([1, {"a": 2.0}]), json!([1.0, {"a": 2}])));
+        assert!(!exact_eq(json!([1]), json!([1, 2])));
+        assert!(!exact_eq(json!({"a": 1}), json!({"b": 1})));
+        assert!(!exact_eq(json!("1"), json!(1)));
     }
 }

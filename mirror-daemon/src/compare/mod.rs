@@ -13,34 +13,51 @@
 //!    pointer `""` (the whole answer) and `{"status": s, "bytes": n}` on each side, and the note
 //!    says `status 200 vs 503`. A synthetic pointer such as `/_status` was avoided because it
 //!    could collide with a real body field.
-//! 3. Bodies are decoded ([`body`]); a corrupt or oversized encoded body is a mismatch with a note.
-//!    An unknown coding leaves the bodies as sent and compares them as bytes, with a note.
-//! 4. Bodies that both parse as JSON are compared as the detected protocol ([`protocol`]): Open
-//!    Inference Protocol (`oip.rs`), TensorFlow Serving and MLflow (`predictions.rs`), OpenAI
-//!    (`openai.rs`), else generic JSON (`json_diff.rs`). Otherwise they are compared as bytes.
+//! 3. A gRPC call (the request's or production's `content-type` is `application/grpc*`) is
+//!    compared by `grpc.rs`: `grpc-status` like the HTTP status, then message by message, the
+//!    messages decoded with the built-in inference APIs or the user's descriptor sets
+//!    ([`Schemas`]) and compared through the same adapters as below.
+//!    Otherwise bodies are decoded ([`body`]); a corrupt or oversized encoded body is a mismatch
+//!    with a note. An unknown coding leaves the bodies as sent and compares them as bytes, with a
+//!    note.
+//! 4. Bodies that both parse as JSON ([`json`], which keeps every number's text) are compared as
+//!    the detected protocol ([`protocol`]): Open Inference Protocol (`oip.rs`), TensorFlow Serving
+//!    and MLflow (`predictions.rs`), OpenAI (`openai.rs`), else generic JSON (`json_diff.rs`).
+//!    Otherwise they are compared as bytes.
+//!
+//! Numbers are equal only when their decimal values are (`1.0` equals `1e0`; `0.1` does not equal
+//! `0.10000000000000001`, though both are one `f64`), and a [`Diff`] shows them as written.
 //!
 //! The verdict is [`Verdict::Match`] when nothing differs, [`Verdict::WithinTolerance`] when the
 //! only differences are numbers within [`CompareRules`]' tolerance (and no argmax label flipped),
 //! [`Verdict::Mismatch`] otherwise.
 pub mod body;
 pub mod config;
+mod grpc;
+pub mod json;
 mod json_diff;
 mod oip;
 mod openai;
 mod pointer;
 mod predictions;
 pub mod protocol;
+pub mod schemas;
+pub mod tensor;
 pub mod verdict;
 
+#[cfg(test)]
+mod grpc_tests;
 #[cfg(test)]
 mod tests;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub use self::{
     config::{CompareRules, ProtocolChoice},
+    json::Json,
     protocol::Protocol,
+    schemas::Schemas,
     verdict::Verdict,
 };
 use self::{json_diff::Collector, pointer::IgnoreSet};
@@ -51,8 +68,10 @@ use crate::exchange::Header;
 pub struct Message<'a> {
     pub status: u16,
     pub headers: &'a [Header],
-    /// The body as sent (de-chunked, still content-encoded).
+    /// The body as sent (de-chunked, still content-encoded; for gRPC, the DATA payload).
     pub body: &'a [u8],
+    /// Trailer fields (HTTP/1.1 chunked trailers, HTTP/2 trailers: gRPC's status); may be empty.
+    pub trailers: &'a [Header],
 }
 
 /// The request both answers respond to; its path selects the protocol.
@@ -79,11 +98,11 @@ pub enum ShadowOutcome<'a> {
 pub struct Diff {
     /// RFC 6901 JSON Pointer into the production body (`""` for the whole answer).
     pub pointer: String,
-    /// Production's value (`null` when missing); long values are clipped or summarised, and
-    /// byte bodies are summarised as `{"bytes": n}`.
-    pub production: Value,
+    /// Production's value (`null` when missing), numbers written exactly as on the wire; long
+    /// values are clipped or summarised, and byte bodies are summarised as `{"bytes": n}`.
+    pub production: Json<'static>,
     /// The shadow's value, as for `production`.
-    pub shadow: Value,
+    pub shadow: Json<'static>,
 }
 
 /// Prediction-level measurements; only the fields that apply to the protocol are set.
@@ -115,7 +134,9 @@ pub struct Comparison {
     pub verdict: Verdict,
     /// The protocol the bodies were compared as. When bodies were not compared (timeout, error,
     /// status difference, undecodable body) it is the protocol the rules or the path name, or
-    /// `bytes`.
+    /// `bytes`. For gRPC: `oip` (ModelInfer), `tf_serving` (Predict), `json` (a method decoded
+    /// with a descriptor, or `application/grpc+json`), `bytes` (no descriptor, or a message that
+    /// does not decode).
     pub protocol: Protocol,
     /// The first [`CompareRules::max_diffs`] differences.
     pub diffs: Vec<Diff>,
@@ -144,18 +165,24 @@ fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
 }
 
-fn summary(message: &Message<'_>) -> Value {
-    json!({ "status": message.status, "bytes": message.body.len() })
+fn summary(message: &Message<'_>) -> Json<'static> {
+    Json::from(json!({ "status": message.status, "bytes": message.body.len() }))
 }
 
-/// Compares the shadow's outcome with production's answer to `request`.
+/// Compares the shadow's outcome with production's answer to `request`; `schemas` decodes gRPC
+/// messages.
 pub fn compare(
     request: &RequestView<'_>,
     production: &Message<'_>,
     shadow: &ShadowOutcome<'_>,
     rules: &CompareRules,
+    schemas: &Schemas,
 ) -> Comparison {
-    let hinted = protocol::hinted(rules.protocol, request.path).unwrap_or(Protocol::Bytes);
+    let codec = crate::grpc::codec(request.headers).or_else(|| crate::grpc::codec(production.headers));
+    let hinted = match codec {
+        Some(_) => grpc::hinted(request.path, rules, schemas),
+        None => protocol::hinted(rules.protocol, request.path).unwrap_or(Protocol::Bytes),
+    };
     let shadow = match shadow {
         ShadowOutcome::Answered(message) => message,
         ShadowOutcome::TimedOut => {
@@ -185,6 +212,10 @@ pub fn compare(
         return comparison;
     }
 
+    if let Some(codec) = &codec {
+        return grpc::compare(request, production, shadow, rules, schemas, codec);
+    }
+
     let decoded = (
         body::decode(production.headers, production.body, rules.max_decoded_bytes),
         body::decode(shadow.headers, shadow.body, rules.max_decoded_bytes),
@@ -212,10 +243,7 @@ pub fn compare(
         return bytes(&prod_body.body, &shadow_body.body, notes, rules);
     }
 
-    let parsed = (
-        serde_json::from_slice::<Value>(&prod_body.body),
-        serde_json::from_slice::<Value>(&shadow_body.body),
-    );
+    let parsed = (json::parse(&prod_body.body), json::parse(&shadow_body.body));
     let (a, b) = match parsed {
         (Ok(a), Ok(b)) => (a, b),
         (Err(_), Err(_)) => {
@@ -240,24 +268,51 @@ pub fn compare(
 
     let (protocol, note) = protocol::choose(rules.protocol, request.path, &a);
     notes.extend(note);
+    let mut c = Collector::new(rules, ignores(rules, protocol));
+    let mut metrics = PredictionMetrics::default();
+    compare_as(&mut c, protocol, &a, &b, &mut metrics, &mut notes);
+    finish(c, protocol, metrics, notes)
+}
+
+/// The ignore patterns in force for a comparison as `protocol`.
+fn ignores(rules: &CompareRules, protocol: Protocol) -> IgnoreSet {
     let mut ignores: Vec<&str> = rules.ignore.iter().map(String::as_str).collect();
     if rules.protocol_default_ignores {
         ignores.extend(protocol::default_ignores(protocol));
     }
-    let mut c = Collector::new(rules, IgnoreSet::new(ignores));
-    let mut metrics = PredictionMetrics::default();
-    match (protocol, &a, &b) {
-        (Protocol::Oip, Value::Object(x), Value::Object(y)) => oip::compare(&mut c, x, y, &mut metrics),
-        (Protocol::OpenAi, Value::Object(x), Value::Object(y)) => openai::compare(&mut c, x, y, &mut metrics),
-        (Protocol::TfServing | Protocol::Mlflow, a, b) => predictions::compare(&mut c, a, b, &mut metrics),
+    IgnoreSet::new(ignores)
+}
+
+/// Compares two parsed bodies as `protocol` (chosen by [`protocol::choose`]).
+fn compare_as(
+    c: &mut Collector<'_>,
+    protocol: Protocol,
+    a: &Json<'_>,
+    b: &Json<'_>,
+    metrics: &mut PredictionMetrics,
+    notes: &mut Vec<String>,
+) {
+    match (protocol, a, b) {
+        (Protocol::Oip, Json::Object(x), Json::Object(y)) => oip::compare(c, x, y, metrics),
+        (Protocol::OpenAi, Json::Object(x), Json::Object(y)) => openai::compare(c, x, y, metrics),
+        (Protocol::TfServing | Protocol::Mlflow, a, b) => predictions::compare(c, a, b, metrics),
         // A protocol other than JSON gets here only when the shadow body lacks its shape.
         (_, a, b) => {
             if protocol != Protocol::Json {
                 notes.push(format!("shadow body does not have the {protocol} shape"));
             }
-            json_diff::diff_values(&mut c, a, b);
+            json_diff::diff_values(c, a, b);
         }
     }
+}
+
+/// The comparison a collector's findings amount to.
+fn finish(
+    mut c: Collector<'_>,
+    protocol: Protocol,
+    mut metrics: PredictionMetrics,
+    mut notes: Vec<String>,
+) -> Comparison {
     metrics.max_abs_error = c.errors.max();
     metrics.mean_abs_error = c.errors.mean();
     notes.append(&mut c.notes);
@@ -281,8 +336,8 @@ fn bytes(a: &[u8], b: &[u8], notes: Vec<String>, rules: &CompareRules) -> Compar
     if rules.max_diffs > 0 {
         comparison.diffs.push(Diff {
             pointer: String::new(),
-            production: json!({ "bytes": a.len() }),
-            shadow: json!({ "bytes": b.len() }),
+            production: Json::from(json!({ "bytes": a.len() })),
+            shadow: Json::from(json!({ "bytes": b.len() })),
         });
     }
     comparison.diff_count = 1;

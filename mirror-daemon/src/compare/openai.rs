@@ -10,30 +10,24 @@
 //!
 //! `text_equal` and `finish_reason_equal` are measured whatever the ignore rules say; the ignores
 //! only keep differences out of the verdict.
-use serde_json::{Map, Value};
-
 use super::{
     PredictionMetrics,
+    json::{Json, Object},
     json_diff::{Collector, diff_fields, diff_values},
 };
 
 /// Compares two answers whose production side has a `choices` array of objects.
-pub(crate) fn compare(
-    c: &mut Collector<'_>,
-    a: &Map<String, Value>,
-    b: &Map<String, Value>,
-    m: &mut PredictionMetrics,
-) {
+pub(crate) fn compare(c: &mut Collector<'_>, a: &Object<'_>, b: &Object<'_>, m: &mut PredictionMetrics) {
     diff_fields(c, a, b, &["choices"]);
     m.prod_tokens = tokens(a);
     m.shadow_tokens = tokens(b);
     let empty = Vec::new();
-    let xs = a.get("choices").and_then(Value::as_array).unwrap_or(&empty);
-    let Some(ys) = b.get("choices").and_then(Value::as_array) else {
+    let xs = a.get("choices").and_then(Json::as_array).unwrap_or(&empty);
+    let Some(ys) = b.get("choices").and_then(Json::as_array) else {
         m.text_equal = Some(false);
         m.finish_reason_equal = Some(false);
-        let y = b.get("choices").unwrap_or(&Value::Null);
-        c.at("choices", |c| diff_values(c, a.get("choices").unwrap_or(&Value::Null), y));
+        let y = b.get("choices").unwrap_or(&Json::Null);
+        c.at("choices", |c| diff_values(c, a.get("choices").unwrap_or(&Json::Null), y));
         return;
     };
     m.rows = xs.len() as u64;
@@ -47,8 +41,8 @@ pub(crate) fn compare(
                     text_equal &= t;
                     finish_equal &= f;
                 }
-                (Some(x), None) => missing(c, x, &Value::Null),
-                (None, Some(y)) => missing(c, &Value::Null, y),
+                (Some(x), None) => missing(c, x, &Json::Null),
+                (None, Some(y)) => missing(c, &Json::Null, y),
                 (None, None) => {}
             });
         }
@@ -57,23 +51,23 @@ pub(crate) fn compare(
     m.finish_reason_equal = Some(finish_equal);
 }
 
-fn missing(c: &mut Collector<'_>, x: &Value, y: &Value) {
+fn missing(c: &mut Collector<'_>, x: &Json<'_>, y: &Json<'_>) {
     if !c.ignored() {
         c.record(x, y);
     }
 }
 
-fn tokens(answer: &Map<String, Value>) -> Option<u64> {
+fn tokens(answer: &Object<'_>) -> Option<u64> {
     let usage = answer.get("usage")?;
-    usage.get("completion_tokens").or_else(|| usage.get("total_tokens")).and_then(Value::as_u64)
+    usage.get("completion_tokens").or_else(|| usage.get("total_tokens")).and_then(Json::as_u64)
 }
 
 /// Compares one pair of choices; returns whether text and finish reason are equal.
-fn choice(c: &mut Collector<'_>, x: &Value, y: &Value) -> (bool, bool) {
-    let null = &Value::Null;
-    let field = |v: &'_ Value, path: &[&str]| -> Option<Value> {
+fn choice(c: &mut Collector<'_>, x: &Json<'_>, y: &Json<'_>) -> (bool, bool) {
+    let null = &Json::Null;
+    fn field<'a>(v: &Json<'a>, path: &[&str]) -> Option<Json<'a>> {
         path.iter().try_fold(v, |v, key| v.get(key)).cloned()
-    };
+    }
     let mut text_equal = true;
     // Completions carry `text`; chat completions carry `message`.
     let chat = x.get("message").is_some() || y.get("message").is_some();

@@ -6,44 +6,42 @@
 //!   tolerance, and with two or more elements its argmax is the row's label (agreements and flips
 //!   counted, a flip is a difference);
 //! - a float: a regression value, compared with tolerance;
-//! - an integer, string or boolean: a class label, compared exactly;
+//! - an integer (written without fraction or exponent, of any length), string or boolean: a class
+//!   label, compared exactly;
 //! - anything else (objects of named outputs, nested tensors): generic JSON.
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use super::{
     PredictionMetrics,
+    json::{Json, Object},
     json_diff::{Collector, diff_fields, diff_values, exact_eq},
     oip::argmax,
 };
 
 /// Compares two answers whose production side has a `predictions` array or is a bare array.
-pub(crate) fn compare(c: &mut Collector<'_>, a: &Value, b: &Value, m: &mut PredictionMetrics) {
+pub(crate) fn compare(c: &mut Collector<'_>, a: &Json<'_>, b: &Json<'_>, m: &mut PredictionMetrics) {
     match (a, b) {
-        (Value::Array(x), Value::Array(y)) => rows(c, x, y, m),
-        (Value::Object(x), Value::Object(y)) => object(c, x, y, m),
+        (Json::Array(x), Json::Array(y)) => rows(c, x, y, m),
+        (Json::Object(x), Json::Object(y)) => object(c, x, y, m),
         _ => diff_values(c, a, b),
     }
 }
 
-fn object(c: &mut Collector<'_>, x: &Map<String, Value>, y: &Map<String, Value>, m: &mut PredictionMetrics) {
+fn object(c: &mut Collector<'_>, x: &Object<'_>, y: &Object<'_>, m: &mut PredictionMetrics) {
     diff_fields(c, x, y, &["predictions"]);
-    let (a, b) = (x.get("predictions").unwrap_or(&Value::Null), y.get("predictions").unwrap_or(&Value::Null));
+    let (a, b) = (x.get("predictions").unwrap_or(&Json::Null), y.get("predictions").unwrap_or(&Json::Null));
     c.at("predictions", |c| {
         if c.ignored() {
             return;
         }
         match (a, b) {
-            (Value::Array(xs), Value::Array(ys)) => rows(c, xs, ys, m),
+            (Json::Array(xs), Json::Array(ys)) => rows(c, xs, ys, m),
             _ => diff_values(c, a, b),
         }
     });
 }
 
-fn is_integer(v: &Value) -> bool {
-    v.as_i64().is_some() || v.as_u64().is_some()
-}
-
-fn rows(c: &mut Collector<'_>, xs: &[Value], ys: &[Value], m: &mut PredictionMetrics) {
+fn rows(c: &mut Collector<'_>, xs: &[Json<'_>], ys: &[Json<'_>], m: &mut PredictionMetrics) {
     m.rows += xs.len().min(ys.len()) as u64;
     for i in 0..xs.len().max(ys.len()) {
         c.at(i.to_string(), |c| {
@@ -52,15 +50,15 @@ fn rows(c: &mut Collector<'_>, xs: &[Value], ys: &[Value], m: &mut PredictionMet
             }
             match (xs.get(i), ys.get(i)) {
                 (Some(a), Some(b)) => row(c, a, b, m),
-                (Some(a), None) => c.record(a, &Value::Null),
-                (None, Some(b)) => c.record(&Value::Null, b),
+                (Some(a), None) => c.record(a, &Json::Null),
+                (None, Some(b)) => c.record(&Json::Null, b),
                 (None, None) => {}
             }
         });
     }
 }
 
-fn row(c: &mut Collector<'_>, a: &Value, b: &Value, m: &mut PredictionMetrics) {
+fn row(c: &mut Collector<'_>, a: &Json<'_>, b: &Json<'_>, m: &mut PredictionMetrics) {
     let label = |c: &mut Collector<'_>, m: &mut PredictionMetrics| {
         if exact_eq(a, b) {
             m.label_agreements += 1;
@@ -70,11 +68,11 @@ fn row(c: &mut Collector<'_>, a: &Value, b: &Value, m: &mut PredictionMetrics) {
         }
     };
     match (a, b) {
-        (Value::Array(x), Value::Array(y))
-            if x.iter().chain(y).all(Value::is_number) && !x.is_empty() && x.len() == y.len() =>
+        (Json::Array(x), Json::Array(y))
+            if x.iter().chain(y).all(Json::is_number) && !x.is_empty() && x.len() == y.len() =>
         {
             for (k, (p, q)) in x.iter().zip(y).enumerate() {
-                if let (Value::Number(p), Value::Number(q)) = (p, q) {
+                if let (Json::Number(p), Json::Number(q)) = (p, q) {
                     c.at(k.to_string(), |c| c.numbers(p, q, true));
                 }
             }
@@ -84,18 +82,18 @@ fn row(c: &mut Collector<'_>, a: &Value, b: &Value, m: &mut PredictionMetrics) {
                     m.label_agreements += 1;
                 } else {
                     m.label_flips += 1;
-                    c.record(&json!({"label": xl}), &json!({"label": yl}));
+                    c.record(&Json::from(json!({"label": xl})), &Json::from(json!({"label": yl})));
                 }
             }
         }
-        (Value::Number(x), Value::Number(y)) => {
-            if is_integer(a) && is_integer(b) {
+        (Json::Number(x), Json::Number(y)) => {
+            if a.is_integer() && b.is_integer() {
                 label(c, m);
             } else {
                 c.numbers(x, y, true);
             }
         }
-        (Value::String(_), Value::String(_)) | (Value::Bool(_), Value::Bool(_)) => label(c, m),
+        (Json::String(_), Json::String(_)) | (Json::Bool(_), Json::Bool(_)) => label(c, m),
         _ => diff_values(c, a, b),
     }
 }

@@ -5,9 +5,8 @@
 //! a hinted protocol is only used when the production body has that protocol's shape; otherwise
 //! the bodies are compared as generic JSON. Without a path hint, the body's shape decides.
 use serde::Serialize;
-use serde_json::Value;
 
-use super::ProtocolChoice;
+use super::{ProtocolChoice, json::Json};
 
 /// The protocol a comparison was made as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -41,7 +40,7 @@ impl Protocol {
         }
     }
 
-    fn from_choice(choice: ProtocolChoice) -> Option<Self> {
+    pub(crate) fn from_choice(choice: ProtocolChoice) -> Option<Self> {
         match choice {
             ProtocolChoice::Auto => None,
             ProtocolChoice::Oip => Some(Protocol::Oip),
@@ -87,23 +86,27 @@ pub(crate) fn from_path(path: &str) -> Option<Protocol> {
 }
 
 /// Whether a body has the shape a protocol's adapter needs.
-pub(crate) fn fits(protocol: Protocol, body: &Value) -> bool {
+pub(crate) fn fits(protocol: Protocol, body: &Json<'_>) -> bool {
     match protocol {
-        Protocol::Oip => body.get("outputs").and_then(Value::as_array).is_some_and(|outputs| {
+        Protocol::Oip => body.get("outputs").and_then(Json::as_array).is_some_and(|outputs| {
             body.is_object() && outputs.iter().all(|o| o.is_object() && o.get("data").is_some())
         }),
-        Protocol::TfServing => body.get("predictions").is_some_and(Value::is_array),
-        Protocol::Mlflow => body.is_array() || body.get("predictions").is_some_and(Value::is_array),
+        Protocol::TfServing => body.get("predictions").is_some_and(Json::is_array),
+        Protocol::Mlflow => body.is_array() || body.get("predictions").is_some_and(Json::is_array),
         Protocol::OpenAi => body
             .get("choices")
-            .and_then(Value::as_array)
-            .is_some_and(|choices| choices.iter().all(Value::is_object)),
+            .and_then(Json::as_array)
+            .is_some_and(|choices| choices.iter().all(Json::is_object)),
         Protocol::Json | Protocol::Bytes => true,
     }
 }
 
 /// The protocol to compare two parsed bodies as, and a note when a requested protocol does not fit.
-pub(crate) fn choose(choice: ProtocolChoice, path: &str, production: &Value) -> (Protocol, Option<String>) {
+pub(crate) fn choose(
+    choice: ProtocolChoice,
+    path: &str,
+    production: &Json<'_>,
+) -> (Protocol, Option<String>) {
     if let Some(forced) = Protocol::from_choice(choice) {
         if fits(forced, production) {
             return (forced, None);
@@ -145,9 +148,12 @@ pub fn default_ignores(protocol: Protocol) -> &'static [&'static str] {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+
+    /// `serde_json::json!`, as the comparison's value type.
+    macro_rules! json {
+        ($($t:tt)+) => { Json::from(serde_json::json!($($t)+)) };
+    }
 
     #[test]
     fn paths_hint_protocols() {

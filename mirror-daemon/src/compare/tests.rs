@@ -8,12 +8,28 @@ use super::{
     *,
 };
 
+/// The built-in message definitions, loaded once for all tests.
+pub(crate) fn builtin() -> &'static Schemas {
+    static BUILTIN: std::sync::LazyLock<Schemas> = std::sync::LazyLock::new(Schemas::builtin);
+    &BUILTIN
+}
+
+/// [`super::compare`] with the built-in message definitions.
+fn compare(
+    request: &RequestView<'_>,
+    production: &Message<'_>,
+    shadow: &ShadowOutcome<'_>,
+    rules: &CompareRules,
+) -> Comparison {
+    super::compare(request, production, shadow, rules, builtin())
+}
+
 fn req(path: &str) -> RequestView<'_> {
     RequestView { method: "POST", path, headers: &[], body: b"{}" }
 }
 
 fn ok(body: &[u8]) -> Message<'_> {
-    Message { status: 200, headers: &[], body }
+    Message { status: 200, headers: &[], body, trailers: &[] }
 }
 
 fn run(path: &str, prod: &[u8], shadow: &[u8], rules: &CompareRules) -> Comparison {
@@ -52,7 +68,7 @@ fn timeout_and_failure_are_reported_before_anything_else() {
 
 #[test]
 fn shadow_failing_where_production_succeeded_is_a_shadow_error() {
-    let shadow = Message { status: 503, headers: &[], body: b"busy" };
+    let shadow = Message { status: 503, headers: &[], body: b"busy", trailers: &[] };
     let c = compare(&req("/x"), &ok(b"{}"), &ShadowOutcome::Answered(shadow), &strict());
     assert_eq!(c.verdict, Verdict::ShadowError);
     assert_eq!(c.note.as_deref(), Some("status 200 vs 503"));
@@ -65,8 +81,8 @@ fn shadow_failing_where_production_succeeded_is_a_shadow_error() {
 #[test]
 fn other_status_differences_are_mismatches() {
     for (p, s) in [(404, 200), (200, 201), (500, 400), (200, 304)] {
-        let prod = Message { status: p, headers: &[], body: b"" };
-        let shadow = Message { status: s, headers: &[], body: b"" };
+        let prod = Message { status: p, headers: &[], body: b"", trailers: &[] };
+        let shadow = Message { status: s, headers: &[], body: b"", trailers: &[] };
         let c = compare(&req("/x"), &prod, &ShadowOutcome::Answered(shadow), &strict());
         let want = if s == 304 { Verdict::ShadowError } else { Verdict::Mismatch };
         assert_eq!(c.verdict, want, "{p} vs {s}");
@@ -76,9 +92,9 @@ fn other_status_differences_are_mismatches() {
 
 #[test]
 fn equal_error_statuses_compare_bodies() {
-    let prod = Message { status: 400, headers: &[], body: br#"{"error": "bad input"}"# };
-    let same = Message { status: 400, headers: &[], body: br#"{"error":"bad input"}"# };
-    let other = Message { status: 400, headers: &[], body: br#"{"error":"other"}"# };
+    let prod = Message { status: 400, headers: &[], body: br#"{"error": "bad input"}"#, trailers: &[] };
+    let same = Message { status: 400, headers: &[], body: br#"{"error":"bad input"}"#, trailers: &[] };
+    let other = Message { status: 400, headers: &[], body: br#"{"error":"other"}"#, trailers: &[] };
     assert_eq!(compare(&req("/x"), &prod, &ShadowOutcome::Answered(same), &strict()).verdict, Verdict::Match);
     let c = compare(&req("/x"), &prod, &ShadowOutcome::Answered(other), &strict());
     assert_eq!(c.verdict, Verdict::Mismatch);
@@ -92,13 +108,13 @@ fn encoded_bodies_compare_decoded() {
     let text = br#"{"predictions": [1, 2]}"#;
     let headers = encoding("gzip");
     let gz = gzip(text);
-    let shadow = Message { status: 200, headers: &headers, body: &gz };
+    let shadow = Message { status: 200, headers: &headers, body: &gz, trailers: &[] };
     let c = compare(&req("/x"), &ok(text), &ShadowOutcome::Answered(shadow), &strict());
     assert_eq!(c.verdict, Verdict::Match);
     assert_eq!(c.protocol, Protocol::TfServing);
     let headers = encoding("deflate");
     let z = zlib(br#"{"predictions": [1, 3]}"#);
-    let shadow = Message { status: 200, headers: &headers, body: &z };
+    let shadow = Message { status: 200, headers: &headers, body: &z, trailers: &[] };
     let c = compare(&req("/x"), &ok(text), &ShadowOutcome::Answered(shadow), &strict());
     assert_eq!(c.verdict, Verdict::Mismatch);
     assert_eq!(pointers(&c), vec!["/predictions/1"]);
@@ -107,7 +123,7 @@ fn encoded_bodies_compare_decoded() {
 #[test]
 fn corrupt_encoding_is_a_mismatch_with_a_note() {
     let headers = encoding("gzip");
-    let shadow = Message { status: 200, headers: &headers, body: b"{\"a\":1}" };
+    let shadow = Message { status: 200, headers: &headers, body: b"{\"a\":1}", trailers: &[] };
     let c = compare(&req("/x"), &ok(b"{\"a\":1}"), &ShadowOutcome::Answered(shadow), &strict());
     assert_eq!(c.verdict, Verdict::Mismatch);
     let note = c.note.unwrap();
@@ -120,7 +136,7 @@ fn zip_bomb_is_a_mismatch_not_an_allocation() {
     let bomb = gzip(&zeros);
     let headers = encoding("gzip");
     let rules = CompareRules { max_decoded_bytes: 1 << 20, ..strict() };
-    let shadow = Message { status: 200, headers: &headers, body: &bomb };
+    let shadow = Message { status: 200, headers: &headers, body: &bomb, trailers: &[] };
     let c = compare(&req("/x"), &ok(b"{}"), &ShadowOutcome::Answered(shadow), &rules);
     assert_eq!(c.verdict, Verdict::Mismatch);
     assert_eq!(c.note.as_deref(), Some("shadow body is larger than 1048576 bytes once decoded"));
@@ -129,8 +145,8 @@ fn zip_bomb_is_a_mismatch_not_an_allocation() {
 #[test]
 fn unknown_encoding_compares_bytes_as_sent_with_a_note() {
     let headers = encoding("br");
-    let prod = Message { status: 200, headers: &headers, body: b"\x1b\x01" };
-    let same = Message { status: 200, headers: &headers, body: b"\x1b\x01" };
+    let prod = Message { status: 200, headers: &headers, body: b"\x1b\x01", trailers: &[] };
+    let same = Message { status: 200, headers: &headers, body: b"\x1b\x01", trailers: &[] };
     let c = compare(&req("/x"), &prod, &ShadowOutcome::Answered(same), &strict());
     assert_eq!((c.verdict, c.protocol), (Verdict::Match, Protocol::Bytes));
     assert_eq!(
@@ -192,6 +208,111 @@ fn deeply_nested_json_does_not_overflow_the_stack() {
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let c = run("/x", deep.as_bytes(), deep.as_bytes(), &strict());
     assert_eq!((c.verdict, c.protocol), (Verdict::Match, Protocol::Bytes));
+}
+
+// ---- exact numbers ----
+
+/// The diffs as the record file shows them.
+fn diff_texts(c: &Comparison) -> Vec<String> {
+    c.diffs.iter().map(|d| serde_json::to_string(d).unwrap()).collect()
+}
+
+#[test]
+fn numbers_one_ulp_apart_differ_at_tolerance_zero() {
+    let (a, b) = ("0.9736888111888111", "0.9736888111888112");
+    assert_ne!(a.parse::<f64>().unwrap(), b.parse::<f64>().unwrap(), "one ulp apart");
+    for (p, s) in [(a, b), (b, a)] {
+        let (prod, shadow) = (format!("[{p}, 0.5]"), format!("[{s}, 0.5]"));
+        let c = run("/x", prod.as_bytes(), shadow.as_bytes(), &strict());
+        assert_eq!((c.verdict, c.protocol), (Verdict::Mismatch, Protocol::Json));
+        assert_eq!(diff_texts(&c), [format!(r#"{{"pointer":"/0","production":{p},"shadow":{s}}}"#)]);
+        assert!(c.metrics.max_abs_error.unwrap() > 0.0);
+        // A tolerance still applies, on the f64 values.
+        let c = run("/x", prod.as_bytes(), shadow.as_bytes(), &tol(1e-15));
+        assert_eq!(c.verdict, Verdict::WithinTolerance);
+        let c = run("/x", prod.as_bytes(), shadow.as_bytes(), &tol(1e-17));
+        assert_eq!(c.verdict, Verdict::Mismatch);
+    }
+}
+
+#[test]
+fn numbers_of_one_f64_but_different_values_differ() {
+    let c = run("/x", b"[0.1]", b"[0.10000000000000001]", &strict());
+    assert_eq!(c.verdict, Verdict::Mismatch);
+    assert_eq!(diff_texts(&c), [r#"{"pointer":"/0","production":0.1,"shadow":0.10000000000000001}"#]);
+    // Their f64 distance is 0, so any non-zero tolerance covers it.
+    assert_eq!(c.metrics.max_abs_error, Some(0.0));
+    assert_eq!(run("/x", b"[0.1]", b"[0.10000000000000001]", &tol(1e-300)).verdict, Verdict::WithinTolerance);
+    let rel = CompareRules { rel_tolerance: 1e-300, ..strict() };
+    assert_eq!(run("/x", b"[0.1]", b"[0.10000000000000001]", &rel).verdict, Verdict::WithinTolerance);
+}
+
+#[test]
+fn one_value_written_differently_matches() {
+    let c = run(
+        "/x",
+        b"[1, 1.0, 1e0, 10e-1, 1e308, -0, 0.50]",
+        b"[1.0, 1e0, 10e-1, 1, 1.0e308, 0, 5E-1]",
+        &strict(),
+    );
+    assert_eq!((c.verdict, c.diff_count), (Verdict::Match, 0));
+    assert_eq!(c.metrics.max_abs_error, Some(0.0));
+}
+
+#[test]
+fn extreme_exponents_compare_exactly() {
+    let c = run("/x", b"[5e-324, 1e-400]", b"[5e-324, 0]", &strict());
+    assert_eq!(c.verdict, Verdict::Mismatch);
+    assert_eq!(diff_texts(&c), [r#"{"pointer":"/1","production":1e-400,"shadow":0}"#]);
+    assert_eq!(run("/x", b"[1e-400]", b"[0]", &tol(1e-300)).verdict, Verdict::WithinTolerance);
+    let c = run("/x", b"[5e-324]", b"[0]", &strict());
+    assert_eq!(diff_texts(&c), [r#"{"pointer":"/0","production":5e-324,"shadow":0}"#]);
+    assert_eq!(run("/x", b"[1e-400]", b"[1e-401]", &strict()).verdict, Verdict::Mismatch);
+    assert_eq!(run("/x", b"[1e308]", b"[1.0e308]", &strict()).verdict, Verdict::Match);
+    assert_eq!(run("/x", b"[1e308]", b"[1.0000000000000001e308]", &strict()).verdict, Verdict::Mismatch);
+}
+
+#[test]
+fn integers_of_any_length_compare_exactly() {
+    let cases: [(&str, &str, f64); 3] = [
+        ("9007199254740993", "9007199254740992", 1.0),
+        ("18446744073709551617", "18446744073709551616", 1.0),
+        ("-36893488147419103232", "-36893488147419103231", 1.0),
+    ];
+    for (p, s, error) in cases {
+        let c = run("/x", format!("[{p}]").as_bytes(), format!("[{s}]").as_bytes(), &strict());
+        assert_eq!(c.verdict, Verdict::Mismatch, "{p} vs {s}");
+        assert_eq!(diff_texts(&c), [format!(r#"{{"pointer":"/0","production":{p},"shadow":{s}}}"#)]);
+        assert_eq!(c.metrics.max_abs_error, Some(error));
+    }
+    let long = format!("[{}]", "9".repeat(300));
+    assert_eq!(run("/x", long.as_bytes(), long.as_bytes(), &strict()).verdict, Verdict::Match);
+    let longer = format!("[{}8]", "9".repeat(299));
+    assert_eq!(run("/x", long.as_bytes(), longer.as_bytes(), &strict()).verdict, Verdict::Mismatch);
+    // Integer labels beyond 2^64 compare exactly too.
+    let c = run("/invocations", b"[18446744073709551617]", b"[18446744073709551616]", &tol(10.0));
+    assert_eq!((c.verdict, c.metrics.label_flips), (Verdict::Mismatch, 1));
+}
+
+#[test]
+fn negative_zero_equals_zero() {
+    assert_eq!(run("/x", b"[-0, -0.0, 0e-5]", b"[0, 0.0, -0]", &strict()).verdict, Verdict::Match);
+}
+
+#[test]
+fn oip_scores_one_ulp_apart_differ_and_the_diff_shows_the_wire_text() {
+    let body = |x: &str| {
+        format!(
+            r#"{{"outputs":[{{"name":"p","datatype":"FP64","shape":[1,2],"data":[{x},0.0263111888111889]}}]}}"#
+        )
+    };
+    let c = run(OIP, body("0.9736888111888111").as_bytes(), body("0.9736888111888112").as_bytes(), &strict());
+    assert_eq!((c.verdict, c.protocol), (Verdict::Mismatch, Protocol::Oip));
+    assert_eq!(
+        diff_texts(&c),
+        [r#"{"pointer":"/outputs/0/data/0","production":0.9736888111888111,"shadow":0.9736888111888112}"#]
+    );
+    assert_eq!((c.metrics.label_agreements, c.metrics.label_flips), (1, 0));
 }
 
 // ---- generic JSON ----
@@ -501,7 +622,7 @@ fn comparison_serializes_for_records() {
 
 // ---- properties ----
 
-fn arb_json() -> impl Strategy<Value = Value> {
+pub(crate) fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -617,7 +738,7 @@ proptest! {
             _ => ("deflate", raw_deflate(text.as_bytes())),
         };
         let headers = encoding(name);
-        let shadow = Message { status: 200, headers: &headers, body: &body };
+        let shadow = Message { status: 200, headers: &headers, body: &body, trailers: &[] };
         let c = compare(&req("/x"), &ok(text.as_bytes()), &ShadowOutcome::Answered(shadow), &strict());
         prop_assert_eq!(c.verdict, Verdict::Match);
         prop_assert_eq!(c.note, None);
@@ -626,8 +747,8 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(a in prop::collection::vec(any::<u8>(), 0..64), b in prop::collection::vec(any::<u8>(), 0..64), enc in prop_oneof![Just("gzip"), Just("deflate"), Just("identity"), Just("br")]) {
         let headers = encoding(enc);
-        let prod = Message { status: 200, headers: &headers, body: &a };
-        let shadow = Message { status: 200, headers: &[], body: &b };
+        let prod = Message { status: 200, headers: &headers, body: &a, trailers: &[] };
+        let shadow = Message { status: 200, headers: &[], body: &b, trailers: &[] };
         let _ = compare(&req("/v2/models/m/infer"), &prod, &ShadowOutcome::Answered(shadow), &strict());
     }
 }

@@ -261,6 +261,36 @@ mod tests {
     }
 
     #[test]
+    fn comparison_records_show_differing_numbers_as_written() {
+        use crate::compare::{self, CompareRules, Message, RequestView, Schemas, ShadowOutcome};
+        let request = RequestView { method: "POST", path: "/x", headers: &[], body: b"{}" };
+        let production = Message { status: 200, headers: &[], body: b"[0.1, 1E+2]", trailers: &[] };
+        let shadow =
+            Message { status: 200, headers: &[], body: b"[0.10000000000000001, 1E+2]", trailers: &[] };
+        let comparison = compare::compare(
+            &request,
+            &production,
+            &ShadowOutcome::Answered(shadow),
+            &CompareRules::default(),
+            &Schemas::builtin(),
+        );
+        let exchange = ExchangeRecord::new(&exchange(), &RecordOptions::default());
+        let model = crate::replay::target::parse_model("m@2", false);
+        let record = ComparisonRecord::compared(
+            &exchange,
+            "POST /x",
+            None,
+            ShadowRecord::absent(&model, "http://s:1"),
+            &comparison,
+        );
+        let line = serde_json::to_string(&record).unwrap();
+        assert!(
+            line.contains(r#""diffs":[{"pointer":"/0","production":0.1,"shadow":0.10000000000000001}]"#),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn bodies_as_text_or_base64_when_asked() {
         let options = RecordOptions { bodies: true, ..RecordOptions::default() };
         let json = serde_json::to_value(ExchangeRecord::new(&exchange(), &options)).unwrap();
