@@ -41,7 +41,7 @@ use crate::{
     report::{
         aggregate::{Aggregator, Observation},
         criteria::{Criteria, evaluate},
-        record::{ComparisonRecord, ExchangeRecord, RecordOptions, ShadowRecord},
+        record::{ComparisonRecord, ExchangeRecord, GrpcStatus, RecordOptions, ShadowRecord},
         summary::{ExchangeStats, nonzero},
     },
 };
@@ -494,6 +494,7 @@ impl Reporter {
     /// INFO when it is the whole story (no shadows), at DEBUG when comparisons follow.
     fn production(&mut self, exchange: &Exchange, route: &str, monitoring: bool) {
         let latency_ns = exchange.production_latency_ns();
+        let grpc_status = GrpcStatus::of(&exchange.response.headers, &exchange.response.trailers);
         self.stats.record(latency_ns);
         let label = RouteLabels { route: self.metrics.route_label(route) };
         self.metrics.exchanges.get_or_create(&label).inc();
@@ -506,7 +507,9 @@ impl Reporter {
                     client = %exchange.client,
                     server = %exchange.server,
                     route,
+                    http_version = exchange.request.version.as_str(),
                     prod_status = exchange.response.status,
+                    prod_grpc_status = grpc_status.as_ref().map(|g| g.grpc_status),
                     request_bytes = exchange.request.body.len(),
                     response_bytes = exchange.response.body.len(),
                     prod_latency_ms = latency_ns as f64 / 1e6,
@@ -647,9 +650,11 @@ impl Reporter {
             self.metrics.prediction_rows.get_or_create(&labels).inc_by(comparison.metrics.rows);
             self.metrics.label_flips.get_or_create(&labels).inc_by(comparison.metrics.label_flips);
 
-            let shadow_status = match result {
-                ShadowResult::Answered { answer, .. } => Some(answer.status),
-                _ => None,
+            let (shadow_status, shadow_grpc) = match result {
+                ShadowResult::Answered { answer, .. } => {
+                    (Some(answer.status), GrpcStatus::of(&answer.headers, &answer.trailers))
+                }
+                _ => (None, None),
             };
             let first_diff = comparison.diffs.first().map(|d| d.pointer.as_str()).unwrap_or_default();
             let shadow_latency_ms = result.latency_ns().map(|ns| ns as f64 / 1e6);
@@ -664,6 +669,8 @@ impl Reporter {
                         protocol = comparison.protocol.as_str(),
                         prod_status = exchange.response.status,
                         shadow_status,
+                        prod_grpc_status = record.production.grpc.as_ref().map(|g| g.grpc_status),
+                        shadow_grpc_status = shadow_grpc.as_ref().map(|g| g.grpc_status),
                         prod_latency_ms = exchange.production_latency_ns() as f64 / 1e6,
                         shadow_latency_ms,
                         diff_count = comparison.diff_count,

@@ -15,8 +15,8 @@
 //!   paired difference shadow − production for the comparisons where both were measured. The paired
 //!   difference removes what the two share (the request's size, the time of day) and can be negative.
 //! - **Failures**, as fractions of comparisons: `shadow_error` verdicts, `shadow_timeout` verdicts,
-//!   non-2xx production answers, and shadow failures (a `shadow_error` or `shadow_timeout` verdict, or
-//!   a non-2xx shadow status). Timeouts count as failures because a user would not have received an
+//!   non-2xx production answers (or gRPC calls whose status is not OK), and shadow failures (a
+//!   `shadow_error` or `shadow_timeout` verdict, or a non-2xx shadow status or non-OK gRPC status). Timeouts count as failures because a user would not have received an
 //!   answer either. The error-rate increase is shadow failure rate − production error rate.
 //!
 //! Records with the `not_compared` verdict (sampled out, queue full, ...) are counted per reason and
@@ -142,8 +142,12 @@ pub struct Observation {
     pub route: String,
     pub outcome: Outcome,
     pub production_status: u16,
+    /// gRPC calls: production's `grpc-status`.
+    pub production_grpc_status: Option<u64>,
     pub production_latency_ms: f64,
     pub shadow_status: Option<u16>,
+    /// gRPC calls: the shadow's `grpc-status`.
+    pub shadow_grpc_status: Option<u64>,
     pub shadow_latency_ms: Option<f64>,
     pub shadow_error: Option<String>,
     pub rows: Option<u64>,
@@ -248,11 +252,13 @@ impl Observation {
             route,
             outcome,
             production_status: required(opt_status(record, "production.status")?, "production.status")?,
+            production_grpc_status: opt_u64(record, "production.grpc_status")?,
             production_latency_ms: required(
                 opt_measure(record, "production.latency_ms")?,
                 "production.latency_ms",
             )?,
             shadow_status: opt_status(record, "shadow.status")?,
+            shadow_grpc_status: opt_u64(record, "shadow.grpc_status")?,
             shadow_latency_ms: opt_measure(record, "shadow.latency_ms")?,
             shadow_error: opt_str(record, "shadow.error")?.map(key),
             rows: opt_u64(record, "metrics.rows")?,
@@ -266,6 +272,11 @@ impl Observation {
 
 fn is_2xx(status: u16) -> bool {
     (200..300).contains(&status)
+}
+
+/// An answer failed: a non-2xx HTTP status, or a gRPC call whose status is not OK.
+fn failed(status: u16, grpc_status: Option<u64>) -> bool {
+    !is_2xx(status) || grpc_status.is_some_and(|code| code != 0)
 }
 
 /// Nearest-rank position (1-based) of quantile `q` among `n` values.
@@ -468,11 +479,11 @@ impl Group {
             self.shadow_latency.record_us(ms_to_us(shadow));
             self.difference.record_ms(shadow - o.production_latency_ms);
         }
-        if !is_2xx(o.production_status) {
+        if failed(o.production_status, o.production_grpc_status) {
             self.production_errors += 1;
         }
         let shadow_failed = matches!(verdict, Verdict::ShadowError | Verdict::ShadowTimeout)
-            || o.shadow_status.is_some_and(|s| !is_2xx(s));
+            || o.shadow_status.is_some_and(|s| failed(s, o.shadow_grpc_status));
         if shadow_failed {
             self.shadow_failures += 1;
         }
@@ -873,8 +884,10 @@ mod tests {
             route: "POST /v2/models/demo/infer".into(),
             outcome: Outcome::Compared(verdict),
             production_status: 200,
+            production_grpc_status: None,
             production_latency_ms: production_ms,
             shadow_status: shadow_ms.map(|_| 200),
+            shadow_grpc_status: None,
             shadow_latency_ms: shadow_ms,
             shadow_error: None,
             rows: Some(4),
@@ -1009,6 +1022,31 @@ mod tests {
         assert_eq!(s.max_abs_error, Some(0.5));
         // Ten comparisons with 0.0005 and one with 0.2505.
         assert!(close(s.mean_abs_error.unwrap(), 0.0232272727, 1e-9), "{:?}", s.mean_abs_error);
+    }
+
+    #[test]
+    fn grpc_calls_fail_by_their_grpc_status() {
+        let mut agg = Aggregator::default();
+        let mut ok = obs(Verdict::Match, 1.0, Some(1.0));
+        (ok.production_grpc_status, ok.shadow_grpc_status) = (Some(0), Some(0));
+        agg.add(&ok);
+        // HTTP 200 both sides, but production's call failed with INVALID_ARGUMENT and so did the
+        // shadow's; then a call only the shadow failed.
+        let mut both = obs(Verdict::Match, 1.0, Some(1.0));
+        (both.production_grpc_status, both.shadow_grpc_status) = (Some(3), Some(3));
+        agg.add(&both);
+        let mut shadow_only = obs(Verdict::ShadowError, 1.0, Some(1.0));
+        (shadow_only.production_grpc_status, shadow_only.shadow_grpc_status) = (Some(0), Some(14));
+        agg.add(&shadow_only);
+        let s = agg.summary().shadows[0].stats.clone();
+        assert_eq!(s.production_error_rate, Some(1.0 / 3.0));
+        assert_eq!(s.shadow_failure_rate, Some(2.0 / 3.0));
+        let record = serde_json::json!({
+            "verdict": "match", "route": "POST /pkg.Svc/M", "shadow": {"model_id": "m2", "grpc_status": 5},
+            "production": {"status": 200, "latency_ms": 1.0, "grpc_status": 5}
+        });
+        let o = Observation::from_record(&record).unwrap();
+        assert_eq!((o.production_grpc_status, o.shadow_grpc_status), (Some(5), Some(5)));
     }
 
     #[test]

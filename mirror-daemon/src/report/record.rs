@@ -92,10 +92,39 @@ pub struct Message {
     pub body_base64: Option<String>,
 }
 
+/// A gRPC call's status as recorded.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct GrpcStatus {
+    /// `grpc-status` (0 is OK).
+    pub grpc_status: u32,
+    /// `grpc-message`, percent-decoded (omitted when empty).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub grpc_message: String,
+}
+
+impl GrpcStatus {
+    /// The status of a gRPC answer; `None` for other answers, or a gRPC answer without a status.
+    pub fn of(headers: &[Header], trailers: &[Header]) -> Option<Self> {
+        crate::grpc::codec(headers)?;
+        let status = crate::grpc::read_status(headers, trailers).ok()?;
+        Some(Self { grpc_status: status.code.0, grpc_message: status.message })
+    }
+}
+
+/// A gRPC call's name, split from the path.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct GrpcCall {
+    /// `package.Service`.
+    pub service: String,
+    pub method: String,
+}
+
 /// The production response as recorded.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Production {
     pub status: u16,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcStatus>,
     /// Response last byte − request last byte, from kernel timestamps.
     pub latency_ms: f64,
     /// Response first byte − request last byte.
@@ -114,6 +143,14 @@ pub struct ExchangeRecord {
     pub method: String,
     /// Request path without the query string (queries can carry credentials).
     pub path: String,
+    /// The protocol that carried the exchange: `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    pub http_version: &'static str,
+    /// The HTTP/2 stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<u32>,
+    /// A gRPC call's service and method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcCall>,
     pub request: Message,
     pub production: Production,
 }
@@ -167,15 +204,22 @@ impl ExchangeRecord {
     pub fn new(exchange: &Exchange, options: &RecordOptions) -> Self {
         let target = &exchange.request.target;
         let path = target.split_once('?').map_or(target.as_str(), |(path, _)| path).to_string();
+        let grpc = crate::grpc::codec(&exchange.request.headers)
+            .and(crate::grpc::method(&path))
+            .map(|(service, method)| GrpcCall { service: service.to_string(), method: method.to_string() });
         Self {
             schema: SCHEMA_VERSION,
             ts: wall_time(exchange.timing.request_first_ns, options.realtime_offset_ns),
             connection: Connection { client: exchange.client, server: exchange.server },
             method: exchange.request.method.clone(),
+            http_version: exchange.request.version.as_str(),
+            stream_id: exchange.stream_id,
+            grpc,
             path,
             request: message(&exchange.request.headers, &exchange.request.body, options),
             production: Production {
                 status: exchange.response.status,
+                grpc: GrpcStatus::of(&exchange.response.headers, &exchange.response.trailers),
                 latency_ms: ms(exchange.production_latency_ns()),
                 ttfb_ms: ms(exchange.time_to_first_byte_ns()),
                 message: message(&exchange.response.headers, &exchange.response.body, options),
@@ -252,6 +296,12 @@ mod tests {
         assert_eq!(json["production"]["bytes"], 3);
         assert_eq!(json["production"]["latency_ms"], 2.75);
         assert_eq!(json["production"]["ttfb_ms"], 1.5);
+        assert_eq!(json["http_version"], "HTTP/1.1");
+        assert!(
+            json.get("stream_id").is_none() && json.get("grpc").is_none(),
+            "HTTP/2 and gRPC fields only there"
+        );
+        assert!(json["production"].get("grpc_status").is_none());
         assert!(json["request"].get("body").is_none(), "bodies only when asked for");
         let text = json.to_string();
         for secret in ["secret-token", "session=abc", "hunter2", "acme"] {
@@ -291,6 +341,33 @@ mod tests {
     }
 
     #[test]
+    fn grpc_exchanges_record_the_call_the_stream_and_the_status() {
+        let mut grpc = exchange();
+        grpc.stream_id = Some(7);
+        grpc.request.version = crate::exchange::HttpVersion::Http2;
+        grpc.request.target = "/inference.GRPCInferenceService/ModelInfer".into();
+        grpc.request.headers = vec![header("content-type", "application/grpc")];
+        grpc.response.version = crate::exchange::HttpVersion::Http2;
+        grpc.response.headers = vec![header("content-type", "application/grpc")];
+        grpc.response.trailers = vec![header("grpc-status", "3"), header("grpc-message", "bad%20shape")];
+        let json = serde_json::to_value(ExchangeRecord::new(&grpc, &RecordOptions::default())).unwrap();
+        assert_eq!(json["http_version"], "HTTP/2");
+        assert_eq!(json["stream_id"], 7);
+        assert_eq!(
+            json["grpc"],
+            serde_json::json!({"service": "inference.GRPCInferenceService", "method": "ModelInfer"})
+        );
+        assert_eq!(json["production"]["grpc_status"], 3);
+        assert_eq!(json["production"]["grpc_message"], "bad shape");
+        // Trailers-Only: the status in the headers.
+        grpc.response.trailers.clear();
+        grpc.response.headers.push(header("grpc-status", "0"));
+        let json = serde_json::to_value(ExchangeRecord::new(&grpc, &RecordOptions::default())).unwrap();
+        assert_eq!(json["production"]["grpc_status"], 0);
+        assert!(json["production"].get("grpc_message").is_none());
+    }
+
+    #[test]
     fn bodies_as_text_or_base64_when_asked() {
         let options = RecordOptions { bodies: true, ..RecordOptions::default() };
         let json = serde_json::to_value(ExchangeRecord::new(&exchange(), &options)).unwrap();
@@ -312,6 +389,8 @@ pub struct ShadowRecord {
     pub version: String,
     pub endpoint: String,
     pub status: Option<u16>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcStatus>,
     pub bytes: Option<usize>,
     pub sha256: Option<String>,
     /// From sending the request to the last byte of the answer (also for timeouts and failures).
@@ -334,6 +413,7 @@ impl ShadowRecord {
             version: model.version.clone(),
             endpoint: endpoint.to_string(),
             status: None,
+            grpc: None,
             bytes: None,
             sha256: None,
             latency_ms: None,
@@ -357,6 +437,7 @@ impl ShadowRecord {
             ShadowResult::Answered { answer, .. } => {
                 let message = message(&answer.headers, &answer.body, options);
                 record.status = Some(answer.status);
+                record.grpc = GrpcStatus::of(&answer.headers, &answer.trailers);
                 record.bytes = Some(message.bytes);
                 record.sha256 = Some(message.sha256);
                 record.content_type = message.content_type;

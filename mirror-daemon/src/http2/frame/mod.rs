@@ -32,11 +32,13 @@
 //!   a CONTINUATION of the same stream inside a header block). Unknown frame types and unused flags
 //!   are ignored, as RFC 9113 §4.1 and §5.5 require.
 //! - **A direction first seen mid-connection** has no known boundary; [`FrameReader::mid_stream`]
-//!   looks for one with the heuristic described in the `sync` module: it accepts a chunk start only
-//!   when at least three consecutive frame headers from there are plausible and line up exactly.
-//!   Random bytes pass one header check with a probability of roughly 10⁻⁶, so a false sync needs
-//!   several unrelated byte runs to look like one consistent frame chain; the layer above adds its
-//!   own checks (HPACK decoding, pseudo-headers), and a wrong exchange would need all of them fooled.
+//!   looks for one (heuristic in the `sync` module): from a chunk start, at least four consecutive
+//!   plausible frame headers must line up exactly, and the sync point is a later one that falls on a
+//!   segment boundary, where the chain's prediction and the sender's segmentation agree. Random bytes
+//!   pass one header check with a probability near 4·10⁻⁷, low-entropy payloads up to about 10⁻²; a
+//!   false sync needs four such headers at the offsets their own lengths dictate, one of them on a
+//!   segment start. The layer above adds its own checks (HPACK decoding, pseudo-headers): a wrong
+//!   exchange would need all of them fooled. `Synced` reports the bytes skipped before the sync point.
 //!
 //! Timestamps: a DATA piece carries the timestamp of the chunk it was sliced from; frame-level events
 //! (`Headers`, `RstStream`, the final empty `Data` piece) carry the timestamp of the chunk holding the
@@ -973,7 +975,9 @@ impl FrameReader {
                     let take = (f.left - f.pad).min(len);
                     len -= take;
                     f.left -= take;
-                    if f.head.kind == FrameKind::Data {
+                    if take == 0 {
+                        // An empty body (the gap goes on into the padding).
+                    } else if f.head.kind == FrameKind::Data {
                         out.push(FrameEvent::DataGap { stream, len: u64::from(take) });
                     } else if let Some(block) = self.block.as_mut() {
                         block.lost = true;

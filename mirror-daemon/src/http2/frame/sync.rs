@@ -1,38 +1,48 @@
 //! Finding a frame boundary in a direction first seen mid-connection.
 //!
-//! Nothing marks where an HTTP/2 frame starts; what the wire does offer is that senders usually write
-//! a frame (or several) per TCP segment, so a chunk start is often a frame start. Every chunk start is
-//! therefore a candidate. From a candidate, the chain of frame headers is followed across the
-//! retained chunks (each header's length says where the next one is), and the candidate is accepted
-//! once **three consecutive headers** are plausible, which also proves that the first two frames line
-//! up exactly. A header is plausible when:
+//! Nothing marks where an HTTP/2 frame starts. What the wire does offer: senders usually write a
+//! frame (or a few) per TCP segment, so a segment start is often a frame start, and each frame header
+//! says exactly where the next one is. The search uses both.
 //!
-//! - its length is at most the frame size limit (16384 unless a larger one was set);
-//! - its type is one of the ten of RFC 9113 (0–9) and it sets only the flags defined for that type;
-//! - the reserved bit is clear;
-//! - it obeys the rules the reader itself enforces: stream 0 or not as the type requires, the fixed
-//!   lengths (PRIORITY 5, RST_STREAM 4, PING 8, WINDOW_UPDATE 4, SETTINGS a multiple of 6 and empty
-//!   when ACK, GOAWAY at least 8), a pad length that fits (the pad length byte is read too);
-//! - header blocks are consistent: after HEADERS or PUSH_PROMISE without END_HEADERS only a
-//!   CONTINUATION of the same stream, and a CONTINUATION without an open block only as the chain's
-//!   first frame (its block started before the capture: reported as lost).
+//! - **Candidates.** Every chunk start (a captured segment start) is a candidate. From a candidate
+//!   the chain of frame headers is followed across the retained chunks, each header's length giving
+//!   the next header's offset; the chain stops at the first implausible header (candidate rejected).
+//! - **Plausible header.** Length at most the frame size limit (16384 unless a larger one was set);
+//!   one of the ten types of RFC 9113 (0–9) with only the flags defined for it; reserved bit clear;
+//!   the rules the reader itself enforces (stream 0 or not as the type requires; PRIORITY 5,
+//!   RST_STREAM 4, PING 8, WINDOW_UPDATE 4 bytes; SETTINGS a multiple of 6, empty with ACK; GOAWAY at
+//!   least 8; a pad length that fits, the pad length byte being read too); consistent header blocks
+//!   (after HEADERS without END_HEADERS only a CONTINUATION of its stream; a CONTINUATION with no
+//!   open block only as the chain's first frame). On top of RFC 9113, things real senders do not
+//!   write are refused as evidence (the reader still accepts them once synced): PUSH_PROMISE and
+//!   frames of even (server-pushed) streams, DATA with no payload and no END_STREAM, HEADERS or
+//!   CONTINUATION with an empty fragment.
+//! - **Sync point.** The first header of the chain is vouched for by nothing but itself, so it is
+//!   never the sync point. The sync point is the first later header of the chain that lies exactly at
+//!   a chunk start (whose previous chunk is at least 9 bytes long: boundaries of tiny segments prove
+//!   nothing): there the chain's prediction and the sender's segmentation agree.
+//! - **Acceptance.** At least four plausible headers in a row, at least one of them after the sync
+//!   point. Events start at the sync point; everything before it is `skipped`. Undecided chains wait
+//!   for more bytes; the earliest candidate wins, and a later one is taken only once every earlier one
+//!   was rejected or dropped by the bounds, so a candidate inside a large frame that starts at an
+//!   earlier, still undecided candidate cannot win early.
 //!
-//! A chain that needs bytes not yet received waits; the earliest candidate wins, and a later one is
-//! taken only once every earlier one was rejected (or dropped by the bounds), so a candidate inside a
-//! large frame that starts at an earlier, still undecided candidate cannot win early. Accepting a
-//! chunk whose third header starts the next chunk is the same rule: the chain runs across chunks.
-//!
-//! What this guarantees: for uniformly random bytes one header passes with a probability of about
-//! 4·10⁻⁷ (length ≤ 16384: 2⁻¹⁰; then type and flags: about 4·10⁻⁴ summed over the types, the
-//! fixed-length and stream-0 types contributing almost nothing), so three in a row at the offsets
-//! their own lengths dictate is far below 10⁻¹⁸ per candidate. Payload bytes are not random, and a
-//! payload that itself embeds HTTP/2 frames (a tunnelled connection, a capture file) can fool any
-//! framing heuristic; that is why the layer above checks again (HPACK decoding, pseudo-headers).
+//! What this guarantees, and what it does not: for uniformly random bytes one header passes with a
+//! probability of about 4·10⁻⁷ (length: 2⁻¹⁰; type and flags: about 4·10⁻⁴ summed over the types),
+//! so a false sync there needs four improbable headers at the offsets their own lengths dictate, one
+//! of them on a segment boundary. Low-entropy payloads (small integers, sparse tensors) pass one
+//! header far more often — up to about 1 in 100 — which is why the chain is four long and must meet a
+//! segment boundary; the test census (`false_sync_census`) measures this on five byte shapes, with
+//! and without a real frame sequence behind the garbage. A payload that itself embeds HTTP/2 frames
+//! aligned with its segments (a tunnelled connection, a capture file being uploaded, a peer crafting
+//! it) can fool any framing heuristic; the layer above checks again (HPACK decoding,
+//! pseudo-headers), so a wrong exchange would need all of those checks fooled as well.
 //!
 //! Bounds: at most `Limits::max_sync_buffer` bytes and `Limits::max_sync_candidates` candidates are
-//! retained; the oldest go first. Chunks are kept as they came (zero-copy), and once a boundary is
-//! found they are replayed through the normal reader, so events and timestamps are exactly those a
-//! reader started at that boundary would give. A gap discards every candidate.
+//! retained; the oldest go first (so a sync needing more than the buffer, such as four frames of a
+//! very large announced frame size, is not found). Chunks are kept as they came (zero-copy) and, once
+//! a sync point is accepted, replayed from it through the normal reader: events and timestamps are
+//! exactly those of a reader started at that boundary. A gap discards every candidate.
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 

@@ -1301,6 +1301,10 @@ fn gap_in_headers_priority_or_padding_loses_nothing() {
     assert_eq!(with_gap(&bytes[..19], 2, &bytes[21..]), expected, "padding");
     let lost = vec![FrameEvent::HeaderBlockLost { stream: 1, end_stream: false }];
     assert_eq!(with_gap(&bytes[..9], 1, &bytes[10..]), lost, "pad length byte");
+    // An empty fragment: a gap from the priority fields into the padding loses nothing either.
+    let bytes = frame(HEADERS, END_HEADERS | PADDED | PRIORITY_FLAG, 1, &padded(4, &[0, 0, 0, 3, 15], b""));
+    let expected = vec![FrameEvent::Headers { stream: 1, block: Bytes::new(), end_stream: false, ts_ns: 0 }];
+    assert_eq!(with_gap(&bytes[..12], 5, &bytes[17..]), expected, "priority fields and padding");
 }
 
 #[test]
@@ -1494,6 +1498,9 @@ fn mid_stream_rejects_implausible_chains() {
         ("DATA on an even stream", frame(DATA, 0, 2, b"x")),
         ("empty DATA without END_STREAM", frame(DATA, 0, 1, b"")),
         ("empty header block", frame(HEADERS, END_HEADERS, 1, b"")),
+        ("empty CONTINUATION", frame(CONTINUATION, END_HEADERS, 1, b"")),
+        ("PUSH_PROMISE", frame(PUSH_PROMISE, END_HEADERS, 1, &[0, 0, 0, 2, b'x'])),
+        ("HEADERS on an even stream", frame(HEADERS, END_HEADERS, 2, b"x")),
         ("PING on a stream", frame(PING, 0, 1, &[0; 8])),
         ("short PING", frame(PING, 0, 0, &[0; 7])),
         ("padding too long", frame(DATA, PADDED, 1, &[9, 0, 0])),
@@ -1894,17 +1901,21 @@ fn run_mid_stream(
 
 /// Whether a chunk start at or after `from` is a frame boundary followed by at least three frames.
 /// Whether some chunk start at or after chunk `from` is a frame boundary from which a chain of at
-/// least four frames reaches a later chunk start with a frame after it.
+/// least four frames reaches a later chunk start (after a chunk of at least 9 bytes) with a frame
+/// after it.
 fn sync_possible(enc: &Encoded, chunks: &[Range<usize>], from: usize) -> bool {
-    let chunk_starts: Vec<usize> = chunks[from..].iter().map(|c| c.start).collect();
-    chunk_starts.iter().any(|&c| {
-        let starts: Vec<usize> = enc.frames.iter().map(|f| f.start).filter(|&s| s >= c).collect();
-        starts.first() == Some(&c)
+    let chunks = &chunks[from..];
+    let is_sync_point = |offset: usize| {
+        chunks.iter().position(|c| c.start == offset).is_some_and(|i| i > 0 && chunks[i - 1].len() >= 9)
+    };
+    chunks.iter().any(|c| {
+        let starts: Vec<usize> = enc.frames.iter().map(|f| f.start).filter(|&s| s >= c.start).collect();
+        starts.first() == Some(&c.start)
             && starts
                 .iter()
                 .enumerate()
                 .skip(1)
-                .find(|(_, s)| chunk_starts.contains(s))
+                .find(|(_, s)| is_sync_point(**s))
                 .is_some_and(|(j, _)| starts.len() >= 4.max(j + 2))
     })
 }
@@ -2057,6 +2068,8 @@ fn false_sync_census() {
         // candidates. Also counted: runs where a sync was possible before the tail, and where it came.
         let (mut possible, mut early, mut late, mut delayed, mut none, mut real_false, mut mid_frame) =
             (0u64, 0, 0, 0, 0, 0, 0u64);
+        // Whole frames between the first chunk fed and the sync point, for syncs before the tail.
+        let (mut frames_skipped, mut most_skipped) = (0u64, 0u64);
         for _ in 0..runs {
             let calls = 1 + rng.below(4);
             let mut specs = grpc_specs(&mut rng, calls, filler);
@@ -2077,7 +2090,13 @@ fn false_sync_census() {
             let could = sync_possible(&main_enc, &chunks[..main_chunks], first);
             possible += u64::from(could);
             match run_mid_stream(&specs, &enc, &big, &chunks, first, 0) {
-                SyncOutcome::Correct(at) if at < tail_start => early += 1,
+                SyncOutcome::Correct(at) if at < tail_start => {
+                    early += 1;
+                    let from = chunks[first].start;
+                    let whole = enc.frames.iter().filter(|f| f.start >= from && f.start < at).count() as u64;
+                    frames_skipped += whole;
+                    most_skipped = most_skipped.max(whole);
+                }
                 SyncOutcome::Correct(_) => {
                     late += 1;
                     delayed += u64::from(could);
@@ -2093,7 +2112,9 @@ fn false_sync_census() {
             "{filler:?}: garbage {garbage_false} false syncs in {runs} runs ({bytes} bytes, {candidates} chunk starts); \
              realistic {real_false} false in {runs} runs ({mid_frame} chunk starts inside frames): \
              sync point before the tail in {early} (possible from the sequence alone in {possible}), \
-             in the tail in {late} ({delayed} of them possible earlier), never in {none}"
+             in the tail in {late} ({delayed} of them possible earlier), never in {none}; \
+             whole frames skipped before the sync point: {:.2} on average, {most_skipped} at most",
+            frames_skipped as f64 / early.max(1) as f64
         );
         total_false += garbage_false + real_false;
     }
