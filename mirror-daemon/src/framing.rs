@@ -1,7 +1,12 @@
-//! Limits of the HTTP framings (HTTP/1.x and HTTP/2 alike), declared once.
+//! What the HTTP framings share: their limits (HTTP/1.x and HTTP/2 alike), declared once, and the
+//! hand-over from one to the other when a connection upgrades.
 //!
 //! Every limit bounds memory or work per connection or in total; hitting one is counted under a
 //! reason in [`crate::drops`], never blocks and never grows without bound.
+use crate::{
+    exchange::{ExchangeId, Request},
+    flows::FlowEvent,
+};
 
 /// Framing limits, of HTTP/1.x and HTTP/2 alike. Hitting one is counted, never blocks.
 #[derive(Clone, Debug)]
@@ -38,4 +43,20 @@ impl Default for HttpConfig {
             max_streams: 1024,
         }
     }
+}
+
+/// A connection that switched to HTTP/2 after `Upgrade: h2c` and a 101 (RFC 7540 §3.2): the
+/// HTTP/1.1 request that asked for it, whose response comes on HTTP/2 stream 1, and the events of
+/// each direction after the switch, which are HTTP/2.
+#[derive(Debug)]
+pub struct H2cUpgrade {
+    /// The request's id (it was announced as an HTTP/1.1 request).
+    pub id: ExchangeId,
+    pub request: Request,
+    pub request_first_ns: u64,
+    pub request_last_ns: u64,
+    /// The first [`ExchangeId::seq`] the HTTP/1.1 part did not use.
+    pub next_seq: u64,
+    /// Client and server events after the switch, in order per direction.
+    pub events: Vec<FlowEvent>,
 }

@@ -155,7 +155,23 @@ impl Assembler {
                         *conn = Conn::Http2(h2);
                     }
                 },
-                Conn::Http1(http) => http.handle(event, &self.http_config, &mut self.drops, out),
+                Conn::Http1(http) => {
+                    http.handle(event, &self.http_config, &mut self.drops, out);
+                    if let Some(mut upgrade) = http.take_upgrade() {
+                        let (client, server) = (http.client(), http.server());
+                        let mut h2 = Box::new(http2::Connection::upgraded(
+                            client,
+                            server,
+                            &self.http_config,
+                            &mut upgrade,
+                        ));
+                        h2.identify(id, self.announce_requests);
+                        for event in std::mem::take(&mut upgrade.events) {
+                            h2.handle(event, &self.http_config, &mut self.drops, out);
+                        }
+                        *conn = Conn::Http2(h2);
+                    }
+                }
                 Conn::Http2(h2) => h2.handle(event, &self.http_config, &mut self.drops, out),
             }
             let after = conn.buffered();

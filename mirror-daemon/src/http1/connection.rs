@@ -15,7 +15,7 @@ use crate::{
     drops::AssemblyDrops,
     exchange::{Assembled, BodyBuilder, Exchange, ExchangeId, ReadyRequest, Request, Response, Timing},
     flows::{CloseReason, FlowEvent, Side, Unfinished},
-    framing::HttpConfig,
+    framing::{H2cUpgrade, HttpConfig},
 };
 
 /// A request waiting for its response to complete (or for its own end, after an early response).
@@ -33,6 +33,8 @@ pub(super) struct Pending {
     pub(super) response_last_ns: u64,
     pub(super) damage: Option<Damage>,
     pub(super) bytes: usize,
+    /// The request asked for `Upgrade: h2c`.
+    pub(super) upgrade_h2c: bool,
 }
 
 /// Server-side input waiting for a request to answer.
@@ -68,6 +70,13 @@ pub struct Connection {
     pub(super) next_seq: u64,
     /// Announce complete requests ([`Assembled::Request`]).
     pub(super) announce: bool,
+    /// A complete request asked for `Upgrade: h2c` and its response has not come: the client's
+    /// next bytes are HTTP/1.1 or HTTP/2 depending on it, so they wait here (bounded).
+    pub(super) upgrade_held: Option<Vec<(Bytes, u64)>>,
+    /// The connection switched to HTTP/2: for the assembler to take.
+    pub(super) upgraded: Option<Box<H2cUpgrade>>,
+    /// The server declined an upgrade: the held client bytes are framed as HTTP/1.1.
+    pub(super) upgrade_declined: bool,
 }
 
 impl Connection {
@@ -94,17 +103,22 @@ impl Connection {
             conn_id: 0,
             next_seq: 0,
             announce: false,
+            upgrade_held: None,
+            upgraded: None,
+            upgrade_declined: false,
         }
     }
 
     /// Bytes buffered by this connection's partial messages.
     pub fn buffered(&self) -> usize {
         let resync = self.resync.as_ref().map_or(0, |r| r.candidate_bytes + r.server_bytes);
+        let held: usize = self.upgrade_held.iter().flatten().map(|(d, _)| d.len()).sum();
         self.requests.buffered()
             + self.responses.buffered()
             + self.pending_bytes
             + self.backlog_bytes
             + resync
+            + held
     }
 
     /// Applies one stream event; completed exchanges are appended to `out`.
@@ -174,6 +188,9 @@ impl Connection {
             FlowEvent::Fin { side: Side::Client, .. } => {}
             FlowEvent::Closed { reason, .. } => self.close(reason, stats),
         }
+        if self.upgrade_declined {
+            self.resume_after_declined_upgrade(cfg, stats, out);
+        }
     }
 
     /// Stops parsing because the total HTTP buffer limit was hit.
@@ -210,6 +227,8 @@ impl Connection {
         self.backlog_bytes = 0;
         self.requests = Reader::default();
         self.responses = Reader { body: BodyBuilder::timed(), ..Reader::default() };
+        self.upgrade_held = None;
+        self.upgrade_declined = false;
     }
 
     pub(super) fn close(&mut self, reason: CloseReason, stats: &mut AssemblyDrops) {
@@ -249,6 +268,13 @@ impl Connection {
                 self.skipped(data.len(), stats);
                 return;
             }
+            if let Some(held) = self.upgrade_held.as_mut() {
+                held.push((data, ts));
+                if held.iter().map(|(d, _)| d.len()).sum::<usize>() > cfg.max_backlog_bytes {
+                    self.stop(Stop::Upgrade, stats);
+                }
+                return;
+            }
             if self.requests.phase == Phase::Head {
                 let head = match self.requests.take_head(&mut data, ts, cfg, Side::Client) {
                     Ok(HeadResult::Partial) => return,
@@ -258,7 +284,7 @@ impl Connection {
                 if self.pending.len() >= cfg.max_pipelined {
                     return self.stop(Stop::PipelineOverflow, stats);
                 }
-                let RequestHead { request, framing } = match parse_request(&head, cfg) {
+                let RequestHead { request, framing, upgrade_h2c } = match parse_request(&head, cfg) {
                     Ok(parsed) => parsed,
                     Err(why) => return self.stop(why, stats),
                 };
@@ -279,6 +305,7 @@ impl Connection {
                     response_last_ns: 0,
                     damage: None,
                     bytes: 0,
+                    upgrade_h2c,
                 });
             }
             // Called even with no data left: a message without body completes with its head.
@@ -304,6 +331,9 @@ impl Connection {
             p.damage = p.damage.or(damage);
             p.bytes += p.request.body.len();
             self.pending_bytes += p.request.body.len();
+            if p.upgrade_h2c && p.damage.is_none() {
+                self.upgrade_held = Some(Vec::new());
+            }
             if self.announce && p.damage.is_none() {
                 // Bodies and header values are reference-counted: the copy is cheap.
                 out.push(Assembled::Request(ReadyRequest {
@@ -407,7 +437,14 @@ impl Connection {
                 };
                 match response.status {
                     101 => {
-                        self.stop(Stop::Upgrade, stats);
+                        let p = &self.pending[idx];
+                        let h2c =
+                            p.upgrade_h2c && p.request_done && has_token(&response.headers, "upgrade", "h2c");
+                        if h2c && idx == 0 && self.pending.len() == 1 {
+                            self.upgrade(std::mem::take(data), ts);
+                        } else {
+                            self.stop(Stop::Upgrade, stats);
+                        }
                         return false;
                     }
                     // Interim responses (100 Continue, 103 Early Hints) are not paired.
@@ -416,6 +453,12 @@ impl Connection {
                         continue;
                     }
                     _ => {}
+                }
+                if self.pending[idx].upgrade_h2c {
+                    // Declined: the connection goes on in HTTP/1.1; what the client sent since is
+                    // framed once this event is handled.
+                    self.pending[idx].upgrade_h2c = false;
+                    self.upgrade_declined = true;
                 }
                 let p = &self.pending[idx];
                 if p.expect_continue && !p.request_done {
@@ -452,6 +495,68 @@ impl Connection {
             }
         }
         false
+    }
+
+    /// Switches to HTTP/2 at the 101 answering `Upgrade: h2c`: `rest` (after the 101 head) and
+    /// whatever else the server sent are HTTP/2, and so is what the client sent since its request.
+    fn upgrade(&mut self, rest: Bytes, ts: u64) {
+        let Some(p) = self.pending.pop_front() else { return };
+        let id = self.conn_id;
+        let mut events: Vec<FlowEvent> = self
+            .upgrade_held
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(data, ts_ns)| FlowEvent::Data { id, side: Side::Client, data, ts_ns })
+            .collect();
+        if !rest.is_empty() {
+            events.push(FlowEvent::Data { id, side: Side::Server, data: rest, ts_ns: ts });
+        }
+        for input in std::mem::take(&mut self.backlog) {
+            events.push(match input {
+                Input::Data(data, ts_ns) => FlowEvent::Data { id, side: Side::Server, data, ts_ns },
+                Input::Gap(len) => FlowEvent::Gap { id, side: Side::Server, len },
+                Input::Fin => FlowEvent::Fin { id, side: Side::Server, ts_ns: ts },
+            });
+        }
+        self.upgraded = Some(Box::new(H2cUpgrade {
+            id: p.id,
+            request: p.request,
+            request_first_ns: p.request_first_ns,
+            request_last_ns: p.request_last_ns,
+            next_seq: self.next_seq,
+            events,
+        }));
+        // Nothing is lost: from here on the assembler feeds the connection to HTTP/2.
+        self.stopped = true;
+        self.clear();
+    }
+
+    pub fn client(&self) -> SocketAddr {
+        self.client
+    }
+
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// The connection switched to HTTP/2 (see [`H2cUpgrade`]).
+    pub fn take_upgrade(&mut self) -> Option<Box<H2cUpgrade>> {
+        self.upgraded.take()
+    }
+
+    /// The server answered an `Upgrade: h2c` request in HTTP/1.1: the client bytes held meanwhile
+    /// are HTTP/1.1 after all.
+    fn resume_after_declined_upgrade(
+        &mut self,
+        cfg: &HttpConfig,
+        stats: &mut AssemblyDrops,
+        out: &mut Vec<Assembled>,
+    ) {
+        self.upgrade_declined = false;
+        for (data, ts) in self.upgrade_held.take().unwrap_or_default() {
+            self.client_data(data, ts, cfg, stats, out);
+        }
     }
 
     pub(super) fn finish_response(&mut self, stats: &mut AssemblyDrops, out: &mut Vec<Assembled>) {

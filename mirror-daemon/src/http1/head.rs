@@ -97,6 +97,8 @@ pub(super) fn body_framing(headers: &[Header], is_request: bool) -> Option<Frami
 pub(super) struct RequestHead {
     pub(super) request: Request,
     pub(super) framing: Framing,
+    /// `Upgrade: h2c`: the client asks to go on in HTTP/2 (RFC 7540 §3.2).
+    pub(super) upgrade_h2c: bool,
 }
 
 pub(super) fn parse_request(head: &Bytes, cfg: &HttpConfig) -> Result<RequestHead, Stop> {
@@ -111,7 +113,9 @@ pub(super) fn parse_request(head: &Bytes, cfg: &HttpConfig) -> Result<RequestHea
     if method.eq_ignore_ascii_case("CONNECT") {
         return Err(Stop::Connect);
     }
-    if headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade")) {
+    let upgrade = headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+    let upgrade_h2c = upgrade && has_token(&headers, "upgrade", "h2c");
+    if upgrade && !upgrade_h2c {
         return Err(Stop::Upgrade);
     }
     let framing = body_framing(&headers, true).ok_or(Stop::MalformedRequest)?;
@@ -123,7 +127,7 @@ pub(super) fn parse_request(head: &Bytes, cfg: &HttpConfig) -> Result<RequestHea
         body: Bytes::new(),
         trailers: Vec::new(),
     };
-    Ok(RequestHead { request, framing })
+    Ok(RequestHead { request, framing, upgrade_h2c })
 }
 
 pub(super) fn parse_response(head: &Bytes, cfg: &HttpConfig) -> Result<Response, Stop> {

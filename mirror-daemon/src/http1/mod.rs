@@ -18,7 +18,8 @@
 //!   reason: nothing proves where a message starts. [`crate::framing::HttpConfig::resync_mid_stream`] opts into
 //!   picking such a connection up at a request, under an assumption that makes it safe: the client
 //!   does not pipeline (see `resync.rs`).
-//! - `Upgrade`, `CONNECT` and 101 responses stop parsing the connection.
+//! - `Upgrade`, `CONNECT` and 101 responses stop parsing the connection — except `Upgrade: h2c`
+//!   answered by a 101, where the connection goes on in HTTP/2 (handed over as a [`crate::framing::H2cUpgrade`]).
 //! - A limit (head size, header count, pipelining depth, buffer total) stops the connection; a body
 //!   over the body limit keeps the framing and drops only that exchange.
 //!

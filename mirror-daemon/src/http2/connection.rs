@@ -27,7 +27,7 @@ use crate::{
         Assembled, BodyBuilder, Exchange, ExchangeId, HttpVersion, ReadyRequest, Request, Response, Timing,
     },
     flows::{CloseReason, FlowEvent, Side, Unfinished},
-    framing::HttpConfig,
+    framing::{H2cUpgrade, HttpConfig},
 };
 
 /// SETTINGS parameters that change how the other direction is read (RFC 9113 §6.5.2).
@@ -155,6 +155,8 @@ pub struct Connection {
     /// Added to stream ids to make [`ExchangeId::seq`] (non-zero after an `Upgrade: h2c`, so that
     /// the HTTP/1.1 requests before it keep their own numbers).
     seq_base: u64,
+    /// After an `Upgrade: h2c`: stream 1 answers the HTTP/1.1 request with this id.
+    upgraded: Option<ExchangeId>,
     announce: bool,
     client_side: Direction,
     server_side: Direction,
@@ -180,6 +182,7 @@ impl Connection {
             server,
             conn_id: 0,
             seq_base: 0,
+            upgraded: None,
             announce: false,
             client_side: Direction::new(FrameReader::client(), hpack::Decoder::new(), cfg),
             server_side: Direction::new(FrameReader::server(), hpack::Decoder::new(), cfg),
@@ -191,6 +194,49 @@ impl Connection {
             mid_stream: false,
             events: Vec::new(),
         }
+    }
+
+    /// A connection that switched to HTTP/2 after `Upgrade: h2c`: stream 1 carries the answer to
+    /// the upgrade request (already announced as an HTTP/1.1 request). The client's settings come
+    /// in its `HTTP2-Settings` header; they apply to what the server sends. Feed
+    /// [`H2cUpgrade::events`] next.
+    pub fn upgraded(
+        client: SocketAddr,
+        server: SocketAddr,
+        cfg: &HttpConfig,
+        upgrade: &mut H2cUpgrade,
+    ) -> Self {
+        let mut conn = Self::new(client, server, cfg);
+        conn.conn_id = upgrade.id.connection;
+        conn.seq_base = upgrade.next_seq;
+        conn.upgraded = Some(upgrade.id);
+        conn.last_client_stream = 1;
+        let settings = upgrade.request.headers.iter().find(|h| h.name.eq_ignore_ascii_case("http2-settings"));
+        for (id, value) in settings.map(|h| settings_header(&h.value)).unwrap_or_default() {
+            match id {
+                SETTINGS_HEADER_TABLE_SIZE => conn.server_side.hpack.advertised_table_size(value),
+                SETTINGS_MAX_FRAME_SIZE => conn.server_side.frames.set_max_frame_size(value),
+                _ => {}
+            }
+        }
+        let request = std::mem::take(&mut upgrade.request);
+        conn.held = request.body.len();
+        conn.streams.insert(
+            1,
+            Stream {
+                request,
+                request_body: BodyBuilder::default(),
+                request_done: true,
+                request_first_ns: upgrade.request_first_ns,
+                request_last_ns: upgrade.request_last_ns,
+                response: None,
+                response_body: BodyBuilder::timed(),
+                response_done: false,
+                response_first_ns: 0,
+                response_last_ns: 0,
+            },
+        );
+        conn
     }
 
     /// Sets the connection's id and whether complete requests are announced early.
@@ -465,7 +511,10 @@ impl Connection {
     }
 
     fn exchange_id(&self, stream: u32) -> ExchangeId {
-        ExchangeId { connection: self.conn_id, seq: self.seq_base + u64::from(stream) }
+        match self.upgraded {
+            Some(id) if stream == 1 => id,
+            _ => ExchangeId { connection: self.conn_id, seq: self.seq_base + u64::from(stream) },
+        }
     }
 
     /// The client side's framing is lost: no new request can be seen; streams whose requests
@@ -654,6 +703,20 @@ impl Connection {
         self.streams.clear();
         self.held = 0;
     }
+}
+
+/// The SETTINGS parameters of an `HTTP2-Settings` header: base64url (no padding) of a SETTINGS
+/// frame's payload (RFC 7540 §3.2.1). Anything undecodable yields none.
+fn settings_header(value: &[u8]) -> Vec<(u16, u32)> {
+    use base64::Engine as _;
+    let text: Vec<u8> = value.iter().copied().filter(|b| !b.is_ascii_whitespace() && *b != b'=').collect();
+    let Ok(payload) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text) else {
+        return Vec::new();
+    };
+    payload
+        .chunks_exact(6)
+        .map(|p| (u16::from_be_bytes([p[0], p[1]]), u32::from_be_bytes([p[2], p[3], p[4], p[5]])))
+        .collect()
 }
 
 fn is_gap(reason: DesyncReason) -> bool {

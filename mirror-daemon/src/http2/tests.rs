@@ -357,3 +357,61 @@ fn stream_and_body_limits_are_counted_not_fatal() {
     assert!(items.is_empty());
     assert_eq!(nonzero(&drops), [("body_too_large", 1), ("truncated_request", 2), ("h2_stream_limit", 2)]);
 }
+
+#[test]
+fn upgrade_h2c_goes_on_in_http2_with_the_answer_on_stream_1() {
+    let mut c = Conn::new(true);
+    // curl --http2 http://...: the request asks to upgrade; the client's preface follows the 101
+    // (here captured before it, since the hooks can reorder the directions).
+    c.client(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+        .client(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat())
+        .client(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &block(&[(":method", "GET"), (":scheme", "http"), (":path", "/second")])))
+        .server(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        .server(&frame(SETTINGS, 0, 0, &[]))
+        .server(&frame(HEADERS, END_HEADERS, 1, &block(&[(":status", "200"), ("content-type", "application/json")])))
+        .server(&frame(DATA, END_STREAM, 1, b"{\"ready\":true}"))
+        .server(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &block(&[(":status", "204")])))
+        .fin();
+    let (items, drops) = c.run();
+    assert_eq!(nonzero(&drops), []);
+    let announced: Vec<u64> = items
+        .iter()
+        .filter_map(|i| match i {
+            Assembled::Request(r) => Some(r.id.seq),
+            _ => None,
+        })
+        .collect();
+    let ex = exchanges(&items);
+    assert_eq!(ex.len(), 2, "{items:?}");
+    let first = &ex[0];
+    assert_eq!(
+        (first.request.target.as_str(), first.request.version),
+        ("/v2/health/ready", HttpVersion::Http11)
+    );
+    assert_eq!(
+        (first.response.version, first.response.status, first.stream_id),
+        (HttpVersion::Http2, 200, Some(1))
+    );
+    assert_eq!(&first.response.body[..], b"{\"ready\":true}");
+    assert_eq!(ex[1].request.target, "/second");
+    // Each exchange joins the request announced for it, and ids never collide.
+    assert_eq!(announced, [first.id.seq, ex[1].id.seq]);
+    assert_ne!(first.id.seq, ex[1].id.seq);
+}
+
+#[test]
+fn a_declined_upgrade_goes_on_in_http1() {
+    let mut c = Conn::new(true);
+    c.client(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        .client(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .server(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        .server(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        .fin();
+    let (items, drops) = c.run();
+    assert_eq!(nonzero(&drops), []);
+    let ex = exchanges(&items);
+    let pairs: Vec<(&str, &[u8])> =
+        ex.iter().map(|e| (e.request.target.as_str(), &e.response.body[..])).collect();
+    assert_eq!(pairs, [("/a", &b"a"[..]), ("/b", &b"b"[..])]);
+    assert!(ex.iter().all(|e| e.response.version == HttpVersion::Http11));
+}
