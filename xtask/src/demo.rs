@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: the whole mission on a self-contained namespace topology.
+//! `cargo xtask demo`: the whole mission on a self-contained namespace topology, in two scenes.
 //!
 //! A client namespace calls the production model (v1, Open Inference Protocol) in a production
 //! namespace; a shadow namespace runs the candidate (v2), which flips the top label on a known share
@@ -6,6 +6,11 @@
 //! interface: it rebuilds every exchange from the wire, replays the inference requests to v2,
 //! compares the answers, logs a live summary and ends with the promotion verdict. Then the
 //! `report` command reads the records it wrote. Everything created is removed on exit.
+//!
+//! The `rest` scene speaks the protocol over HTTP/1.1 JSON; the `grpc` scene over gRPC
+//! (`inference.GRPCInferenceService/ModelInfer`, HTTP/2), with real grpcio servers and client from
+//! the test environment's pinned virtualenv, replayed to the candidate over h2c. `--scene` picks one;
+//! both run by default.
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -28,8 +33,22 @@ use crate::{
     util::is_root,
 };
 
+/// Which scene to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scene {
+    /// Open Inference Protocol over HTTP/1.1 (JSON).
+    Rest,
+    /// Open Inference Protocol over gRPC (HTTP/2).
+    Grpc,
+    /// Both, one after the other.
+    All,
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// Which scene to run.
+    #[arg(long, value_enum, default_value_t = Scene::All)]
+    pub scene: Scene,
     /// How long to drive traffic.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
@@ -54,32 +73,29 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         bail!("the demo creates network namespaces and loads eBPF programs: run it as root");
     }
     let daemon_bin = build::run_build(&BuildArgs { debug: false })?;
-    let server_bin = daemon_bin.with_file_name("model-server");
+    if matches!(args.scene, Scene::Rest | Scene::All) {
+        rest_scene(&daemon_bin, args)?;
+    }
+    if matches!(args.scene, Scene::Grpc | Scene::All) {
+        grpc_scene(&daemon_bin, args)?;
+    }
+    Ok(())
+}
 
-    println!("\n== topology: client <-> production (model v1) <-> shadow (candidate model v2)");
-    let trio = Trio::new();
-    let production = SocketAddr::from((trio.production_addr, 8080));
-    let shadow = SocketAddr::from((trio.shadow_addr, 8080));
-    let v1 = ServerOptions { version: "1.0.0".into(), disagree_percent: 0.0, delay_ms: 20 };
-    let v2 = ServerOptions { version: "2.0.0".into(), disagree_percent: args.disagree_percent, delay_ms: 24 };
-    let _v1 = model_server(&server_bin, &trio.production, production, &v1)?;
-    let _v2 = model_server(&server_bin, &trio.shadow, shadow, &v2)?;
+/// A running `mirror-daemon` whose log is printed as it comes.
+struct RunningDaemon {
+    child: ChildGuard,
+    printer: std::thread::JoinHandle<()>,
+}
 
-    let record: PathBuf =
-        std::env::temp_dir().join(format!("shadow-mirror-demo-{}.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&record);
-    println!(
-        "\n== mirror-daemon on {} (production side), replaying to model-v2 at {shadow}",
-        trio.production_if
-    );
-    let shadow_spec = format!("model-v2@2.0.0=http://{shadow}");
-    let mut daemon = trio
-        .production
-        .command(&daemon_bin)
-        .args(["--log-format", "pretty", "run", "--interface", &trio.production_if, "--port", "8080"])
-        .args(["--shadow", &shadow_spec, "--production-model", "model-v1@1.0.0"])
-        .args(["--route", "POST /v2/models/*/infer", "--summary-interval", "5s", "--record"])
-        .arg(&record)
+/// Starts `mirror-daemon run ARGS...` in `ns`, printing its log, and waits until it captures.
+fn start_daemon(daemon_bin: &Path, ns: &Netns, args: &[&str], record: &Path) -> Result<RunningDaemon> {
+    let mut daemon = ns
+        .command(daemon_bin)
+        .args(["--log-format", "pretty", "run"])
+        .args(args)
+        .arg("--record")
+        .arg(record)
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
@@ -92,41 +108,163 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             let _ = tx.send(line);
         }
     });
-    let daemon = ChildGuard(daemon);
+    let child = ChildGuard(daemon);
     loop {
         let line = rx.recv_timeout(Duration::from_secs(30)).context("mirror-daemon did not start")?;
         if line.contains("capturing") {
             break;
         }
     }
+    Ok(RunningDaemon { child, printer })
+}
+
+/// Stops the daemon (SIGINT: final summary and verdict), then shows `report` on its records.
+fn finish(daemon: RunningDaemon, daemon_bin: &Path, record: &Path) -> Result<()> {
+    std::thread::sleep(Duration::from_millis(1500));
+    let RunningDaemon { mut child, printer } = daemon;
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let status = child.0.wait()?;
+    let _ = printer.join();
+    if !status.success() {
+        bail!("mirror-daemon exited with {status}");
+    }
+    println!("\n== the same verdict offline: mirror-daemon report {}", record.display());
+    let report = Command::new(daemon_bin).arg("report").arg(record).status().context("run report")?;
+    println!("   (exit status {}: 0 PROMOTE, 1 HOLD, 2 REJECT)", report.code().unwrap_or(-1));
+    let _ = std::fs::remove_file(record);
+    Ok(())
+}
+
+fn record_file(scene: &str) -> PathBuf {
+    let record =
+        std::env::temp_dir().join(format!("shadow-mirror-demo-{scene}-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    record
+}
+
+fn rest_scene(daemon_bin: &Path, args: &DemoArgs) -> Result<()> {
+    let server_bin = daemon_bin.with_file_name("model-server");
+    println!("\n== REST scene. Topology: client <-> production (model v1) <-> shadow (candidate model v2)");
+    let trio = Trio::new();
+    let production = SocketAddr::from((trio.production_addr, 8080));
+    let shadow = SocketAddr::from((trio.shadow_addr, 8080));
+    let v1 = ServerOptions { version: "1.0.0".into(), disagree_percent: 0.0, delay_ms: 20 };
+    let v2 = ServerOptions { version: "2.0.0".into(), disagree_percent: args.disagree_percent, delay_ms: 24 };
+    let _v1 = model_server(&server_bin, &trio.production, production, &v1)?;
+    let _v2 = model_server(&server_bin, &trio.shadow, shadow, &v2)?;
+
+    let record = record_file("rest");
+    println!(
+        "\n== mirror-daemon on {} (production side), replaying to model-v2 at {shadow}",
+        trio.production_if
+    );
+    let shadow_spec = format!("model-v2@2.0.0=http://{shadow}");
+    let daemon = start_daemon(
+        daemon_bin,
+        &trio.production,
+        &[
+            "--interface",
+            &trio.production_if,
+            "--port",
+            "8080",
+            "--shadow",
+            &shadow_spec,
+            "--production-model",
+            "model-v1@1.0.0",
+            "--route",
+            "POST /v2/models/*/infer",
+            "--summary-interval",
+            "5s",
+        ],
+        &record,
+    )?;
 
     println!(
         "\n== driving ~{} inference requests/s for {} s from the client (plus health checks, not replayed)\n",
         args.rate, args.seconds
     );
     let (sent, failed) = drive(&trio.client, production, args)?;
-
-    std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill(2) on our child.
-    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGINT) };
-    let mut daemon = daemon;
-    let status = daemon.0.wait()?;
-    let _ = printer.join();
-    if !status.success() {
-        bail!("mirror-daemon exited with {status}");
-    }
     println!("\n== client: {sent} inference requests, {failed} failed (production is never touched)");
-
-    println!("\n== the same verdict offline: mirror-daemon report {}", record.display());
-    let report = Command::new(&daemon_bin).arg("report").arg(&record).status().context("run report")?;
-    println!("   (exit status {}: 0 PROMOTE, 1 HOLD, 2 REJECT)", report.code().unwrap_or(-1));
-    let _ = std::fs::remove_file(&record);
+    finish(daemon, daemon_bin, &record)?;
     println!(
         "\n== cleaning up: namespaces {}, {} and {} removed",
         trio.client.name, trio.production.name, trio.shadow.name
     );
     if failed > 0 {
         bail!("{failed} production requests failed");
+    }
+    Ok(())
+}
+
+fn grpc_scene(daemon_bin: &Path, args: &DemoArgs) -> Result<()> {
+    use mirror_tests::grpc::{self, ClientOptions, Rpc, ServerKind, ServerOptions as GrpcOptions};
+    println!(
+        "\n== gRPC scene. Topology: client <-> production (model v1, gRPC) <-> shadow (candidate v2, gRPC)"
+    );
+    println!("   (Python grpcio servers and client from the pinned test environment; preparing it once...)");
+    mirror_tests::python::prepare().context("prepare the Python gRPC environment")?;
+    let trio = Trio::new();
+    let production = SocketAddr::from((trio.production_addr, 8081));
+    let shadow = SocketAddr::from((trio.shadow_addr, 8081));
+    let v1 = GrpcOptions { version: "1.0.0".into(), delay_ms: 20, ..GrpcOptions::default() };
+    let v2 = GrpcOptions {
+        version: "2.0.0".into(),
+        disagree_percent: args.disagree_percent,
+        delay_ms: 24,
+        ..GrpcOptions::default()
+    };
+    let _v1 = grpc::start_server(ServerKind::Oip, &trio.production, &[production], &v1)
+        .context("start the production gRPC server")?;
+    let _v2 = grpc::start_server(ServerKind::Oip, &trio.shadow, &[shadow], &v2)
+        .context("start the shadow gRPC server")?;
+    println!("   {}: model v1 serving inference.GRPCInferenceService on {production}", trio.production.name);
+    println!("   {}: model v2 serving inference.GRPCInferenceService on {shadow}", trio.shadow.name);
+
+    let record = record_file("grpc");
+    println!(
+        "\n== mirror-daemon on {} (production side), replaying each gRPC call over h2c to model-v2 at {shadow}",
+        trio.production_if
+    );
+    let shadow_spec = format!("model-v2@2.0.0=h2c://{shadow}");
+    let daemon = start_daemon(
+        daemon_bin,
+        &trio.production,
+        &[
+            "--interface",
+            &trio.production_if,
+            "--port",
+            "8081",
+            "--shadow",
+            &shadow_spec,
+            "--production-model",
+            "model-v1@1.0.0",
+            "--summary-interval",
+            "5s",
+        ],
+        &record,
+    )?;
+    let calls = (u64::from(args.rate) * args.seconds) as usize;
+    println!(
+        "\n== {calls} ModelInfer calls at ~{} calls/s over one long-lived gRPC connection, 4 streams in flight\n",
+        args.rate
+    );
+    let options = ClientOptions {
+        concurrency: 4,
+        rate: Some(f64::from(args.rate)),
+        ..ClientOptions::new(Rpc::Infer, production, calls)
+    };
+    let truth = grpc::run_client(&trio.client, &options, &record.with_extension("truth"));
+    let failed = truth.iter().filter(|t| t.code != 0).count();
+    let _ = std::fs::remove_file(record.with_extension("truth"));
+    println!("\n== client: {} calls, {failed} failed (production is never touched)", truth.len());
+    finish(daemon, daemon_bin, &record)?;
+    println!(
+        "\n== cleaning up: namespaces {}, {} and {} removed",
+        trio.client.name, trio.production.name, trio.shadow.name
+    );
+    if failed > 0 {
+        bail!("{failed} production calls failed");
     }
     Ok(())
 }

@@ -592,7 +592,7 @@ pub struct Stats {
     pub shadow_timeout_rate: Option<f64>,
     /// Non-2xx production answers / comparisons.
     pub production_error_rate: Option<f64>,
-    /// (shadow_error or shadow_timeout verdict, or non-2xx shadow status) / comparisons.
+    /// (shadow_error or shadow_timeout verdict, or a non-2xx or non-OK gRPC shadow status) / comparisons.
     pub shadow_failure_rate: Option<f64>,
     /// shadow_failure_rate − production_error_rate.
     pub error_rate_increase: Option<f64>,
@@ -814,7 +814,7 @@ impl fmt::Display for ShadowSummary {
         )?;
         writeln!(
             f,
-            "  errors      shadow {}  timeouts {}  production non-2xx {}  increase {}",
+            "  errors      shadow {}  timeouts {}  production errors {}  increase {}",
             percent(s.shadow_error_rate),
             percent(s.shadow_timeout_rate),
             percent(s.production_error_rate),
