@@ -180,6 +180,24 @@ impl Finished {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no counter {name} in `{line}`"))
     }
+
+    /// The `drops` field of the final summary (JSON logs): every non-zero loss after capture, by
+    /// name.
+    pub fn final_drops(&self) -> std::collections::HashMap<String, u64> {
+        let line = self
+            .stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "final summary")
+            .unwrap_or_else(|| panic!("no final summary in:\n{}", self.stderr));
+        line["drops"]
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.parse().expect("counter value")))
+            .collect()
+    }
 }
 
 /// Runs the daemon to completion (for argument errors); returns (success, stderr).

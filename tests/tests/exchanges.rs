@@ -56,21 +56,6 @@ fn python_client(pair: &Pair, out: &Path, conns: u32, per_conn: u32, duration_s:
         .expect("run python3")
 }
 
-/// The `drops` field of the daemon's final summary, as name → value.
-fn final_drops(stderr: &str) -> HashMap<String, u64> {
-    let line = stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "final summary")
-        .unwrap_or_else(|| panic!("no final summary in:\n{stderr}"));
-    let drops = line["drops"].as_str().expect("drops field").to_string();
-    drops
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().expect("counter value")))
-        .collect()
-}
-
 fn start_monitor(pair: &Pair, record: &Path) -> Daemon {
     start_monitor_with(pair, record, &[])
 }
@@ -128,7 +113,7 @@ fn python_keepalive_chunked_exchanges_are_all_recorded_and_paired() {
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 100, "no exchange twice");
-    assert!(final_drops(&finished.stderr).is_empty(), "nothing dropped: {}", finished.stderr);
+    assert!(finished.final_drops().is_empty(), "nothing dropped: {}", finished.stderr);
 }
 
 #[test]
@@ -199,7 +184,7 @@ fn curl_exchanges_including_chunked_upload_and_100_continue() {
     }
     assert_eq!(by_path["/head"]["method"], "HEAD");
     assert_eq!(by_path["/head"]["production"]["bytes"], 0, "HEAD responses have no body");
-    assert!(final_drops(&finished.stderr).is_empty(), "{}", finished.stderr);
+    assert!(finished.final_drops().is_empty(), "{}", finished.stderr);
 }
 
 #[test]
@@ -227,7 +212,7 @@ fn wrk_load_is_recorded_completely() {
     let finished = daemon.stop();
     assert!(finished.success, "{}", finished.stderr);
     let records = read_records(&record);
-    let drops = final_drops(&finished.stderr);
+    let drops = finished.final_drops();
     // wrk counts the responses it read; at its deadline it closes its 4 connections, possibly
     // after a response left the server but before wrk read it. Those appear here, not in wrk.
     let n = records.len() as u64;
@@ -265,7 +250,7 @@ fn starting_mid_stream_never_mispairs() {
     let records = read_records(&record);
     let paired = assert_paired(&records, &client);
     assert!(paired >= 40, "later exchanges are recorded: only {paired}");
-    let drops = final_drops(&finished.stderr);
+    let drops = finished.final_drops();
     assert!(drops.get("mid_stream_connections").copied().unwrap_or(0) >= 1, "{drops:?}");
 }
 
@@ -299,7 +284,7 @@ fn resync_picks_up_an_open_keep_alive_connection() {
     assert!(after >= 100, "the client finished too early to test anything: {after} after the start");
     let records = read_records(&record);
     let paired = assert_paired(&records, &client);
-    let drops = final_drops(&finished.stderr);
+    let drops = finished.final_drops();
     eprintln!("recorded {paired} of the {after} exchanges completed after the daemon started");
     // "capturing" is logged just before `started` is read: a request or two may straddle it.
     assert!(

@@ -145,22 +145,6 @@ fn check_records(
     verdicts
 }
 
-/// The `drops` of the final summary.
-fn final_drops(stderr: &str) -> HashMap<String, u64> {
-    let line = stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "final summary")
-        .unwrap_or_else(|| panic!("no final summary in:\n{stderr}"));
-    line["drops"]
-        .as_str()
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
-        .collect()
-}
-
 fn by_id(truth: Vec<TruthLine>) -> HashMap<String, TruthLine> {
     truth.into_iter().map(|t| (t.id.clone(), t)).collect()
 }
@@ -204,16 +188,11 @@ fn grpc_streams_are_paired_exactly_and_verdicts_equal_the_truth() {
 
     let records = read_records(&record);
     let verdicts = check_records(&records, &truth, &direct, "unary");
-    assert_eq!(
-        records.len(),
-        400,
-        "every call compared once: {verdicts:?}\n{:?}",
-        final_drops(&finished.stderr)
-    );
+    assert_eq!(records.len(), 400, "every call compared once: {verdicts:?}\n{:?}", finished.final_drops());
     // 4 calls fail on both sides alike, 12 more on the shadow only, and labels flip on others.
     assert_eq!(verdicts.get("shadow_error"), Some(&12), "{verdicts:?}");
     assert!(verdicts.get("mismatch").copied().unwrap_or(0) >= 10, "label flips seen: {verdicts:?}");
-    assert!(final_drops(&finished.stderr).is_empty(), "nothing lost: {}", finished.stderr);
+    assert!(finished.final_drops().is_empty(), "nothing lost: {}", finished.stderr);
     // The verdict and the route tables speak of the gRPC method.
     assert!(
         finished.stderr.contains("POST /inference.GRPCInferenceService/ModelInfer"),
@@ -270,7 +249,7 @@ fn grpc_compressed_and_64_mib_messages_are_rebuilt_and_compared() {
     }
     let gzipped = records.iter().filter(|r| r["request"]["bytes"].as_u64() < Some(1 << 20)).count();
     assert_eq!(gzipped, 50, "every compressed call");
-    assert_eq!(records.len(), 52, "both 64 MiB calls too: {:?}", final_drops(&finished.stderr));
+    assert_eq!(records.len(), 52, "both 64 MiB calls too: {:?}", finished.final_drops());
 }
 
 #[test]
@@ -323,7 +302,7 @@ fn a_daemon_started_inside_a_long_lived_grpc_connection_never_mispairs() {
     }
     let fresh_seen = records.len() - long_seen;
     assert_eq!(fresh_seen, 100, "the new connection is rebuilt whole");
-    let drops = final_drops(&finished.stderr);
+    let drops = finished.final_drops();
     assert_eq!(drops.get("mid_stream_connections"), Some(&1), "{drops:?}");
     // Reported, not asserted: how many of the 800 later calls on the old connection could be proven
     // (grpcio's HPACK encoder refers to the table entries it made for the first call).
@@ -364,7 +343,7 @@ fn tf_serving_predict_is_compared_tensor_by_tensor() {
     let finished = daemon.stop();
     assert!(finished.success, "{}", finished.stderr);
     let records = read_records(&record);
-    assert_eq!(records.len(), 200, "{:?}", final_drops(&finished.stderr));
+    assert_eq!(records.len(), 200, "{:?}", finished.final_drops());
     let by_request: HashMap<&str, &TruthLine> =
         truth.iter().map(|t| (t.request_sha256.as_str(), t)).collect();
     let mut mismatches = 0;

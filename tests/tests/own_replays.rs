@@ -11,7 +11,6 @@ use mirror_tests::{
     netns::{Netns, Pair},
     read_records, scratch_file, sha256_hex,
 };
-use serde_json::Value;
 
 const PATH: &str = "/v2/models/demo/infer";
 const REQUESTS: usize = 200;
@@ -32,22 +31,6 @@ fn drive(ns: &Netns, server: SocketAddr) {
             .collect::<Vec<_>>()
     });
     assert!(answers.iter().all(|s| *s == 200), "production answered every request");
-}
-
-/// The `drops` of the final summary.
-fn final_drops(stderr: &str) -> HashMap<String, u64> {
-    let line = stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "final summary")
-        .unwrap_or_else(|| panic!("no final summary in:\n{stderr}"));
-    line["drops"]
-        .as_str()
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
-        .collect()
 }
 
 /// How a scene is run: the daemon's extra flags, and whether its replays reach the capture (the
@@ -110,7 +93,7 @@ fn exactly_one_comparison_per_request(
     for sha in &expected {
         assert_eq!(seen.get(sha), Some(&1), "{label}: request {sha} compared once");
     }
-    let drops = final_drops(&finished.stderr);
+    let drops = finished.final_drops();
     let skipped = drops.get("own_replay_segments").copied().unwrap_or(0);
     if variant.replays_captured {
         assert!(skipped > 0, "{label}: the replays were seen and skipped: {drops:?}");

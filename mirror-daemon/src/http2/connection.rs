@@ -57,6 +57,18 @@ impl Direction {
         Self { frames: frames.with_limits(limits), hpack, lost: false }
     }
 
+    /// Applies the SETTINGS of the endpoint that *receives* this direction: the frame size it
+    /// accepts, and the HPACK table size its decoder allows this direction's encoder.
+    fn apply_settings(&mut self, params: &[(u16, u32)]) {
+        for &(id, value) in params {
+            match id {
+                SETTINGS_HEADER_TABLE_SIZE => self.hpack.advertised_table_size(value),
+                SETTINGS_MAX_FRAME_SIZE => self.frames.set_max_frame_size(value),
+                _ => {}
+            }
+        }
+    }
+
     /// A direction no longer read, holding nothing.
     fn released() -> Self {
         Self { frames: FrameReader::server(), hpack: hpack::Decoder::new(), lost: true }
@@ -212,13 +224,7 @@ impl Connection {
         conn.upgraded = Some(upgrade.id);
         conn.last_client_stream = 1;
         let settings = upgrade.request.headers.iter().find(|h| h.name.eq_ignore_ascii_case("http2-settings"));
-        for (id, value) in settings.map(|h| settings_header(&h.value)).unwrap_or_default() {
-            match id {
-                SETTINGS_HEADER_TABLE_SIZE => conn.server_side.hpack.advertised_table_size(value),
-                SETTINGS_MAX_FRAME_SIZE => conn.server_side.frames.set_max_frame_size(value),
-                _ => {}
-            }
-        }
+        conn.server_side.apply_settings(&settings.map(|h| settings_header(&h.value)).unwrap_or_default());
         let request = std::mem::take(&mut upgrade.request);
         conn.held = request.body.len();
         conn.streams.insert(
@@ -400,15 +406,8 @@ impl Connection {
             }
             FrameEvent::DataGap { stream, .. } => self.drop_stream(stream, Drop::Gap, ctx.drops),
             FrameEvent::RstStream { stream, code, .. } => self.reset(stream, code, ctx.drops),
-            FrameEvent::Settings { ack: false, params } => {
-                for (id, value) in params {
-                    match id {
-                        SETTINGS_HEADER_TABLE_SIZE => self.server_side.hpack.advertised_table_size(value),
-                        SETTINGS_MAX_FRAME_SIZE => self.server_side.frames.set_max_frame_size(value),
-                        _ => {}
-                    }
-                }
-            }
+            // The client's settings govern what the server sends.
+            FrameEvent::Settings { ack: false, params } => self.server_side.apply_settings(&params),
             // Only servers push: a client's PUSH_PROMISE is a connection error (RFC 9113 §8.4).
             FrameEvent::PushPromise { .. } => self.lose_client_side(ctx.drops, false),
             FrameEvent::Synced { skipped } => ctx.drops.mid_stream_skipped_bytes += skipped,
@@ -581,15 +580,8 @@ impl Connection {
                     self.drop_stream(id, Drop::GoAway, ctx.drops);
                 }
             }
-            FrameEvent::Settings { ack: false, params } => {
-                for (id, value) in params {
-                    match id {
-                        SETTINGS_HEADER_TABLE_SIZE => self.client_side.hpack.advertised_table_size(value),
-                        SETTINGS_MAX_FRAME_SIZE => self.client_side.frames.set_max_frame_size(value),
-                        _ => {}
-                    }
-                }
-            }
+            // The server's settings govern what the client sends.
+            FrameEvent::Settings { ack: false, params } => self.client_side.apply_settings(&params),
             FrameEvent::Synced { skipped } => ctx.drops.mid_stream_skipped_bytes += skipped,
             FrameEvent::Desync { reason } => {
                 // Without the server side no answer can be paired: stop, counting what waited.
