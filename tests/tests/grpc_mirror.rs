@@ -358,3 +358,76 @@ fn tf_serving_predict_is_compared_tensor_by_tensor() {
     }
     assert!(mismatches >= 20, "v2 flips labels on a share of calls: {mismatches}");
 }
+
+/// A descriptor set for the test's own streaming service, written by the real `protoc` that
+/// grpcio-tools carries (`--include_imports --descriptor_set_out`), as a user would give it.
+fn echo_descriptor_set() -> std::path::PathBuf {
+    let out = scratch_file("echo.desc");
+    let python = mirror_tests::python::env();
+    let status = std::process::Command::new(&python.python)
+        .args(["-m", "grpc_tools.protoc", "--include_imports"])
+        .arg(format!("--descriptor_set_out={}", out.display()))
+        .arg(format!("-I{}", mirror_tests::python::scripts_dir().display()))
+        .arg("stream_test.proto")
+        .status()
+        .expect("run grpc_tools.protoc");
+    assert!(status.success(), "protoc failed");
+    out
+}
+
+#[test]
+fn bidirectional_streams_are_compared_message_by_message_with_a_users_descriptor() {
+    if !kernel_tests_allowed("bidirectional_streams_are_compared_message_by_message_with_a_users_descriptor")
+    {
+        return;
+    }
+    let trio = Trio::new();
+    let _v1 = server(ServerKind::Oip, &trio, true, ServerOptions::default());
+    let _v2 = server(
+        ServerKind::Oip,
+        &trio,
+        false,
+        ServerOptions { version: "2".into(), ..ServerOptions::default() },
+    );
+    let descriptor = echo_descriptor_set();
+    let record = scratch_file("chat.jsonl");
+    let daemon = start_daemon(&trio, &record, &["--proto-descriptor", descriptor.to_str().unwrap()]);
+    let production = SocketAddr::from((trio.production_addr, PORT));
+    // 30 streams of 5 messages each way, 4 streams at a time on one connection.
+    let chat = ClientOptions {
+        messages: 5,
+        payload_bytes: 300,
+        concurrency: 4,
+        ..ClientOptions::new(Rpc::Chat, production, 30)
+    };
+    let truth = grpc::run_client(&trio.client, &chat, &scratch_file("chat-truth.jsonl"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let finished = daemon.stop();
+    assert!(finished.success, "{}", finished.stderr);
+    let records = read_records(&record);
+    assert_eq!(records.len(), 30, "one record per stream: {:?}", finished.final_drops());
+    let mut by_stream: HashMap<u64, Vec<&TruthLine>> = HashMap::new();
+    for t in &truth {
+        by_stream.entry(t.stream.expect("a chat line")).or_default().push(t);
+    }
+    for r in &records {
+        assert_eq!(r["grpc"]["method"], "Chat");
+        let sent: Vec<String> = messages(&r["request"]).iter().map(|m| sha256_hex(m)).collect();
+        let answered: Vec<String> = messages(&r["production"]).iter().map(|m| sha256_hex(m)).collect();
+        assert_eq!(sent.len(), 5, "every message of the stream: {r}");
+        // The stream this record is, by its first message; then every message each way in order.
+        let stream = by_stream
+            .values()
+            .find(|lines| lines.iter().any(|t| t.seq == Some(0) && t.request_sha256 == sent[0]))
+            .unwrap_or_else(|| panic!("a stream nobody opened: {r}"));
+        let mut lines = stream.clone();
+        lines.sort_by_key(|t| t.seq);
+        let truth_sent: Vec<&str> = lines.iter().map(|t| t.request_sha256.as_str()).collect();
+        let truth_answered: Vec<&str> = lines.iter().filter_map(|t| t.response_sha256.as_deref()).collect();
+        assert_eq!(sent, truth_sent);
+        assert_eq!(answered, truth_answered, "the answers of this stream, in order");
+        assert_eq!(r["production"]["grpc_status"].as_u64(), Some(u64::from(lines[0].code)));
+        assert_eq!(r["protocol"], "json", "decoded with the descriptor: {r}");
+        assert_eq!(r["verdict"], "match", "same service both sides: {r}");
+    }
+}

@@ -415,3 +415,36 @@ fn a_declined_upgrade_goes_on_in_http1() {
     assert_eq!(pairs, [("/a", &b"a"[..]), ("/b", &b"b"[..])]);
     assert!(ex.iter().all(|e| e.response.version == HttpVersion::Http11));
 }
+
+#[test]
+fn ten_thousand_open_streams_are_bounded_and_counted() {
+    let mut c = Conn::new(true);
+    start(&mut c);
+    // Streams that open and never end, and a CONTINUATION-free flood of header blocks.
+    let mut burst = Vec::new();
+    for stream in (1..20_000u32).step_by(2) {
+        burst.extend(frame(HEADERS, END_HEADERS, stream, &request_block("/open")));
+        if burst.len() > 60_000 {
+            c.client(&burst);
+            burst.clear();
+        }
+    }
+    c.client(&burst).fin();
+    let mut a = Assembler::new(AssemblerConfig {
+        flows: FlowConfig { server_ports: vec![8081], limits: FlowLimits::default() },
+        ..AssemblerConfig::default()
+    });
+    let mut out = Vec::new();
+    let mut peak = 0;
+    for s in &c.segs {
+        a.push(s.clone(), &mut out);
+        peak = peak.max(a.memory_bytes());
+    }
+    a.tick(u64::MAX / 2, &mut out);
+    let drops = a.drops();
+    assert!(out.is_empty());
+    assert_eq!(drops.h2_stream_limit, 10_000 - 1024, "beyond the 1024 tracked");
+    assert_eq!(drops.truncated_request, 1024, "the tracked ones ended with the connection");
+    assert!(peak < 4 << 20, "memory stays bounded: {peak} bytes at most");
+    assert_eq!(a.memory_bytes(), 0);
+}
