@@ -10,7 +10,8 @@
 //! - `Upgrade: h2c`: the HTTP/1.1 request that asks for it is answered on HTTP/2 stream 1, and the
 //!   connection goes on in HTTP/2. nghttpd speaks HTTP/2 with prior knowledge only (it answers an
 //!   upgrade request with a SETTINGS frame, not a 101), so production is nghttpx, nghttp2's proxy,
-//!   which does accept the upgrade, in front of nghttpd serving the files.
+//!   which does accept the upgrade, in front of nghttpd serving the files; and, for inference
+//!   bodies, in front of the model server, where the upgrade request is a POST with its body.
 //! - A declined upgrade (the model server never upgrades): the connection goes on in HTTP/1.1.
 use std::{
     collections::{HashMap, HashSet},
