@@ -414,13 +414,15 @@ fn nghttpd(ns: &Netns, addr: SocketAddr, docs: &Path, log: &str) -> ChildGuard {
 
 /// nghttpx on `addr` in front of the h2c `backend`: HTTP/1.1, HTTP/2 with prior knowledge, and
 /// HTTP/1.1 upgraded to HTTP/2 with `Upgrade: h2c`.
-fn nghttpx(ns: &Netns, addr: SocketAddr, backend: SocketAddr, log: &str) -> ChildGuard {
+/// `padding` adds up to that many bytes of padding to each frame it sends its clients.
+fn nghttpx(ns: &Netns, addr: SocketAddr, backend: SocketAddr, padding: u8, log: &str) -> ChildGuard {
     let args = [
         "--conf=/dev/null".to_string(),
         "--single-process".into(),
         "--workers=1".into(),
         format!("--frontend={},{};no-tls", addr.ip(), addr.port()),
         format!("--backend={},{};;proto=h2", backend.ip(), backend.port()),
+        format!("--padding={padding}"),
     ];
     let child = spawn_logged(ns, "nghttpx", &args, log);
     wait_listening(ns, addr, "nghttpx");
@@ -431,7 +433,6 @@ fn nghttpx(ns: &Netns, addr: SocketAddr, backend: SocketAddr, log: &str) -> Chil
 /// upgrade), and, from its own verbose transcript, the stream each went on and what came back.
 struct FileClient {
     name: &'static str,
-    user_agent: &'static str,
     paths: Vec<String>,
     /// Path → (stream id, body received), as the client reports them.
     got: HashMap<String, (u64, Vec<u8>)>,
@@ -488,6 +489,7 @@ fn nghttp_transcript(stdout: &[u8]) -> HashMap<String, (u64, Vec<u8>)> {
     let mut bodies: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut pending = String::new();
     let mut headers_of: Option<u64> = None;
+    let mut padded: Option<(u64, u64, usize)> = None;
     for line in text.lines() {
         let (piece, rest) = line.split_at(line.bytes().take_while(u8::is_ascii_lowercase).count());
         if is_record(rest) {
@@ -495,12 +497,26 @@ fn nghttp_transcript(stdout: &[u8]) -> HashMap<String, (u64, Vec<u8>)> {
             if rest.contains("] recv DATA frame <") {
                 let length = number(rest, "length=").expect("DATA length");
                 let stream = number(rest, "stream_id=").expect("DATA stream");
-                assert_eq!(pending.len() as u64, length, "nghttp's DATA payload on stream {stream}: {rest}");
+                let flags =
+                    rest.split_once("flags=0x").and_then(|(_, f)| u8::from_str_radix(f.get(..2)?, 16).ok());
+                // A padded frame's length counts its padding, logged on the next line.
+                padded = (flags.expect("DATA flags") & 0x08 != 0).then_some((stream, length, pending.len()));
+                if padded.is_none() {
+                    assert_eq!(
+                        pending.len() as u64,
+                        length,
+                        "nghttp's DATA payload on stream {stream}: {rest}"
+                    );
+                }
                 bodies.entry(stream).or_default().extend_from_slice(pending.as_bytes());
                 pending.clear();
             }
             headers_of =
                 if rest.contains("] send HEADERS frame <") { number(rest, "stream_id=") } else { None };
+        } else if let (Some((stream, length, got)), Some(padding)) = (padded, number(line, "(padlen=")) {
+            // nghttp2's padlen counts the Pad Length field too.
+            assert_eq!(got as u64 + padding, length, "nghttp's padded DATA payload on stream {stream}");
+            padded = None;
         } else if let (Some(stream), Some(path)) = (headers_of, line.trim_start().strip_prefix(":path: ")) {
             paths.insert(stream, path.to_string());
         } else if let Some(path) = line.strip_prefix("GET ").and_then(|r| r.strip_suffix(" HTTP/1.1")) {
@@ -514,10 +530,12 @@ fn nghttp_transcript(stdout: &[u8]) -> HashMap<String, (u64, Vec<u8>)> {
         .collect()
 }
 
-/// curl and nghttp ask for `Upgrade: h2c` on their first request and go on in HTTP/2 on the same
-/// connection: curl one stream after the other, nghttp all streams at once (after PRIORITY
-/// frames on idle streams, its dependency tree). Every stream is paired with the file its path
-/// names, the upgrade request with its answer on stream 1, and verdicts follow the shadow's files.
+/// curl and nghttp (twice, the second time with HPACK table size changes, padding, CONTINUATION
+/// and small windows) ask for `Upgrade: h2c` on their first request and go on in HTTP/2 on the
+/// same connection: curl one stream after the other, nghttp all streams at once (after PRIORITY
+/// frames on idle streams, its dependency tree); production pads its frames. Every stream is
+/// paired with the file its path names, on the stream the client used, the upgrade request with
+/// its answer on stream 1, and verdicts follow the shadow's files.
 #[test]
 fn h2c_upgrade_answer_on_stream_1_and_every_later_stream_are_paired_exactly() {
     if !kernel_tests_allowed("h2c_upgrade_answer_on_stream_1_and_every_later_stream_are_paired_exactly") {
@@ -541,12 +559,13 @@ fn h2c_upgrade_answer_on_stream_1_and_every_later_stream_are_paired_exactly() {
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let production = SocketAddr::from((trio.production_addr, PORT));
     let _files_v1 = nghttpd(&trio.production, local(8091), &production_docs, "nghttpd-production.log");
-    let _front_v1 = nghttpx(&trio.production, production, local(8091), "nghttpx-production.log");
+    // Production pads its frames: DATA and HEADERS carry padding the daemon must strip.
+    let _front_v1 = nghttpx(&trio.production, production, local(8091), 64, "nghttpx-production.log");
     // The shadow: nghttpd on 8081 (h2c only), and nghttpx in front of it on 8080 like production.
     let shadow_h2 = SocketAddr::from((trio.shadow_addr, 8081));
     let _files_v2 = nghttpd(&trio.shadow, shadow_h2, &shadow_docs, "nghttpd-shadow.log");
     let shadow_front = SocketAddr::from((trio.shadow_addr, PORT));
-    let _front_v2 = nghttpx(&trio.shadow, shadow_front, shadow_h2, "nghttpx-shadow.log");
+    let _front_v2 = nghttpx(&trio.shadow, shadow_front, shadow_h2, 0, "nghttpx-shadow.log");
 
     let record = scratch_file("h2-upgrade.jsonl");
     // `files-v2` runs what production runs: each request goes to its port 8080 in its own
@@ -571,32 +590,58 @@ fn h2c_upgrade_answer_on_stream_1_and_every_later_stream_are_paired_exactly() {
     }
     let out = run_client(&trio.client, "curl", &curl_args, &curl_dir);
     let curl_got = curl_transcript(&String::from_utf8_lossy(&out.stderr), &curl_dir);
-    let curl = FileClient { name: "curl", user_agent: "curl/", paths: curl_paths, got: curl_got };
+    let curl = FileClient { name: "curl", paths: curl_paths, got: curl_got };
+    let nghttp = |name: &'static str, first: usize, options: &[&str]| {
+        let paths = rotated(first);
+        let mut args: Vec<String> =
+            ["--upgrade", "--verbose"].iter().chain(options).map(|a| a.to_string()).collect();
+        args.extend(paths.iter().map(|path| format!("http://{production}{path}")));
+        let out = run_client(&trio.client, "nghttp", &args, &scratch_dir(name));
+        FileClient { name, paths, got: nghttp_transcript(&out.stdout) }
+    };
     // nghttp's upgrade request asks for the 1 MiB file: stream 1 carries a long answer.
-    let nghttp_paths = rotated(12);
-    let mut nghttp_args: Vec<String> = vec!["--upgrade".into(), "--verbose".into()];
-    nghttp_args.extend(nghttp_paths.iter().map(|path| format!("http://{production}{path}")));
-    let out = run_client(&trio.client, "nghttp", &nghttp_args, &scratch_dir("h2-nghttp"));
-    let nghttp_got = nghttp_transcript(&out.stdout);
-    let nghttp = FileClient { name: "nghttp", user_agent: "nghttp2/", paths: nghttp_paths, got: nghttp_got };
+    let plain = nghttp("nghttp", 12, &[]);
+    // Again with what HTTP/2 allows and a passive reader must follow: the server told to shrink
+    // its HPACK table to nothing and grow it again (two table size updates in its next block),
+    // a smaller table for the client's own encoder, padded frames, a header block too large for
+    // one frame (CONTINUATION), and 4 KiB stream windows (many WINDOW_UPDATEs).
+    let tuned = nghttp(
+        "nghttp-tuned",
+        7,
+        &[
+            "--header-table-size=0",
+            "--header-table-size=4096",
+            "--encoder-header-table-size=256",
+            "--padding=32",
+            "--continuation",
+            "--window-bits=12",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let finished = daemon.stop();
     assert!(finished.success, "{}", finished.stderr);
 
     let records = read_records(&record);
     let drops = final_drops(&finished.stderr);
-    assert_eq!(records.len(), 2 * 2 * files.len(), "one record per request and shadow: {drops:?}");
-    for client in [&curl, &nghttp] {
+    assert_eq!(records.len(), 3 * 2 * files.len(), "one record per request and shadow: {drops:?}");
+    let clients = [&curl, &plain, &tuned];
+    // Each client's connection is named by its upgrade request (stream 1): their first paths differ.
+    let mut connection_of: HashMap<&str, &str> = HashMap::new();
+    for r in records.iter().filter(|r| r["stream_id"] == 1) {
+        let client =
+            clients.iter().find(|c| r["path"] == c.paths[0].as_str()).expect("a client's first path");
+        let connection = r["connection"]["client"].as_str().expect("client address");
+        assert!(
+            *connection_of.entry(client.name).or_insert(connection) == connection,
+            "{}: one connection",
+            client.name
+        );
+    }
+    assert_eq!(connection_of.len(), clients.len(), "one upgraded connection per client: {connection_of:?}");
+    for client in clients {
         let name = client.name;
-        let ours: Vec<&Value> = records
-            .iter()
-            .filter(|r| {
-                header(&r["request"], "user-agent").is_some_and(|ua| ua.starts_with(client.user_agent))
-            })
-            .collect();
-        let connections: HashSet<&str> =
-            ours.iter().filter_map(|r| r["connection"]["client"].as_str()).collect();
-        assert_eq!(connections.len(), 1, "{name}: one connection: {connections:?}");
+        let ours: Vec<&Value> =
+            records.iter().filter(|r| r["connection"]["client"] == connection_of[name]).collect();
         for shadow in ["files-v2", "files-h2"] {
             let mut streams = HashSet::new();
             let mut record_of: HashMap<&str, &Value> = HashMap::new();
@@ -744,7 +789,7 @@ fn an_upgrade_request_with_a_body_and_the_streams_multiplexed_after_it_are_compa
     let v1 = ServerOptions { version: "1".into(), disagree_percent: 0.0, delay_ms: 5 };
     let _v1 = model_server::start_test_build(&trio.production, &[backend], &v1);
     let production = SocketAddr::from((trio.production_addr, PORT));
-    let _front = nghttpx(&trio.production, production, backend, "nghttpx-infer.log");
+    let _front = nghttpx(&trio.production, production, backend, 0, "nghttpx-infer.log");
     let _v2 = model_server(&trio.shadow, trio.shadow_addr, "2", 10.0, 1);
     let requests = bodies(120);
     let truth = InferTruth::new(&requests, &model("1", 0.0), &model("2", 10.0));
