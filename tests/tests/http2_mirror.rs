@@ -791,7 +791,12 @@ fn an_upgrade_request_with_a_body_and_the_streams_multiplexed_after_it_are_compa
     let production = SocketAddr::from((trio.production_addr, PORT));
     let _front = nghttpx(&trio.production, production, backend, 0, "nghttpx-infer.log");
     let _v2 = model_server(&trio.shadow, trio.shadow_addr, "2", 10.0, 1);
-    let requests = bodies(120);
+    // The upgrade request (curl's first transfer) carries 50,000 rows, 2.5 MB: curl sends it after
+    // `Expect: 100-continue` and a 100 from nghttpx, all in HTTP/1.1, before the 101.
+    let big: Vec<Vec<f64>> =
+        (0..50_000).map(|r| (0..4).map(|f| ((r * 7 + f * 13) % 97) as f64 / 10.0 - 4.8).collect()).collect();
+    let requests: Vec<Vec<u8>> = std::iter::once(infer_request("req-big", &big)).chain(bodies(120)).collect();
+    assert!(requests[0].len() > 1 << 20, "{}", requests[0].len());
     let truth = InferTruth::new(&requests, &model("1", 0.0), &model("2", 10.0));
     assert!(truth.mismatches() >= 5, "v2 flips a share: {}", truth.mismatches());
 
@@ -826,7 +831,7 @@ fn an_upgrade_request_with_a_body_and_the_streams_multiplexed_after_it_are_compa
         if stream == 1 {
             assert_eq!(r["http_version"], "HTTP/1.1", "the upgrade request: {r}");
             assert_eq!(upgrade.as_deref(), Some("h2c"), "{r}");
-            assert!(r["request"]["bytes"].as_u64() > Some(0), "the upgrade request has its body: {r}");
+            assert_eq!(r["request"]["bytes"], requests[0].len(), "the upgrade request is the first: {r}");
         } else {
             assert_eq!(r["http_version"], "HTTP/2", "{r}");
             assert_eq!(upgrade, None, "{r}");
