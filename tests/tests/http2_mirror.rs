@@ -106,6 +106,22 @@ fn final_drops(stderr: &str) -> HashMap<String, u64> {
         .collect()
 }
 
+/// Checks the final summary's counts: `exchanges` rebuilt, and for `model_id` over all routes
+/// the comparisons made, the mismatches among them and the requests not compared.
+fn assert_summary_counts(stderr: &str, exchanges: usize, model_id: &str, counts: [usize; 3]) {
+    let events: Vec<Value> = stderr.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect();
+    let last = events.iter().rfind(|v| v["message"] == "final summary").expect("a final summary");
+    assert_eq!(last["exchanges"], exchanges, "exchanges rebuilt: {last}");
+    let shadow = events
+        .iter()
+        .rfind(|v| v["message"] == "shadow summary" && v["model_id"] == model_id && v["route"] == "all")
+        .unwrap_or_else(|| panic!("no summary of {model_id}"));
+    let [comparisons, mismatches, not_compared] = counts;
+    assert_eq!(shadow["comparisons"], comparisons, "{shadow}");
+    assert_eq!(shadow["mismatches"], mismatches, "{shadow}");
+    assert_eq!(shadow["not_compared"], not_compared, "{shadow}");
+}
+
 /// A header's value in a recorded `[name, value]` list (names compared without case).
 fn header<'a>(side: &'a Value, name: &str) -> Option<&'a str> {
     side["headers"]
@@ -322,6 +338,8 @@ fn curl_prior_knowledge_streams_are_paired_exactly_and_verdicts_equal_the_truth(
     let in_flight = most_in_flight(&records.iter().collect::<Vec<_>>());
     assert!(in_flight >= 2, "streams were multiplexed: at most {in_flight} in flight at once");
     assert!(drops.is_empty(), "nothing lost: {drops:?}");
+    let n = requests.len();
+    assert_summary_counts(&finished.stderr, n, "model-v2", [n, truth.mismatches(), 0]);
 }
 
 /// The files served in the upgrade test: varied sizes (empty, within one DATA frame, on and
@@ -686,6 +704,13 @@ fn h2c_upgrade_answer_on_stream_1_and_every_later_stream_are_paired_exactly() {
     let differing = files.iter().filter(|f| f.shadow != f.production).count();
     assert!(differing >= 3 && differing < files.len(), "some files differ, not all: {differing}");
     assert!(drops.is_empty(), "nothing lost: {drops:?}");
+    let n = clients.len() * files.len();
+    let differs = |path: &String| file_of[path.as_str()].shadow != file_of[path.as_str()].production;
+    let upgrades_differing = clients.iter().filter(|c| differs(&c.paths[0])).count();
+    let mismatches = clients.len() * differing;
+    assert_summary_counts(&finished.stderr, n, "files-v2", [n, mismatches, 0]);
+    let h2_only = [n - clients.len(), mismatches - upgrades_differing, clients.len()];
+    assert_summary_counts(&finished.stderr, n, "files-h2", h2_only);
 }
 
 /// The production side of one record of the upgrade test: the answer is the file the path names,
@@ -769,6 +794,8 @@ fn a_declined_h2c_upgrade_goes_on_in_http1_and_is_compared() {
         assert!(seen.insert(i), "request {i} recorded twice");
     }
     assert!(drops.is_empty(), "nothing lost: {drops:?}");
+    let n = requests.len();
+    assert_summary_counts(&finished.stderr, n, "model-v2", [n, truth.mismatches(), 0]);
 }
 
 /// `curl --http2 --parallel` through nghttpx (which accepts `Upgrade: h2c`) in front of the v1
@@ -844,4 +871,6 @@ fn an_upgrade_request_with_a_body_and_the_streams_multiplexed_after_it_are_compa
     let in_flight = most_in_flight(&multiplexed);
     assert!(in_flight >= 2, "streams after the upgrade were multiplexed: at most {in_flight} at once");
     assert!(drops.is_empty(), "nothing lost: {drops:?}");
+    let n = requests.len();
+    assert_summary_counts(&finished.stderr, n, "model-v2", [n, truth.mismatches(), 0]);
 }
