@@ -1,6 +1,9 @@
-//! A small HTTP/1.1 server that stands in for a model server in tests and the demo.
+//! A small HTTP server that stands in for a model server in tests and the demo.
 //!
-//! Built on hyper, keep-alive by default. Two kinds of endpoint:
+//! Built on hyper, keep-alive by default. Each port speaks HTTP/1.1, and HTTP/2 to a client that
+//! opens with the HTTP/2 preface (h2c with prior knowledge, as a model server's gRPC or HTTP/2
+//! port does); it never accepts `Upgrade: h2c`, so a client asking for it goes on in HTTP/1.1. Two
+//! kinds of endpoint:
 //!
 //! - `POST /v2/models/{name}/infer` speaks the Open Inference Protocol (KServe v2): a tiny
 //!   deterministic classifier ([`Model`]) answers class probabilities per input row. A candidate
@@ -13,8 +16,11 @@ use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
 use tokio::net::TcpListener;
 
 /// Deterministic body of `len` bytes (printable, so failures are readable).
@@ -166,19 +172,23 @@ async fn handle(
 /// Serves on every address until the process ends. Prints "listening on ADDR" once bound.
 pub async fn serve(addrs: Vec<SocketAddr>, delay: Duration, model: Model) -> std::io::Result<()> {
     let model = std::sync::Arc::new(model);
+    // HTTP/1.1, or HTTP/2 when the client's first bytes are the preface.
+    let builder = std::sync::Arc::new(auto::Builder::new(TokioExecutor::new()));
     let mut tasks = Vec::new();
     for addr in addrs {
         let listener = TcpListener::bind(addr).await?;
         println!("listening on {addr}");
         let model = model.clone();
+        let builder = builder.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
                 let model = model.clone();
+                let builder = builder.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(req, delay, model.clone()));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         }));

@@ -33,6 +33,9 @@ pub fn build_ebpf() -> Result<PathBuf> {
         .env_remove("CARGO")
         .env_remove("RUSTC")
         .env_remove("RUSTDOC")
+        // The object is looked for in the kernel crate's own target directory (`ebpf_object`),
+        // whatever directory the userspace build uses.
+        .env_remove("CARGO_TARGET_DIR")
         .env("RUSTC", "/usr/bin/rustc")
         // aya-ebpf enables `asm_experimental_arch` on the BPF target; Debian's rustc is a stable
         // release, so unstable features must be allowed explicitly.
