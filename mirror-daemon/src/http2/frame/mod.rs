@@ -360,7 +360,7 @@ fn check_header(h: &FrameHeader, max_frame_size: u32) -> Result<(), DesyncReason
         K::RstStream | K::WindowUpdate => h.len != 4,
         K::Ping => h.len != 8,
         K::GoAway => h.len < 8,
-        K::Settings => h.len % 6 != 0,
+        K::Settings => !h.len.is_multiple_of(6),
         K::Data | K::Headers | K::PushPromise => h.len < u32::from(h.padded()) + u32::from(h.fixed_len()),
         K::Continuation | K::Unknown(_) => false,
     };

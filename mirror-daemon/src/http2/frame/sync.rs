@@ -326,7 +326,8 @@ fn plausible(
     if carries_content {
         let overhead = u32::from(head.padded()) + u32::from(head.fixed_len()) + pad.map_or(0, u32::from);
         let empty = head.len <= overhead;
-        if head.stream % 2 == 0 || (empty && !(head.kind == FrameKind::Data && head.has(END_STREAM))) {
+        if head.stream.is_multiple_of(2) || (empty && !(head.kind == FrameKind::Data && head.has(END_STREAM)))
+        {
             return None;
         }
     }
