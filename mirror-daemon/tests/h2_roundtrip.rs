@@ -145,8 +145,26 @@ enum Capture {
     Clean,
     /// Also ranges reported lost by the kernel, ranges cut short, segments never seen.
     Lossy,
-    /// No handshake; each direction's capture starts at its own point in time.
+    /// No handshake; each direction's capture starts at its own random point in time.
     MidStream,
+    /// As `MidStream`, from these points in time (client's, server's).
+    From([u64; 2]),
+}
+
+impl Capture {
+    fn mid_stream(self) -> bool {
+        matches!(self, Capture::MidStream | Capture::From(_))
+    }
+}
+
+/// Where segments end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cutting {
+    /// Anywhere: random sizes up to 4 KiB, sometimes 16 KiB.
+    Random,
+    /// As a TCP stack without Nagle's delay cuts: each write into segments of at most `mss`
+    /// bytes, sometimes several writes coalesced into one 16 KiB super-packet (GSO).
+    Writes { mss: usize },
 }
 
 /// One connection's endpoints.
@@ -181,7 +199,7 @@ fn segment_size(rng: &mut Rng) -> usize {
 /// segment is on the wire between its last byte's write and its first byte's read), and is
 /// captured at a random time within that window: so a server answer always comes after the
 /// request bytes it could have read, while segments of one direction overtake each other.
-fn capture(rec: &Recording, ends: Endpoints, how: Capture, rng: &mut Rng) -> Vec<Segment> {
+fn capture(rec: &Recording, ends: Endpoints, how: Capture, cutting: Cutting, rng: &mut Rng) -> Vec<Segment> {
     let isn = [rng.next_u64() as u32, rng.next_u64() as u32];
     let end = rec.end() + 1;
     // (capture time, order of creation, segment)
@@ -194,19 +212,21 @@ fn capture(rec: &Recording, ends: Endpoints, how: Capture, rng: &mut Rng) -> Vec
         n += 1;
         timed.push((time, n, direction as u8, s));
     };
-    if how != Capture::MidStream {
+    if !how.mid_stream() {
         let (src, dst) = addr(0);
         push(&mut timed, 0, 0, Segment::new(src, dst, isn[0], SYN, Bytes::new(), 0));
         push(&mut timed, 0, 1, Segment::new(dst, src, isn[1], SYN | ACK, Bytes::new(), 0));
     }
     // Where each direction's capture starts.
-    let start = if how == Capture::MidStream {
-        let at = rng.below(end);
-        let skew = rng.below(end / 8 + 1);
-        let later = at.saturating_add(skew);
-        if rng.one_in(2) { [at, later] } else { [later, at] }
-    } else {
-        [0, 0]
+    let start = match how {
+        Capture::MidStream => {
+            let at = rng.below(end);
+            let skew = rng.below(end / 8 + 1);
+            let later = at.saturating_add(skew);
+            if rng.one_in(2) { [at, later] } else { [later, at] }
+        }
+        Capture::From(start) => start,
+        Capture::Clean | Capture::Lossy => [0, 0],
     };
     for direction in 0..2 {
         let bytes = Bytes::copy_from_slice(&rec.bytes[direction]);
@@ -215,7 +235,23 @@ fn capture(rec: &Recording, ends: Endpoints, how: Capture, rng: &mut Rng) -> Vec
         while a < bytes.len() {
             let read = rec.read_at(direction, a);
             let limit = read.map_or(bytes.len(), |t| rec.written_before(direction, t));
-            let b = (a + segment_size(rng)).min(limit).max(a + 1);
+            let want = match cutting {
+                Cutting::Random => a + segment_size(rng),
+                Cutting::Writes { mss } => {
+                    let writes = &rec.writes[direction];
+                    let mut i = writes.partition_point(|&(_, end)| end <= a);
+                    if rng.one_in(8) {
+                        // GSO: the writes that follow go out in one 16 KiB super-packet.
+                        while writes.get(i + 1).is_some_and(|w| w.1 - a <= 16_384) {
+                            i += 1;
+                        }
+                        writes.get(i).map_or(bytes.len(), |w| w.1).min(a + 16_384)
+                    } else {
+                        writes.get(i).map_or(bytes.len(), |w| w.1).min(a + mss)
+                    }
+                }
+            };
+            let b = want.min(limit).max(a + 1);
             let lo = rec.written_at(direction, b - 1);
             let hi = read.unwrap_or(end).max(lo);
             let time = lo + rng.below(hi - lo + 1);
@@ -225,7 +261,7 @@ fn capture(rec: &Recording, ends: Endpoints, how: Capture, rng: &mut Rng) -> Vec
             a = b;
             if time < start[direction] {
                 // Not captured; a later retransmission sometimes is.
-                if how == Capture::MidStream && rng.one_in(16) {
+                if how.mid_stream() && rng.one_in(16) {
                     let late = start[direction] + rng.below(end - start[direction].min(end) + 1);
                     push(&mut timed, late, direction, segment);
                 }
@@ -433,7 +469,12 @@ fn captured(recordings: Vec<(Recording, Vec<Truth>, Caused)>, how: Capture, seed
     let mut caused = Caused::default();
     for (c, (rec, truth, cause)) in recordings.into_iter().enumerate() {
         let ends = Endpoints::nth(c);
-        per_conn.push(capture(&rec, ends, how, &mut rng));
+        let cutting = if rng.one_in(2) {
+            Cutting::Random
+        } else {
+            Cutting::Writes { mss: 500 + rng.below(9000) as usize }
+        };
+        per_conn.push(capture(&rec, ends, how, cutting, &mut rng));
         truths.insert(ends.client, truth);
         caused.add(&cause);
     }
@@ -627,20 +668,24 @@ fn conversation(label: &'static str) -> impl Strategy<Value = Conversation> {
         settings(),
         prop::sample::select(vec![64usize, 1_000, 16_384, 100_000]),
         prop_oneof![4 => Just(None), 1 => (1usize..=8).prop_map(Some)],
+        prop::bool::weighted(0.7),
         any::<u64>(),
     )
-        .prop_map(move |(streams, concurrency, client, server, pipe_buffer, goaway_after, seed)| {
-            Conversation {
-                label: label.to_string(),
-                streams,
-                concurrency,
-                client,
-                server,
-                pipe_buffer,
-                goaway_after,
-                seed,
-            }
-        })
+        .prop_map(
+            move |(streams, concurrency, client, server, pipe_buffer, goaway_after, unique_ids, seed)| {
+                Conversation {
+                    label: label.to_string(),
+                    streams,
+                    concurrency,
+                    client,
+                    server,
+                    pipe_buffer,
+                    goaway_after,
+                    unique_ids,
+                    seed,
+                }
+            },
+        )
 }
 
 fn conversations() -> impl Strategy<Value = Vec<Conversation>> {
@@ -1039,4 +1084,106 @@ fn workloads_cover_the_features_they_claim() {
         .filter(|n| seen.get(n.as_str()).copied().unwrap_or(0) == 0)
         .collect();
     assert!(missing.is_empty(), "never generated: {missing:?}; seen: {seen:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement: a capture started in the middle of a long-lived gRPC connection
+
+/// A long-lived connection of unary gRPC calls: the same metadata on every call (as a gRPC
+/// client sends it), optionally a request id per call.
+fn long_lived(calls: usize, unique_ids: bool, table_size: Option<u32>) -> Conversation {
+    let plan = |i: usize| StreamPlan {
+        method: 0,
+        request_chunks: vec![5 + (i * 37) % 400],
+        request_trailers: false,
+        large_header: None,
+        variant: (i % 7) as u8,
+        status: 200,
+        interim: false,
+        early_head: false,
+        response_chunks: vec![5 + (i * 53) % 900],
+        response_end: ResponseEnd::Trailers,
+        push: false,
+        fate: Fate::Complete,
+        delay: (i % 3) as u8,
+    };
+    Conversation {
+        label: "long".into(),
+        streams: (0..calls).map(plan).collect(),
+        concurrency: 4,
+        client: Settings { header_table_size: table_size, ..Settings::default() },
+        server: Settings { header_table_size: table_size, ..Settings::default() },
+        pipe_buffer: 16_384,
+        goaway_after: None,
+        unique_ids,
+        seed: 7,
+    }
+}
+
+/// When the first HEADERS frame of each client stream was written.
+fn request_times(rec: &Recording) -> HashMap<u32, u64> {
+    let mut times = HashMap::new();
+    for f in frames::frames_of(&rec.bytes[0], true) {
+        if f.kind == frames::HEADERS {
+            times.entry(f.stream).or_insert_with(|| rec.written_at(0, f.start));
+        }
+    }
+    times
+}
+
+/// How many streams of a long-lived connection become visible after the capture starts in its
+/// middle. Run with `cargo test --test h2_roundtrip -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, printed: run with --ignored --nocapture"]
+fn measure_streams_visible_after_a_mid_stream_start() {
+    const CALLS: usize = 600;
+    println!("streams visible after a mid-stream start, h2's encoder, {CALLS} unary calls, 4 in flight");
+    let workloads = [
+        ("constant metadata", false, None),
+        ("a request id per call", true, None),
+        ("request ids, 256 B tables", true, Some(256)),
+    ];
+    for (workload, unique_ids, table_size) in workloads {
+        let outcome = stack::run(&long_lived(CALLS, unique_ids, table_size));
+        let (truths, _) = truths_of(&outcome);
+        let rec = &outcome.recording;
+        let times = request_times(rec);
+        let mut ids: Vec<u32> = truths.iter().map(|t| t.stream_id).collect();
+        ids.sort_unstable();
+        for start_at in [1usize, 20, 100, 300] {
+            for (cutting, skew) in [
+                (Cutting::Writes { mss: 1448 }, false),
+                (Cutting::Writes { mss: 1448 }, true),
+                (Cutting::Random, false),
+            ] {
+                // The capture starts just before the request of the `start_at`-th call (both
+                // directions, or the server's a little later).
+                let t = times[&ids[start_at]] - 1;
+                let start = if skew { [t, t + 40] } else { [t, t] };
+                let mut rng = Rng::new(start_at as u64);
+                let segments = capture(rec, Endpoints::nth(0), Capture::From(start), cutting, &mut rng);
+                let (out, a) = assemble(&segments, assembler_config(HttpConfig::default()));
+                let c = HashMap::from([(Endpoints::nth(0).client, truths.clone())]);
+                check_exact(&out, &c).expect("only exact exchanges");
+                let after: Vec<u32> =
+                    ids.iter().copied().filter(|id| times[id] >= start[0].max(start[1])).collect();
+                let emitted: HashSet<u32> = out.iter().filter_map(|e| e.stream_id).collect();
+                let first = after.iter().position(|id| emitted.contains(id));
+                let within = |n: usize| after.iter().take(n).filter(|id| emitted.contains(id)).count();
+                println!(
+                    "  {workload:<26} start before call {start_at:>3} ({cutting:?}{}): {} of the {} calls after it visible; first visible: {}; of the next 10/50/200: {}/{}/{}; unresolved {} hpack errors {} framing errors {}",
+                    if skew { ", server 40 ticks later" } else { "" },
+                    after.iter().filter(|id| emitted.contains(id)).count(),
+                    after.len(),
+                    first.map_or("none".to_string(), |i| format!("call #{} after the start", i + 1)),
+                    within(10),
+                    within(50),
+                    within(200),
+                    a.drops().h2_unresolved_headers,
+                    a.drops().h2_hpack_errors,
+                    a.drops().h2_framing_error_connections,
+                );
+            }
+        }
+    }
 }

@@ -115,6 +115,8 @@ pub struct Conversation {
     pub pipe_buffer: usize,
     /// The server shuts down gracefully (GOAWAY) once it has accepted this many streams.
     pub goaway_after: Option<usize>,
+    /// Requests and answers carry a header unique to the stream (besides the path, which always is).
+    pub unique_ids: bool,
     pub seed: u64,
 }
 
@@ -171,12 +173,14 @@ fn name(text: &'static str) -> HeaderName {
 
 /// The request head of a plan: headers that repeat on every request, some from a few variants,
 /// and one unique to the stream.
-fn request_head(label: &str, index: usize, plan: &StreamPlan) -> http::Request<()> {
+fn request_head(label: &str, index: usize, plan: &StreamPlan, unique_ids: bool) -> http::Request<()> {
     let mut headers = HeaderMap::new();
     headers.insert(name("content-type"), value("application/grpc"));
     headers.insert(name("te"), value("trailers"));
     headers.insert(name("user-agent"), value("grpc-rust/1.0 h2-roundtrip"));
-    headers.insert(name("x-request-id"), value(&format!("{label}-{index}")));
+    if unique_ids {
+        headers.insert(name("x-request-id"), value(&format!("{label}-{index}")));
+    }
     headers.insert(name("x-shard"), value(&format!("shard-{}", plan.variant % 3)));
     headers.append(name("x-tag"), value(&format!("tag-{}", plan.variant % 5)));
     headers.append(name("x-tag"), value("common"));
@@ -203,13 +207,21 @@ fn request_trailers(label: &str, index: usize) -> HeaderMap {
     trailers
 }
 
-fn response_head(label: &str, index: usize, plan: &StreamPlan, trailers_only: bool) -> http::Response<()> {
+fn response_head(
+    label: &str,
+    index: usize,
+    plan: &StreamPlan,
+    trailers_only: bool,
+    unique_ids: bool,
+) -> http::Response<()> {
     let mut response = http::Response::builder()
         .status(StatusCode::from_u16(plan.status).expect("status"))
         .header("content-type", "application/grpc")
-        .header("server", "h2-roundtrip")
-        .header("x-answer-for", format!("{label}-{index}"))
-        .header("x-variant", format!("v{}", plan.variant % 3));
+        .header("server", "h2-roundtrip");
+    if unique_ids {
+        response = response.header("x-answer-for", format!("{label}-{index}"));
+    }
+    response = response.header("x-variant", format!("v{}", plan.variant % 3));
     if trailers_only {
         response = response.header("grpc-status", format!("{}", plan.variant % 17));
     }
@@ -320,7 +332,7 @@ async fn client_stream(
     let mut rng = Rng::new(conversation.seed ^ (index as u64).wrapping_mul(0x9e37_79b9));
     pause(&mut rng, plan.delay).await;
     let mut send = send.ready().await.ok()?;
-    let head = request_head(label, index, plan);
+    let head = request_head(label, index, plan, conversation.unique_ids);
     let is_get = head.method() == Method::GET;
     let chunks: Vec<Bytes> = if is_get {
         Vec::new()
@@ -535,7 +547,9 @@ async fn server_stream(
         .collect();
     let mut stream = None;
     if plan.early_head && !trailers_only {
-        let Ok(mut s) = respond.send_response(response_head(label, index, plan, false), false) else {
+        let Ok(mut s) =
+            respond.send_response(response_head(label, index, plan, false, conversation.unique_ids), false)
+        else {
             return (None, pushed);
         };
         if let Some(chunk) = chunks.pop() {
@@ -568,12 +582,14 @@ async fn server_stream(
     }
     pause(&mut rng, plan.delay).await;
     if trailers_only {
-        let _ = respond.send_response(response_head(label, index, plan, true), true);
+        let _ = respond.send_response(response_head(label, index, plan, true, conversation.unique_ids), true);
         return (None, pushed);
     }
     let mut stream = match stream {
         Some(stream) => stream,
-        None => match respond.send_response(response_head(label, index, plan, false), false) {
+        None => match respond
+            .send_response(response_head(label, index, plan, false, conversation.unique_ids), false)
+        {
             Ok(stream) => stream,
             Err(_) => return (None, pushed),
         },
