@@ -186,8 +186,14 @@ counters! {
             /// HTTP/2 streams beyond the per-connection limit of streams tracked at once.
             h2_stream_limit,
             /// HTTP/2 connections whose framing broke a rule that fixes frame boundaries (a frame over
-            /// the size limit, a misplaced CONTINUATION, a bad preface): not parsed further.
+            /// the size limit, a misplaced CONTINUATION, a bad preface), or, joined mid-stream, whose
+            /// frame boundary was disproved later: not parsed further.
             h2_framing_error_connections,
+            /// HTTP/2 streams of a connection joined mid-stream, dropped when a later client frame
+            /// proved the frame boundary found false: a stream opened before capture began has an id
+            /// above one seen opening since, and ids only grow (frames embedded in a payload, such
+            /// as a tunnelled connection, had been read as the connection's own).
+            h2_mid_stream_disproved,
         }
     }
 }

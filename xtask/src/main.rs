@@ -33,7 +33,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the benchmarks: reassembly + framing throughput (criterion) and the mirror under load.
     Bench(bench::BenchArgs),
-    /// Fuzz the segment → exchange pipeline (cargo-fuzz, nightly).
+    /// Fuzz the segment → exchange pipeline, HTTP/2 included (cargo-fuzz, nightly).
     Fuzz(fuzz::FuzzArgs),
     /// Install the daemon, its systemd unit and an example environment file.
     Install(install::InstallArgs),

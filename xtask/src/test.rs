@@ -36,9 +36,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
         cmd.arg(filter);
     }
     if args.filter.is_none() {
-        // A short, deterministic fuzz pass over the segment → exchange pipeline (first, so that
-        // the totals line of the tests closes the output).
-        crate::fuzz::run(&crate::fuzz::FuzzArgs { runs: 100_000, seed: 1 })?;
+        // A short, deterministic fuzz pass over the segment → exchange pipeline, HTTP/2 included
+        // (first, so that the totals line of the tests closes the output).
+        crate::fuzz::deterministic_pass()?;
     }
     run_counting(&mut cmd)
 }

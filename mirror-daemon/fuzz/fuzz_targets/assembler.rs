@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use mirror_daemon::{
-    capture::Segment,
     assembler::{Assembler, AssemblerConfig},
+    capture::Segment,
     exchange::Assembled,
     flows::{FlowConfig, FlowLimits},
     framing::HttpConfig,
@@ -85,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
             // The top bit of the first byte (unused by the segment header) turns on the
             // resynchronisation of mid-stream connections.
             resync_mid_stream: data.first().is_some_and(|b| b & 0x80 != 0),
-            max_streams: 64,
+            max_streams: 8,
         },
         announce_requests: true,
         ..AssemblerConfig::default()

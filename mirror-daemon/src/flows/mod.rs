@@ -165,7 +165,8 @@ impl FlowEvent {
     }
 }
 
-/// An out-of-order range: captured bytes, or a range the kernel reported lost.
+/// An out-of-order range: `len` captured bytes (`data` holds them all), or `len` bytes the kernel
+/// reported lost (`data` is `None`).
 #[derive(Clone, Debug)]
 struct Piece {
     len: u64,
@@ -345,10 +346,19 @@ impl FlowTable {
         if seg.range_len() > 0 && !seg.is_syn() {
             match stream.offset_of(seg.range_seq()) {
                 Some(start) if start.saturating_sub(stream.next) <= self.limits.max_ahead_bytes => {
-                    let data = (!seg.payload.is_empty()).then(|| seg.payload.clone());
-                    let piece = Piece { len: u64::from(seg.range_len()), data, ts_ns: seg.ts_ns };
+                    // A range is its captured bytes, then the bytes that were not captured: two
+                    // pieces, since a piece is either all bytes or all gap.
+                    let captured = seg.payload.len() as u64;
                     let before = stream.buffered;
-                    insert(stream, start, piece, id, side, out);
+                    if captured > 0 {
+                        let piece =
+                            Piece { len: captured, data: Some(seg.payload.clone()), ts_ns: seg.ts_ns };
+                        insert(stream, start, piece, id, side, out);
+                    }
+                    if seg.lost > 0 {
+                        let piece = Piece { len: u64::from(seg.lost), data: None, ts_ns: seg.ts_ns };
+                        insert(stream, start + captured, piece, id, side, out);
+                    }
                     self.buffered = self.buffered + stream.buffered - before;
                 }
                 // Entirely before the stream start or absurdly far ahead: not this stream's bytes.

@@ -112,6 +112,40 @@ fn lost_range_is_an_explicit_gap() {
 }
 
 #[test]
+fn a_range_captured_in_part_is_its_bytes_then_a_gap() {
+    // `Segment::with_lost` on a segment with payload: the payload, then bytes not captured.
+    let partly = |seq: u32, payload: &[u8], lost: u32| seg(true, seq, ACK, payload, 2).with_lost(lost);
+    // In order (nothing buffered) and out of order (behind a hole).
+    let mut t = table(FlowLimits::default());
+    let (ev, _) =
+        run(&mut t, vec![seg(true, 0, SYN, b"", 1), partly(1, b"ab", 3), seg(true, 6, ACK, b"cd", 3)]);
+    assert_eq!(client_stream(&ev), "ab<gap 3>cd");
+    let mut t = table(FlowLimits::default());
+    let (ev, _) = run(
+        &mut t,
+        vec![
+            seg(true, 0, SYN, b"", 1),
+            seg(true, 8, ACK, b"ef", 3),
+            partly(3, b"cd", 3),
+            seg(true, 1, ACK, b"ab", 4),
+        ],
+    );
+    assert_eq!(client_stream(&ev), "abcd<gap 3>ef");
+    // Overlapping what is buffered: first seen wins, whether bytes or gap.
+    let mut t = table(FlowLimits::default());
+    let (ev, _) = run(
+        &mut t,
+        vec![
+            seg(true, 0, SYN, b"", 1),
+            partly(5, b"xy", 4),
+            partly(3, b"cdEF", 6),
+            seg(true, 1, ACK, b"ab", 4),
+        ],
+    );
+    assert_eq!(client_stream(&ev), "abcdxy<gap 4><gap 2>");
+}
+
+#[test]
 fn per_connection_buffer_limit_turns_the_hole_into_a_gap() {
     let limits = FlowLimits { max_buffered_per_conn: 100 + PIECE_OVERHEAD, ..FlowLimits::default() };
     let mut t = table(limits);

@@ -177,6 +177,8 @@ pub struct Connection {
     held: usize,
     /// Highest client stream id seen: a request head on a higher id opens a stream.
     last_client_stream: u32,
+    /// A request head opened a stream on this connection (see [`Self::untracked_client_stream`]).
+    opened: bool,
     /// The server's GOAWAY: streams above it are not processed.
     goaway: Option<u32>,
     /// Parsing stopped (the server side's framing was lost, or a limit hit); bytes are skipped.
@@ -201,6 +203,7 @@ impl Connection {
             streams: BTreeMap::new(),
             held: 0,
             last_client_stream: 0,
+            opened: false,
             goaway: None,
             stopped: false,
             mid_stream: false,
@@ -389,7 +392,8 @@ impl Connection {
             }
             FrameEvent::Data { stream, data, ts_ns, end_stream } => {
                 let Some(s) = self.streams.get_mut(&stream) else {
-                    return self.skipped(data.len() as u64, ctx.drops);
+                    self.skipped(data.len() as u64, ctx.drops);
+                    return self.untracked_client_stream(stream, ctx.drops);
                 };
                 if s.request_done {
                     return self.drop_stream(stream, Drop::MalformedRequest, ctx.drops);
@@ -405,7 +409,16 @@ impl Connection {
                 }
             }
             FrameEvent::DataGap { stream, .. } => self.drop_stream(stream, Drop::Gap, ctx.drops),
-            FrameEvent::RstStream { stream, code, .. } => self.reset(stream, code, ctx.drops),
+            FrameEvent::RstStream { stream, code, .. } => {
+                if self.streams.contains_key(&stream) {
+                    self.reset(stream, code, ctx.drops);
+                } else {
+                    self.untracked_client_stream(stream, ctx.drops);
+                }
+            }
+            FrameEvent::WindowUpdate { stream, .. } if !self.streams.contains_key(&stream) => {
+                self.untracked_client_stream(stream, ctx.drops)
+            }
             // The client's settings govern what the server sends.
             FrameEvent::Settings { ack: false, params } => self.server_side.apply_settings(&params),
             // Only servers push: a client's PUSH_PROMISE is a connection error (RFC 9113 §8.4).
@@ -466,6 +479,7 @@ impl Connection {
             Err(Drop::MalformedRequest) if self.mid_stream => return,
             Err(why) => return why.count(ctx.drops),
         };
+        self.opened = true;
         let request =
             Request { method, target: path, version: HttpVersion::Http2, headers, ..Request::default() };
         self.streams.insert(
@@ -485,6 +499,26 @@ impl Connection {
         );
         if end_stream {
             self.finish_request(stream, ts_ns, ctx.out);
+        }
+    }
+
+    /// A client frame other than a header block on a stream that is not tracked. Stream ids only
+    /// grow (RFC 9113 §5.1.1), so in a connection joined mid-stream a client stream above every id
+    /// seen so far was opened before capture began: no request head seen since can have opened a
+    /// stream with a lower id. If one did, the frame boundary found was false (frames embedded in a
+    /// payload, such as a tunnelled connection, were read as the connection's own): what was read
+    /// cannot be trusted, and the connection is not parsed further. Otherwise, request heads on
+    /// lower ids are not taken for new streams from now on.
+    fn untracked_client_stream(&mut self, stream: u32, drops: &mut AssemblyDrops) {
+        if !self.mid_stream || stream == 0 || stream.is_multiple_of(2) || stream <= self.last_client_stream {
+            return;
+        }
+        if self.opened {
+            drops.h2_framing_error_connections += 1;
+            drops.h2_mid_stream_disproved += self.streams.len() as u64;
+            self.stop();
+        } else {
+            self.last_client_stream = stream;
         }
     }
 

@@ -20,7 +20,9 @@ const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
+const PING: u8 = 6;
 const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
 const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
 
@@ -447,4 +449,63 @@ fn ten_thousand_open_streams_are_bounded_and_counted() {
     assert_eq!(drops.truncated_request, 1024, "the tracked ones ended with the connection");
     assert!(peak < 4 << 20, "memory stays bounded: {peak} bytes at most");
     assert_eq!(a.memory_bytes(), 0);
+}
+
+#[test]
+fn frames_embedded_in_a_payload_seen_mid_stream_are_dropped_once_a_later_frame_disproves_them() {
+    // The capture starts inside the DATA payload of stream 9 (a tunnel, say), which carries frames
+    // of another HTTP/2 connection: among them a complete request on stream 7. The server is
+    // answering the real stream 7, opened before capture began. Found frame boundaries line up,
+    // the embedded request decodes, and pairing it with the real answer would be a wrong exchange.
+    let mut c = Conn::new(false);
+    let window_update = frame(WINDOW_UPDATE, 0, 0, &1000u32.to_be_bytes());
+    c.client(&window_update)
+        .client(&frame(HEADERS, END_HEADERS | END_STREAM, 7, &request_block("/embedded")))
+        .client(&frame(PING, 0, 0, &[1; 8]))
+        .client(&window_update)
+        // The rest of the real DATA frame of stream 9, then its next frame: stream 9 was opened
+        // before capture began, so stream 7 cannot have been opened after it.
+        .client(&frame(DATA, 0, 9, b"tunnelled bytes"));
+    c.server(&frame(PING, 0, 0, &[2; 8]))
+        .server(&frame(HEADERS, END_HEADERS, 7, &response_block("200")))
+        .server(&frame(DATA, 0, 7, &grpc_message(b"the real answer of stream 7")))
+        .server(&frame(PING, 0, 0, &[3; 8]))
+        .server(&frame(HEADERS, END_HEADERS | END_STREAM, 7, &block(&[("grpc-status", "0")])))
+        .fin();
+    let (items, drops) = c.run();
+    assert!(exchanges(&items).is_empty(), "{:?}", exchanges(&items));
+    assert_eq!(drops.h2_mid_stream_disproved, 1);
+    assert_eq!(drops.h2_framing_error_connections, 1);
+
+    // Streams of a connection joined mid-stream that are consistent with ids only growing are
+    // rebuilt: a stream opened before capture began (9) goes on, a new one (11) is opened after.
+    let mut c = Conn::new(false);
+    c.client(&frame(DATA, 0, 9, &[5; 40]))
+        .client(&frame(DATA, 0, 9, &[5; 40]))
+        .client(&frame(DATA, 0, 9, &[5; 40]))
+        .client(&frame(HEADERS, END_HEADERS | END_STREAM, 11, &request_block("/new")))
+        .client(&frame(DATA, 0, 9, &[5; 40]))
+        .client(&frame(WINDOW_UPDATE, 0, 9, &1000u32.to_be_bytes()));
+    c.server(&frame(PING, 0, 0, &[2; 8]))
+        .server(&frame(PING, 0, 0, &[2; 8]))
+        .server(&frame(HEADERS, END_HEADERS, 11, &response_block("200")))
+        .server(&frame(HEADERS, END_HEADERS | END_STREAM, 11, &block(&[("grpc-status", "0")])))
+        .fin();
+    let (items, drops) = c.run();
+    assert_eq!(exchanges(&items).iter().map(|e| e.request.target.as_str()).collect::<Vec<_>>(), ["/new"]);
+    assert_eq!(drops.h2_mid_stream_disproved, 0);
+    // A request head on an id below a stream already in use cannot open a stream either.
+    let mut c = Conn::new(false);
+    c.client(&frame(DATA, 0, 9, &[5; 40]))
+        .client(&frame(DATA, 0, 9, &[5; 40]))
+        .client(&frame(DATA, 0, 9, &[5; 40]))
+        .client(&frame(HEADERS, END_HEADERS | END_STREAM, 7, &request_block("/embedded")))
+        .client(&frame(DATA, 0, 9, &[5; 40]));
+    c.server(&frame(PING, 0, 0, &[2; 8]))
+        .server(&frame(PING, 0, 0, &[2; 8]))
+        .server(&frame(HEADERS, END_HEADERS, 7, &response_block("200")))
+        .server(&frame(HEADERS, END_HEADERS | END_STREAM, 7, &block(&[("grpc-status", "0")])))
+        .fin();
+    let (items, _) = c.run();
+    assert!(exchanges(&items).is_empty(), "{:?}", exchanges(&items));
 }
