@@ -25,7 +25,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 
     let mut cmd = cargo();
     cmd.current_dir(workspace_root())
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .env("MIRROR_EBPF_OBJECT", &object)
         .env("MIRROR_DAEMON_BIN", &daemon)
         .env("MIRROR_REQUIRE_KERNEL_TESTS", "1");
