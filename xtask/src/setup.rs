@@ -2,8 +2,9 @@
 //!
 //! Debian provides a rustc (1.96) with a prebuilt `core` for `bpfel-unknown-none`
 //! (`libstd-rust-web-dev-bpf`), so no nightly `-Z build-std` is needed; bpf-linker is built from
-//! crates.io against Debian's LLVM 22. Test tools (tcpdump, wrk, curl, python3) come from Debian too;
-//! the Python gRPC stack of the tests is a pinned virtualenv (`mirror_tests::python`).
+//! crates.io against Debian's LLVM 22. Test and benchmark tools (tcpdump, wrk, h2load, curl,
+//! python3) come from Debian too; the Python gRPC stack of the tests is a pinned virtualenv
+//! (`mirror_tests::python`).
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
@@ -24,6 +25,8 @@ pub const PACKAGES: &[&str] = &[
     "tcpdump",
     "curl",
     "wrk",
+    // h2load, the paced HTTP/2 load of the gRPC mirror benchmark.
+    "nghttp2-client",
     "python3",
     "python3-venv",
     "util-linux",
