@@ -15,12 +15,11 @@
 //!   grpcio Open Inference Protocol servers of the test support (`tests/python/oip_server.py`),
 //!   the client makes unary `ModelInfer` calls at each of `--grpc-rates`, over each number of
 //!   long-lived HTTP/2 connections in `--grpc-connections`. The default client is nghttp2's
-//!   `h2load` (`--grpc-client h2load`): written in C, it keeps an open-loop pace up to a few
-//!   thousand calls/s on a shared core (`--rps` per connection), where the grpcio client tops out
-//!   near 1,500/s and its own queueing shows as latency. It sends one `ModelInfer` request of 2
-//!   rows (written by `grpc_client.py`'s own encoder) for every call and checks HTTP statuses
-//!   only. `--grpc-client python` runs `tests/python/grpc_client.py` instead: a distinct request
-//!   of 1–4 rows per call, each call's gRPC status checked.
+//!   `h2load` (`--grpc-client h2load`): written in C, it takes less of the shared cores than the
+//!   grpcio client and holds the asked pace (`--rps` per connection) to higher rates. It sends one
+//!   `ModelInfer` request of 2 rows (written by `grpc_client.py`'s own encoder) for every call and
+//!   checks HTTP statuses only. `--grpc-client python` runs `tests/python/grpc_client.py` instead:
+//!   a distinct request of 1–4 rows per call, each call's gRPC status checked.
 //!
 //! Both mirror parts run each rate once without the daemon and once with it mirroring every
 //! request (100% sampling) to the shadow, and report production p50/p99 latency with and without
