@@ -1,17 +1,42 @@
 //! `cargo xtask bench`: what the daemon costs and how much it can take, measured.
 //!
-//! Two parts:
+//! Parts, chosen with `--which` (`all`, the default, runs every part in this order):
 //!
-//! - `pipeline` (criterion): TCP reassembly + HTTP framing throughput per core for 1 KiB and
-//!   100 KiB bodies, and the live-heap change per exchange on long-lived connections.
-//! - `mirror` (needs root): a client/production/shadow namespace topology under paced inference
-//!   load at increasing rates. Each rate runs once without the daemon and once with it mirroring
-//!   every request (100% sampling) to the shadow, and reports production p50/p99 latency with and
-//!   without, the daemon's CPU and RSS, and the share of exchanges that were not compared. The
-//!   highest rate with less than 0.1% lost is the headline.
+//! - `pipeline` (criterion, `mirror-daemon/benches/pipeline.rs`): TCP reassembly + HTTP/1.1
+//!   framing throughput per core for 1 KiB and 100 KiB bodies, and the live-heap change per
+//!   exchange on long-lived connections.
+//! - `pipeline-h2` (criterion, `mirror-daemon/benches/h2_grpc.rs`): HTTP/2 framing + HPACK + gRPC
+//!   per core on gRPC traffic recorded from the `h2` crate (1 KiB and 1 MiB messages, cut into
+//!   1448 B, 16 KiB and 64 KiB segments): exchanges/s, message GB/s against the 1 GB/s target
+//!   for 1 MiB messages, and the live-heap change per exchange.
+//! - `mirror` (needs root): a client/production/shadow namespace topology under paced HTTP/1.1
+//!   inference load at increasing rates (`--rates`), 8 keep-alive client connections.
+//! - `mirror-grpc` (needs root): the same topology with gRPC: production and shadow are the
+//!   grpcio Open Inference Protocol servers of the test support (`tests/python/oip_server.py`),
+//!   the client makes unary `ModelInfer` calls at each of `--grpc-rates`, over each number of
+//!   long-lived HTTP/2 connections in `--grpc-connections`. The default client is nghttp2's
+//!   `h2load` (`--grpc-client h2load`): written in C, it takes less of the shared cores than the
+//!   grpcio client and holds the asked pace (`--rps` per connection) to higher rates. It sends one
+//!   `ModelInfer` request of 2 rows (written by `grpc_client.py`'s own encoder) for every call and
+//!   checks HTTP statuses only. `--grpc-client python` runs `tests/python/grpc_client.py` instead:
+//!   a distinct request of 1–4 rows per call, each call's gRPC status checked.
+//!
+//! Both mirror parts run each rate once without the daemon and once with it mirroring every
+//! request (100% sampling) to the shadow, and report production p50/p99 latency with and without
+//! (as the client measured it), the daemon's CPU (user + system, % of one core, over the load) and
+//! RSS, and how many exchanges were compared; the highest rate with less than 0.1% not compared
+//! and at least 95% of the asked rate achieved is the headline. Nothing is expected: every number
+//! is what was measured on this machine, whose cores client, servers and daemon share.
+//!
+//! Flags: `--which pipeline|pipeline-h2|mirror|mirror-grpc|all`, `--seconds S` (load per rate and
+//! mode, default 5), `--rates R,...` (HTTP/1.1 requests/s, default 250,500,1000,2000,3000),
+//! `--grpc-rates R,...` (calls/s, default the same as `--rates`), `--grpc-connections N,...`
+//! (default 1,4), `--grpc-concurrency C` (calls in flight at most, across the connections, default
+//! 64: the pacing is open-loop until that many are waiting), `--grpc-client h2load|python`
+//! (default h2load).
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -21,8 +46,10 @@ use clap::{Args, ValueEnum};
 use mirror_tests::{
     ChildGuard,
     client::{connect, post_json},
+    grpc::{self, ClientOptions, Rpc, ServerKind},
     model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
+    python,
 };
 
 use crate::{
@@ -32,9 +59,31 @@ use crate::{
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Which {
+    /// HTTP/1.1 reassembly + framing (criterion).
     Pipeline,
+    /// HTTP/2 framing + HPACK + gRPC (criterion).
+    PipelineH2,
+    /// HTTP/1.1 mirroring under load (root).
     Mirror,
+    /// gRPC mirroring under load (root).
+    MirrorGrpc,
+    /// Every part.
     All,
+}
+
+impl Which {
+    fn includes(self, part: Which) -> bool {
+        self == part || self == Which::All
+    }
+}
+
+/// What drives the gRPC load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GrpcClient {
+    /// nghttp2's `h2load`: one request body for every call, paced with `--rps` per connection.
+    H2load,
+    /// `tests/python/grpc_client.py` on grpcio: a distinct request per call, per-call status and latency.
+    Python,
 }
 
 #[derive(Debug, Args)]
@@ -42,33 +91,60 @@ pub struct BenchArgs {
     /// Which benchmarks to run.
     #[arg(long, value_enum, default_value_t = Which::All)]
     pub which: Which,
-    /// Request rates (per second) tried by the mirror benchmark.
+    /// Request rates (per second) tried by the HTTP/1.1 mirror benchmark.
     #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,3000")]
     pub rates: Vec<u32>,
     /// Seconds of load per rate and mode.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Call rates (per second) tried by the gRPC mirror benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,3000")]
+    pub grpc_rates: Vec<u32>,
+    /// Long-lived HTTP/2 connections the gRPC calls are dealt over; each count is a run of its own.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    pub grpc_connections: Vec<usize>,
+    /// Most gRPC calls in flight at once, across the connections.
+    #[arg(long, default_value_t = 64)]
+    pub grpc_concurrency: usize,
+    /// The gRPC load generator.
+    #[arg(long, value_enum, default_value_t = GrpcClient::H2load)]
+    pub grpc_client: GrpcClient,
+}
+
+/// Runs one criterion benchmark of the daemon crate.
+fn criterion_bench(name: &str) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.current_dir(workspace_root()).args([
+        "bench",
+        "--package",
+        "mirror-daemon",
+        "--bench",
+        name,
+        "--",
+        "--noplot",
+    ]);
+    run_command(&mut cmd)
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if matches!(args.which, Which::Pipeline | Which::All) {
-        let mut cmd = cargo();
-        cmd.current_dir(workspace_root()).args([
-            "bench",
-            "--package",
-            "mirror-daemon",
-            "--bench",
-            "pipeline",
-            "--",
-            "--noplot",
-        ]);
-        run_command(&mut cmd)?;
+    if args.which.includes(Which::Pipeline) {
+        criterion_bench("pipeline")?;
     }
-    if matches!(args.which, Which::Mirror | Which::All) {
+    if args.which.includes(Which::PipelineH2) {
+        criterion_bench("h2_grpc")?;
+    }
+    let mirror_parts = [Which::Mirror, Which::MirrorGrpc];
+    if mirror_parts.iter().any(|&part| args.which.includes(part)) {
         if !is_root() {
-            bail!("the mirror benchmark creates network namespaces and loads eBPF programs: run it as root");
+            bail!("the mirror benchmarks create network namespaces and load eBPF programs: run them as root");
         }
-        mirror(args)?;
+        let daemon_bin = build::run_build(&BuildArgs { debug: false })?;
+        if args.which.includes(Which::Mirror) {
+            mirror(args, &daemon_bin)?;
+        }
+        if args.which.includes(Which::MirrorGrpc) {
+            mirror_grpc(args, &daemon_bin)?;
+        }
     }
     Ok(())
 }
@@ -80,6 +156,33 @@ struct Load {
     achieved_rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// How long the load lasted (the daemon's CPU share is over this).
+    seconds: f64,
+}
+
+/// Quantile `q` of sorted latencies, in milliseconds (0 when there are none).
+fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// A load run's figures from per-call (start, latency, failed) triples.
+fn load_of(mut calls: Vec<(Duration, Duration, bool)>) -> Load {
+    let first = calls.iter().map(|c| c.0).min().unwrap_or_default();
+    let last = calls.iter().map(|c| c.0 + c.1).max().unwrap_or_default();
+    let seconds = last.saturating_sub(first).as_secs_f64().max(1e-9);
+    let failed = calls.iter().filter(|c| c.2).count();
+    calls.sort_by_key(|c| c.1);
+    let latencies: Vec<Duration> = calls.iter().map(|c| c.1).collect();
+    Load {
+        sent: calls.len(),
+        failed,
+        achieved_rps: calls.len() as f64 / seconds,
+        p50_ms: quantile_ms(&latencies, 0.5),
+        p99_ms: quantile_ms(&latencies, 0.99),
+        seconds,
+    }
 }
 
 /// `rate` requests/s for `seconds` over 8 paced keep-alive connections.
@@ -125,18 +228,110 @@ fn load(ns: &Netns, server: SocketAddr, rate: u32, seconds: u64) -> Load {
         (all, failed, started.elapsed())
     });
     latencies.sort();
-    let quantile = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let quantile = |q: f64| quantile_ms(&latencies, q);
     Load {
         sent: latencies.len(),
         failed,
         achieved_rps: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: quantile(0.5),
         p99_ms: quantile(0.99),
+        seconds: elapsed.as_secs_f64(),
     }
+}
+
+/// How one gRPC load run is shaped.
+#[derive(Clone, Copy, Debug)]
+struct GrpcPlan {
+    rate: u32,
+    seconds: u64,
+    connections: usize,
+    concurrency: usize,
+    client: GrpcClient,
+}
+
+/// `plan.rate` unary `ModelInfer` calls/s to `target` for `plan.seconds`, from `ns`. `scratch`
+/// holds the client's files (`request` is h2load's request body).
+fn grpc_load(ns: &Netns, target: SocketAddr, plan: GrpcPlan, scratch: &Path, request: &Path) -> Result<Load> {
+    let calls = usize::try_from(u64::from(plan.rate) * plan.seconds)?.max(plan.connections);
+    match plan.client {
+        GrpcClient::Python => {
+            let options = ClientOptions {
+                concurrency: plan.concurrency,
+                channels: plan.connections,
+                rate: Some(f64::from(plan.rate)),
+                id_prefix: format!("bench-{}-{}-", plan.rate, plan.connections),
+                ..ClientOptions::new(Rpc::Infer, target, calls)
+            };
+            let truth = grpc::run_client(ns, &options, &scratch.join("truth.jsonl"));
+            Ok(load_of(
+                truth
+                    .iter()
+                    .map(|t| {
+                        let latency = Duration::from_secs_f64(t.latency_ms.unwrap_or(0.0).max(0.0) / 1e3);
+                        (Duration::from_nanos(t.sent_unix_ns), latency, t.code != 0)
+                    })
+                    .collect(),
+            ))
+        }
+        GrpcClient::H2load => {
+            let log = scratch.join("h2load.tsv");
+            let _ = std::fs::remove_file(&log);
+            let streams = plan.concurrency.div_ceil(plan.connections).max(1);
+            let per_connection = f64::from(plan.rate) / plan.connections as f64;
+            let out = ns
+                .command("h2load")
+                .args(["-n", &calls.to_string(), "-c", &plan.connections.to_string()])
+                .args(["-m", &streams.to_string(), "--rps", &format!("{per_connection:.3}")])
+                .arg("-d")
+                .arg(request)
+                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+                .arg("--log-file")
+                .arg(&log)
+                .arg(format!("http://{target}{}", Rpc::Infer.path()))
+                .stdin(Stdio::null())
+                .output()
+                .context("run h2load (Debian: nghttp2-client)")?;
+            if !out.status.success() {
+                bail!("h2load failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            // start (µs since the epoch), HTTP status, µs until the end of the response.
+            let text = std::fs::read_to_string(&log).context("h2load's log file")?;
+            let mut rows = Vec::new();
+            for line in text.lines() {
+                let fields: Vec<u64> = line.split('\t').filter_map(|f| f.trim().parse().ok()).collect();
+                if let [start, status, micros, ..] = fields[..] {
+                    rows.push((Duration::from_micros(start), Duration::from_micros(micros), status != 200));
+                }
+            }
+            // Calls that never finished are in h2load's summary, not in its log.
+            let missing = calls.saturating_sub(rows.len());
+            let mut load = load_of(rows);
+            load.failed += missing;
+            Ok(load)
+        }
+    }
+}
+
+/// The framed `ModelInfer` request `grpc_client.py` sends as call 0 (two rows), for h2load.
+fn grpc_request_body(path: &Path) -> Result<()> {
+    let env = python::env();
+    let code = "import sys, struct; sys.path.insert(0, sys.argv[1]); import grpc_client; \
+        args = grpc_client.parse_args(['infer', '--target', 'x', '--rows', '2', '--id-prefix', 'h2load-']); \
+        plan = grpc_client.Plan(args); message = plan.infer_request(0, plan.features_raw(0)); \
+        open(sys.argv[2], 'wb').write(b'\\x00' + struct.pack('>I', len(message)) + message)";
+    let out = std::process::Command::new(&env.python)
+        .arg("-c")
+        .arg(code)
+        .arg(python::scripts_dir())
+        .arg(path)
+        .env("PYTHONPATH", &env.stubs)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .context("run the Python environment's interpreter")?;
+    if !out.status.success() {
+        bail!("writing h2load's request failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// utime + stime of a process, in seconds.
@@ -164,27 +359,124 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
-fn mirror(args: &BenchArgs) -> Result<()> {
-    let daemon_bin = build::run_build(&BuildArgs { debug: false })?;
-    let server_bin = daemon_bin.with_file_name("model-server");
-    let trio = Trio::new();
-    let production = SocketAddr::from((trio.production_addr, 8080));
-    let shadow = SocketAddr::from((trio.shadow_addr, 8080));
-    let options = ServerOptions::default();
-    let (_v1, _) = model_server::start(&server_bin, &trio.production, &[production], &options)
-        .context("start the production model server")?;
-    let (_v2, _) = model_server::start(&server_bin, &trio.shadow, &[shadow], &options)
-        .context("start the shadow model server")?;
-    let record: PathBuf =
-        std::env::temp_dir().join(format!("shadow-mirror-bench-{}.jsonl", std::process::id()));
+/// What the daemon took during one mirrored run, and what it compared.
+struct DaemonUse {
+    /// User + system time over the load, as a share of one core.
+    cpu: f64,
+    rss_mib: f64,
+    peak_mib: f64,
+    /// Records with a verdict (not `not_compared`).
+    compared: usize,
+    /// Records per verdict (`not_compared` per reason), e.g. `match=2400 not_compared:queue_full=3`.
+    verdicts: String,
+    /// Exchanges the daemon rebuilt, its non-zero pipeline losses and replay counters, from its final
+    /// summary.
+    summary: String,
+}
 
-    println!(
-        "\nmirror benchmark: {} s per rate, 8 keep-alive client connections, OIP requests of 1-4 rows,",
-        args.seconds
-    );
-    println!(
-        "100% sampling to one shadow; client, production, shadow and daemon share this machine's cores.\n"
-    );
+/// The value of `"key":` in a JSON log line: a number, or a string with its escapes undone.
+fn json_field(line: &str, key: &str) -> Option<String> {
+    let rest = &line[line.find(&format!("\"{key}\":"))? + key.len() + 3..];
+    if let Some(text) = rest.strip_prefix('"') {
+        let mut value = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => return Some(value),
+                '\\' => value.extend(chars.next()),
+                c => value.push(c),
+            }
+        }
+        None
+    } else {
+        Some(rest.chars().take_while(|c| c.is_ascii_digit()).collect())
+    }
+}
+
+/// What the daemon's final summary says about losses, from its JSON log.
+fn final_summary(log: &str) -> String {
+    let Some(line) = log.lines().rev().find(|l| l.contains("\"final summary\"")) else {
+        return "no final summary logged".into();
+    };
+    let field = |key| json_field(line, key).filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
+    format!(
+        "rebuilt {}; pipeline losses: {}; replay: {}",
+        field("exchanges"),
+        field("drops"),
+        field("replay")
+    )
+}
+
+/// Records per verdict, `not_compared` split by reason.
+fn verdicts(record: &Path) -> (usize, String) {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    let mut compared = 0;
+    for r in mirror_tests::read_records(record) {
+        let verdict = r["verdict"].as_str().unwrap_or("none");
+        let key = match r["reason"].as_str() {
+            Some(reason) if verdict == "not_compared" => format!("not_compared:{reason}"),
+            _ => {
+                compared += 1;
+                verdict.to_string()
+            }
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    let text = counts.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ");
+    (compared, text)
+}
+
+/// Starts the daemon in production's namespace on `port`, mirroring to `shadow_spec`, runs `load`
+/// once it is attached, stops it and reads its record.
+fn with_daemon(
+    trio: &Trio,
+    daemon_bin: &Path,
+    port: u16,
+    shadow_spec: &str,
+    record: &Path,
+    load: impl FnOnce() -> Result<Load>,
+) -> Result<(Load, DaemonUse)> {
+    let _ = std::fs::remove_file(record);
+    let mut child = trio
+        .production
+        .command(daemon_bin)
+        .args(["--log-format", "json", "run", "--interface", &trio.production_if])
+        .args(["--port", &port.to_string()])
+        .args(["--shadow", shadow_spec, "--metrics-addr", "off", "--record"])
+        .arg(record)
+        // Warnings, and the summaries of the mirror loop (the final one counts every loss).
+        .env("MIRROR_LOG", "warn,mirror_daemon::mirror=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start mirror-daemon")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    // Read as it comes, so a chatty daemon never blocks on a full pipe.
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let mut daemon = ChildGuard(child);
+    let pid = daemon.0.id();
+    // Attached when the kernel programs show up; the JSON log is quiet at warn.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu_before = cpu_seconds(pid);
+    let with = load()?;
+    let cpu = (cpu_seconds(pid) - cpu_before) / with.seconds;
+    let (rss_mib, peak_mib) = rss_mib(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = daemon.0.wait()?;
+    let log = log.join().unwrap_or_default();
+    if !status.success() {
+        bail!("mirror-daemon failed: {log}");
+    }
+    let (compared, verdicts) = verdicts(record);
+    Ok((with, DaemonUse { cpu, rss_mib, peak_mib, compared, verdicts, summary: final_summary(&log) }))
+}
+
+fn print_table_head() {
     println!(
         "{:>6} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>6} {:>8} {:>8} | {:>9} {:>7}",
         "rate",
@@ -200,59 +492,73 @@ fn mirror(args: &BenchArgs) -> Result<()> {
         "compared",
         "lost %"
     );
+}
+
+/// Prints one rate's row; returns whether it counts for the headline (< 0.1% not compared, at
+/// least 95% of the asked rate achieved).
+fn print_row(rate: u32, without: &Load, with: &Load, daemon: &DaemonUse) -> bool {
+    let lost = 100.0 * (with.sent.saturating_sub(daemon.compared)) as f64 / with.sent.max(1) as f64;
+    println!(
+        "{rate:>6} | {:>7.0}/s {:>8.2} {:>8.2} | {:>7.0}/s {:>8.2} {:>8.2} | {:>5.0}% {:>8.1} {:>8.1} | {:>9} {:>7.3}",
+        without.achieved_rps,
+        without.p50_ms,
+        without.p99_ms,
+        with.achieved_rps,
+        with.p50_ms,
+        with.p99_ms,
+        daemon.cpu * 100.0,
+        daemon.rss_mib,
+        daemon.peak_mib,
+        daemon.compared,
+        lost
+    );
+    if daemon.compared < with.sent || daemon.verdicts.split(' ').any(|v| !v.starts_with("match=")) {
+        println!("         records: {}; {}", daemon.verdicts, daemon.summary);
+    }
+    lost < 0.1 && with.achieved_rps >= 0.95 * f64::from(rate)
+}
+
+fn print_headline(best: Option<u32>, what: &str) {
+    match best {
+        Some(rate) => println!("\nhighest rate mirrored with < 0.1% of {what} not compared: {rate}/s"),
+        None => println!("\nno rate was mirrored with < 0.1% of {what} not compared"),
+    }
+    println!("(CPU is the daemon's user+system time over the load, in % of one core.)");
+}
+
+fn mirror(args: &BenchArgs, daemon_bin: &Path) -> Result<()> {
+    let server_bin = daemon_bin.with_file_name("model-server");
+    let trio = Trio::new();
+    let production = SocketAddr::from((trio.production_addr, 8080));
+    let shadow = SocketAddr::from((trio.shadow_addr, 8080));
+    let options = ServerOptions::default();
+    let (_v1, _) = model_server::start(&server_bin, &trio.production, &[production], &options)
+        .context("start the production model server")?;
+    let (_v2, _) = model_server::start(&server_bin, &trio.shadow, &[shadow], &options)
+        .context("start the shadow model server")?;
+    let record: PathBuf =
+        std::env::temp_dir().join(format!("shadow-mirror-bench-{}.jsonl", std::process::id()));
+
+    println!(
+        "\nmirror benchmark (HTTP/1.1): {} s per rate, 8 keep-alive client connections, OIP requests of \
+         1-4 rows,",
+        args.seconds
+    );
+    println!(
+        "100% sampling to one shadow; client, production, shadow and daemon share this machine's cores.\n"
+    );
+    print_table_head();
     let mut best: Option<u32> = None;
+    let shadow_spec = format!("model-v2=http://{shadow}");
     for &rate in &args.rates {
         let without = load(&trio.client, production, rate, args.seconds);
-
-        let _ = std::fs::remove_file(&record);
-        let shadow_spec = format!("model-v2=http://{shadow}");
-        let mut child = trio
-            .production
-            .command(&daemon_bin)
-            .args(["--log-format", "json", "run", "--interface", &trio.production_if, "--port", "8080"])
-            .args(["--shadow", &shadow_spec, "--metrics-addr", "off", "--record"])
-            .arg(&record)
-            .env("MIRROR_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start mirror-daemon")?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let daemon = ChildGuard(child);
-        let pid = daemon.0.id();
-        // Attached when the kernel programs show up; the JSON log is quiet at warn.
-        std::thread::sleep(Duration::from_millis(1500));
-        let cpu_before = cpu_seconds(pid);
-        let started = Instant::now();
-        let with = load(&trio.client, production, rate, args.seconds);
-        let cpu = (cpu_seconds(pid) - cpu_before) / started.elapsed().as_secs_f64();
-        let (rss, peak) = rss_mib(pid);
-        std::thread::sleep(Duration::from_millis(1500));
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
-        let mut daemon = daemon;
-        let status = daemon.0.wait()?;
-        let mut errors = String::new();
-        std::io::Read::read_to_string(&mut { stderr }, &mut errors)?;
-        if !status.success() {
-            bail!("mirror-daemon failed at {rate}/s: {errors}");
+        let (with, daemon) = with_daemon(&trio, daemon_bin, 8080, &shadow_spec, &record, || {
+            Ok(load(&trio.client, production, rate, args.seconds))
+        })
+        .with_context(|| format!("at {rate}/s"))?;
+        if print_row(rate, &without, &with, &daemon) {
+            best = Some(rate);
         }
-        let text = std::fs::read_to_string(&record).unwrap_or_default();
-        let compared = text.lines().filter(|l| !l.contains("\"verdict\":\"not_compared\"")).count();
-        let lost = 100.0 * (with.sent.saturating_sub(compared)) as f64 / with.sent.max(1) as f64;
-        println!(
-            "{rate:>6} | {:>7.0}/s {:>8.2} {:>8.2} | {:>7.0}/s {:>8.2} {:>8.2} | {:>5.0}% {:>8.1} {:>8.1} | {:>9} {:>7.3}",
-            without.achieved_rps,
-            without.p50_ms,
-            without.p99_ms,
-            with.achieved_rps,
-            with.p50_ms,
-            with.p99_ms,
-            cpu * 100.0,
-            rss,
-            peak,
-            compared,
-            lost
-        );
         if without.failed + with.failed > 0 {
             bail!(
                 "production requests failed at {rate}/s: {} without, {} with the daemon",
@@ -260,15 +566,76 @@ fn mirror(args: &BenchArgs) -> Result<()> {
                 with.failed
             );
         }
-        if lost < 0.1 && with.achieved_rps >= 0.95 * f64::from(rate) {
-            best = Some(rate);
-        }
     }
     let _ = std::fs::remove_file(&record);
-    match best {
-        Some(rate) => println!("\nhighest rate mirrored with < 0.1% of exchanges not compared: {rate}/s"),
-        None => println!("\nno rate was mirrored with < 0.1% of exchanges not compared"),
+    print_headline(best, "exchanges");
+    Ok(())
+}
+
+/// The gRPC port of production and shadow (Triton's and the tests' choice).
+const GRPC_PORT: u16 = 8081;
+
+fn mirror_grpc(args: &BenchArgs, daemon_bin: &Path) -> Result<()> {
+    let trio = Trio::new();
+    let production = SocketAddr::from((trio.production_addr, GRPC_PORT));
+    let shadow = SocketAddr::from((trio.shadow_addr, GRPC_PORT));
+    let _v1 =
+        grpc::start_server(ServerKind::Oip, &trio.production, &[production], &grpc::ServerOptions::default())
+            .context("start the production gRPC model server")?;
+    let v2 = grpc::ServerOptions { version: "2".into(), ..grpc::ServerOptions::default() };
+    let _v2 = grpc::start_server(ServerKind::Oip, &trio.shadow, &[shadow], &v2)
+        .context("start the shadow gRPC model server")?;
+    let scratch = std::env::temp_dir().join(format!("shadow-mirror-bench-grpc-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let record = scratch.join("record.jsonl");
+    let request = scratch.join("request.bin");
+    if args.grpc_client == GrpcClient::H2load {
+        grpc_request_body(&request)?;
     }
-    println!("(CPU is the daemon's user+system time over the load, in % of one core.)");
+    let client = match args.grpc_client {
+        GrpcClient::Python => "grpcio client (tests/python/grpc_client.py), ModelInfer calls of 1-4 rows",
+        GrpcClient::H2load => "h2load, one ModelInfer request of 2 rows",
+    };
+    println!(
+        "\nmirror benchmark (gRPC over h2c): {} s per rate, {client}, at most {} calls in flight,",
+        args.seconds, args.grpc_concurrency
+    );
+    println!(
+        "grpcio OIP servers; 100% sampling to one shadow; client, production, shadow and daemon share this \
+         machine's cores."
+    );
+    let shadow_spec = format!("model-v2=h2c://{shadow}");
+    for &connections in &args.grpc_connections {
+        println!("\n{connections} long-lived HTTP/2 connection{}:", if connections == 1 { "" } else { "s" });
+        print_table_head();
+        let mut best: Option<u32> = None;
+        for &rate in &args.grpc_rates {
+            let plan = GrpcPlan {
+                rate,
+                seconds: args.seconds,
+                connections,
+                concurrency: args.grpc_concurrency,
+                client: args.grpc_client,
+            };
+            let without = grpc_load(&trio.client, production, plan, &scratch, &request)?;
+            let (with, daemon) = with_daemon(&trio, daemon_bin, GRPC_PORT, &shadow_spec, &record, || {
+                grpc_load(&trio.client, production, plan, &scratch, &request)
+            })
+            .with_context(|| format!("at {rate}/s over {connections} connection(s)"))?;
+            if print_row(rate, &without, &with, &daemon) {
+                best = Some(rate);
+            }
+            if without.failed + with.failed > 0 {
+                bail!(
+                    "production calls failed at {rate}/s over {connections} connection(s): {} without, {} \
+                     with the daemon",
+                    without.failed,
+                    with.failed
+                );
+            }
+        }
+        print_headline(best, &format!("calls over {connections} connection(s)"));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! Debian provides a rustc (1.96) with a prebuilt `core` for `bpfel-unknown-none`
 //! (`libstd-rust-web-dev-bpf`), so no nightly `-Z build-std` is needed; bpf-linker is built from
-//! crates.io against Debian's LLVM 22. Test tools (tcpdump, wrk, curl, nghttp2's tools, python3) come
-//! from Debian too; the Python gRPC stack of the tests is a pinned virtualenv (`mirror_tests::python`).
+//! crates.io against Debian's LLVM 22. Test and benchmark tools (tcpdump, wrk, curl, nghttp2's
+//! tools incl. h2load, python3) come from Debian too; the Python gRPC stack of the tests is a pinned
+//! virtualenv (`mirror_tests::python`).
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
@@ -24,7 +25,8 @@ pub const PACKAGES: &[&str] = &[
     "tcpdump",
     "curl",
     // HTTP/2 peers of the plain HTTP/2 mirroring tests: nghttp (client), nghttpd (h2c server) and
-    // nghttpx (the proxy, which also accepts `Upgrade: h2c`).
+    // nghttpx (the proxy, which also accepts `Upgrade: h2c`); h2load (in nghttp2-client), the paced
+    // HTTP/2 load of the gRPC mirror benchmark.
     "nghttp2-client",
     "nghttp2-server",
     "nghttp2-proxy",
