@@ -251,6 +251,7 @@ fuzz_target!(|data: &[u8]| {
             max_streams: 8,
         },
         announce_requests: true,
+        own_connections: None,
     });
     let mut out = Vec::new();
     let mut announced: HashMap<ExchangeId, Request> = HashMap::new();
