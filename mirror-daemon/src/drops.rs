@@ -155,6 +155,9 @@ counters! {
             truncated_request,
             /// Responses cut short by the end of the connection.
             truncated_response,
+            /// Streamed answers (`text/event-stream`) cut before their end event (`[DONE]`): the
+            /// client disconnected mid-stream, or the connection ended otherwise. Not compared.
+            sse_stream_cut,
             /// Exchanges in progress when the connection was reset.
             reset_with_pending,
             /// Exchanges in progress when the connection timed out.

@@ -156,6 +156,11 @@ impl BodyBuilder {
         }
     }
 
+    /// The pieces held so far, in order (empty once the body grew too large).
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
     /// Bytes held.
     pub fn len(&self) -> usize {
         self.len

@@ -12,6 +12,7 @@
 //!   the framing of its protocol.
 //! - [`http1`]: HTTP/1.x framing and first-in-first-out request/response pairing per connection.
 //! - [`http2`]: HTTP/2 framing, HPACK and one exchange per stream, paired by stream id.
+//! - [`sse`]: server-sent event streams (streamed LLM answers): events, the folded answer, its timing.
 //! - [`exchange`]: the rebuilt [`exchange::Exchange`]s, whatever protocol carried them: what every
 //!   later stage works on.
 //! - [`replay`], [`compare`], [`mirror`], [`report`]: replay to shadows, comparison, and reporting.
@@ -40,3 +41,4 @@ pub mod pcap;
 pub mod proto;
 pub mod replay;
 pub mod report;
+pub mod sse;

@@ -16,6 +16,7 @@ use crate::{
     exchange::{Assembled, BodyBuilder, Exchange, ExchangeId, ReadyRequest, Request, Response, Timing},
     flows::{CloseReason, FlowEvent, Side, Unfinished},
     framing::{H2cUpgrade, HttpConfig},
+    sse,
 };
 
 /// A request waiting for its response to complete (or for its own end, after an early response).
@@ -186,7 +187,7 @@ impl Connection {
             }
             // The client's half-close ends requests only; what is unfinished is counted at close.
             FlowEvent::Fin { side: Side::Client, .. } => {}
-            FlowEvent::Closed { reason, .. } => self.close(reason, stats),
+            FlowEvent::Closed { reason, .. } => self.close(reason, stats, out),
         }
         if self.upgrade_declined {
             self.resume_after_declined_upgrade(cfg, stats, out);
@@ -231,10 +232,20 @@ impl Connection {
         self.upgrade_declined = false;
     }
 
-    pub(super) fn close(&mut self, reason: CloseReason, stats: &mut AssemblyDrops) {
+    pub(super) fn close(&mut self, reason: CloseReason, stats: &mut AssemblyDrops, out: &mut Vec<Assembled>) {
         if self.stopped {
             self.clear();
             return;
+        }
+        if self.event_stream_in_progress() {
+            if !self.responses.damaged && sse::ended_by_its_events(self.responses.body.parts()) {
+                // The stream had ended by its own rule; only the body's framing end is missing.
+                self.finish_response(stats, out);
+            } else if let Some(p) = self.pending.iter().position(|p| p.response.is_some() && !p.response_done)
+            {
+                self.pending.remove(p);
+                stats.sse_stream_cut += 1;
+            }
         }
         for p in &self.pending {
             let unfinished = if p.response.is_some() && !p.response_done {
@@ -253,6 +264,20 @@ impl Connection {
             stats.unpaired_response += 1;
         }
         self.clear();
+    }
+
+    /// The response being received is an event stream, not content-encoded (a compressed stream's
+    /// events cannot be read before its end).
+    fn event_stream_in_progress(&self) -> bool {
+        self.pending.iter().find(|p| p.response.is_some() && !p.response_done).is_some_and(|p| {
+            p.response.as_ref().is_some_and(|r| {
+                sse::is_event_stream(&r.headers)
+                    && !r.headers.iter().any(|h| {
+                        h.name.eq_ignore_ascii_case("content-encoding")
+                            && !h.value.eq_ignore_ascii_case(b"identity")
+                    })
+            })
+        })
     }
 
     pub(super) fn client_data(

@@ -442,6 +442,58 @@ fn reset_counts_pending_exchanges() {
     assert_eq!(a.memory_bytes(), 0);
 }
 
+/// A chunked event stream as OpenAI-compatible servers send it, each event in its own chunk.
+fn event_stream_chunks(events: &[&str]) -> String {
+    let mut out = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    for e in events {
+        let event = format!("data: {e}\n\n");
+        out.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
+    }
+    out
+}
+
+#[test]
+fn an_event_stream_whose_done_event_was_seen_is_complete_without_its_last_chunk() {
+    // The official `openai` client resets the connection as soon as it reads `[DONE]`.
+    for flags in [mirror_common::tcp_flags::RST, FIN | ACK] {
+        let mut c = Conn::new();
+        c.client("POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}");
+        c.server(&event_stream_chunks(&[r#"{"choices":[{"index":0,"delta":{"content":"hi"}}]}"#, "[DONE]"]));
+        c.push_raw(true, c.cseq, flags, Bytes::new(), 0);
+        c.push_raw(false, c.sseq, flags, Bytes::new(), 0);
+        let (out, stats) = c.run();
+        assert_eq!(out.len(), 1, "{stats:?}");
+        assert!(std::str::from_utf8(&out[0].response.body).unwrap().ends_with("data: [DONE]\n\n"));
+        assert_eq!(stats, AssemblyDrops::default());
+    }
+}
+
+#[test]
+fn an_event_stream_cut_before_its_end_event_is_counted_as_cut() {
+    for cut in [0, 1] {
+        let mut c = Conn::new();
+        c.client("POST /v1/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}");
+        let mut body = event_stream_chunks(&[r#"{"choices":[{"index":0,"text":"a"}]}"#, "[DONE]"]);
+        // Without the `[DONE]` chunk, or with it short of its empty line.
+        body.truncate(body.len() - if cut == 0 { 21 } else { 4 });
+        c.server(&body);
+        c.push_raw(true, c.cseq, mirror_common::tcp_flags::RST, Bytes::new(), 0);
+        let (out, stats) = c.run();
+        assert!(out.is_empty());
+        assert_eq!(stats, AssemblyDrops { sse_stream_cut: 1, ..Default::default() });
+    }
+    // A compressed stream cannot be read before its end: cut like any response.
+    let mut c = Conn::new();
+    c.client("GET /s HTTP/1.1\r\n\r\n");
+    c.server("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    c.push_raw(true, c.cseq, mirror_common::tcp_flags::RST, Bytes::new(), 0);
+    let (out, stats) = c.run();
+    assert!(out.is_empty());
+    assert_eq!(stats, AssemblyDrops { reset_with_pending: 1, ..Default::default() });
+}
+
 #[test]
 fn final_answer_to_expect_before_the_body_stops_the_connection() {
     let (out, stats) = Conn::new()

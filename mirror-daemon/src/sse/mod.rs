@@ -1,0 +1,78 @@
+//! Server-sent event streams (`text/event-stream`): how streamed LLM answers arrive.
+//!
+//! A streamed answer is one HTTP body, but neither its bytes nor its last byte say what a user of an
+//! LLM sees: each chunk carries its own id and timestamp, and what matters first is how soon the
+//! first token came and how fast the rest followed. This module reads such a body the way a client
+//! does — events ([`parser`]), folded into the generated text, tool calls and finish reason of each
+//! choice ([`answer`]) — and times it from when each piece was captured ([`figures`]).
+//!
+//! It sits between framing and comparison: HTTP/1.x framing asks it whether a stream cut short had
+//! already ended by its own rule ([`ended_by_its_events`]); comparison and records read the folded
+//! answer ([`read`]).
+pub mod answer;
+pub mod figures;
+pub mod parser;
+
+use bytes::Bytes;
+
+pub use self::{
+    answer::{Choice, StreamEnd, StreamKind, StreamedAnswer, ToolCall},
+    figures::{Spread, StreamFigures, TokensFrom},
+    parser::{Event, EventParser, StreamError},
+};
+use crate::exchange::{Arrivals, Header};
+
+/// Largest event accepted (all its lines): far above any chunk a server sends.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// The answer is an event stream (`Content-Type: text/event-stream`, parameters allowed).
+pub fn is_event_stream(headers: &[Header]) -> bool {
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("content-type")
+            && h.value
+                .split(|&b| b == b';')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"text/event-stream"))
+    })
+}
+
+/// Folds a whole event-stream body; each event is timed by the capture time of the piece that
+/// completed it (`arrivals`; without arrivals every event gets `default_ts_ns`).
+pub fn read(body: &[u8], arrivals: &Arrivals, default_ts_ns: u64) -> Result<StreamedAnswer, StreamError> {
+    let mut parser = EventParser::new(MAX_EVENT_BYTES);
+    let mut answer = StreamedAnswer::default();
+    let mut fold = |event: Event| answer.fold(&event);
+    let mut from = 0usize;
+    for &(end, ts) in arrivals.pieces() {
+        let end = (end as usize).min(body.len());
+        if end > from {
+            parser.push(&body[from..end], ts, &mut fold)?;
+            from = end;
+        }
+    }
+    if from < body.len() {
+        parser.push(&body[from..], default_ts_ns, &mut fold)?;
+    }
+    Ok(answer)
+}
+
+/// Whether the pieces of an event stream received so far hold its end by the protocol's own rule
+/// (`data: [DONE]`, or a native stream's final event). Clients close the connection as soon as
+/// they read it — the official `openai` client does — so the body's own end (the last chunk) often
+/// never reaches the wire although the answer was whole.
+pub fn ended_by_its_events(pieces: &[Bytes]) -> bool {
+    let mut parser = EventParser::new(MAX_EVENT_BYTES);
+    let mut answer = StreamedAnswer::default();
+    for piece in pieces {
+        if parser.push(piece, 0, &mut |event| answer.fold(&event)).is_err() {
+            return false;
+        }
+        if answer.end.is_complete() {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests;
