@@ -162,6 +162,8 @@ pub struct ReplaySection {
     pub keep_host: Option<bool>,
     pub marker_header: Option<String>,
     pub timeout: Option<String>,
+    pub stream_idle_timeout: Option<String>,
+    pub stream_timeout: Option<String>,
     pub max_in_flight: Option<usize>,
     pub queue: Option<usize>,
     pub max_response: Option<String>,
@@ -217,6 +219,8 @@ pub struct FileSettings {
     pub keep_host: Option<bool>,
     pub marker_header: Option<String>,
     pub shadow_timeout: Option<Duration>,
+    pub shadow_stream_idle_timeout: Option<Duration>,
+    pub shadow_stream_timeout: Option<Duration>,
     pub shadow_max_in_flight: Option<usize>,
     pub shadow_queue: Option<usize>,
     pub shadow_max_response: Option<u32>,
@@ -637,6 +641,9 @@ impl FileConfig {
             parse_marker_header(m).map(|_| m.clone())
         });
         s.shadow_timeout = c.positive_duration("replay.timeout", replay.timeout.as_ref());
+        s.shadow_stream_idle_timeout =
+            c.positive_duration("replay.stream_idle_timeout", replay.stream_idle_timeout.as_ref());
+        s.shadow_stream_timeout = c.positive_duration("replay.stream_timeout", replay.stream_timeout.as_ref());
         s.shadow_max_in_flight = c.at_least_one("replay.max_in_flight", replay.max_in_flight);
         s.shadow_queue = c.at_least_one("replay.queue", replay.queue);
         s.shadow_max_response = c.size("replay.max_response", replay.max_response.as_ref());

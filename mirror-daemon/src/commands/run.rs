@@ -159,6 +159,12 @@ pub struct MirrorArgs {
     /// Per-request timeout of a replay.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub shadow_timeout: Duration,
+    /// A streamed (event-stream) shadow answer: longest wait between two pieces of it.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shadow_stream_idle_timeout: Duration,
+    /// A streamed (event-stream) shadow answer: longest time in all, from sending the request.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub shadow_stream_timeout: Duration,
     /// Replays in flight per shadow at most.
     #[arg(long, default_value_t = 64)]
     pub shadow_max_in_flight: usize,
@@ -254,6 +260,8 @@ impl MirrorArgs {
     fn client_limits(&self) -> ClientLimits {
         ClientLimits {
             timeout: self.shadow_timeout,
+            stream_idle_timeout: self.shadow_stream_idle_timeout,
+            stream_timeout: self.shadow_stream_timeout.max(self.shadow_timeout),
             max_in_flight: self.shadow_max_in_flight.max(1),
             queue: self.shadow_queue.max(1),
             max_response_bytes: self.shadow_max_response as usize,
@@ -387,6 +395,8 @@ impl Invocation {
             "keep_host": args.mirror.keep_host => file.keep_host;
             "marker_header": args.mirror.marker_header => file.marker_header;
             "shadow_timeout": args.mirror.shadow_timeout => file.shadow_timeout;
+            "shadow_stream_idle_timeout": args.mirror.shadow_stream_idle_timeout => file.shadow_stream_idle_timeout;
+            "shadow_stream_timeout": args.mirror.shadow_stream_timeout => file.shadow_stream_timeout;
             "shadow_max_in_flight": args.mirror.shadow_max_in_flight => file.shadow_max_in_flight;
             "shadow_queue": args.mirror.shadow_queue => file.shadow_queue;
             "shadow_max_response": args.mirror.shadow_max_response => file.shadow_max_response;
@@ -461,8 +471,10 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
     applied("shadows", o.shadow != n.shadow);
     applied(
         "replay limits",
-        (o.shadow_timeout, o.shadow_max_in_flight, o.shadow_queue, o.shadow_max_response)
-            != (n.shadow_timeout, n.shadow_max_in_flight, n.shadow_queue, n.shadow_max_response),
+        (o.shadow_timeout, o.shadow_stream_idle_timeout, o.shadow_stream_timeout)
+            != (n.shadow_timeout, n.shadow_stream_idle_timeout, n.shadow_stream_timeout)
+            || (o.shadow_max_in_flight, o.shadow_queue, o.shadow_max_response)
+                != (n.shadow_max_in_flight, n.shadow_queue, n.shadow_max_response),
     );
     applied("production_model", o.production_model != n.production_model);
     applied("sampling.percent", o.sample_percent != n.sample_percent);

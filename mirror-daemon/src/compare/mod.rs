@@ -42,11 +42,15 @@ mod pointer;
 mod predictions;
 pub mod protocol;
 pub mod schemas;
+mod stream;
 pub mod tensor;
+pub mod text;
 pub mod verdict;
 
 #[cfg(test)]
 mod grpc_tests;
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;
 
@@ -126,6 +130,11 @@ pub struct PredictionMetrics {
     pub prod_tokens: Option<u64>,
     /// OpenAI: the shadow's `usage.completion_tokens` (else `total_tokens`).
     pub shadow_tokens: Option<u64>,
+    /// OpenAI: token-level F1 of the shadow's text against production's, averaged over choices
+    /// (a choice only one side has scores 0); 1.0 when the texts are equal. See [`text`].
+    pub similarity: Option<f64>,
+    /// OpenAI chat: every choice's tool calls (type, name, arguments) are equal.
+    pub tool_calls_equal: Option<bool>,
 }
 
 /// The result of comparing one exchange.
@@ -242,6 +251,10 @@ pub fn compare(
     if !notes.is_empty() || rules.protocol == ProtocolChoice::Bytes {
         return bytes(&prod_body.body, &shadow_body.body, notes, rules);
     }
+    let streamed = [crate::sse::is_event_stream(production.headers), crate::sse::is_event_stream(shadow.headers)];
+    if streamed[0] || streamed[1] {
+        return streams([&prod_body.body, &shadow_body.body], streamed, rules);
+    }
 
     let parsed = (json::parse(&prod_body.body), json::parse(&shadow_body.body));
     let (a, b) = match parsed {
@@ -324,6 +337,53 @@ fn finish(
         metrics,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
     }
+}
+
+/// Answers of which at least one is an event stream, compared by what they assembled.
+fn streams(bodies: [&[u8]; 2], streamed: [bool; 2], rules: &CompareRules) -> Comparison {
+    let mut notes = Vec::new();
+    let mut sides = Vec::with_capacity(2);
+    for ((side, body), streamed) in ["production", "shadow"].into_iter().zip(bodies).zip(streamed) {
+        let assembled = if streamed {
+            crate::sse::read(body, &Default::default(), 0)
+                .map(|answer| stream::from_stream(&answer))
+                .map_err(|e| format!("{side} event stream is unreadable ({e})"))
+        } else {
+            json::parse(body).map(|json| stream::from_plain(&json)).map_err(|e| format!("{side} body is not JSON ({e})"))
+        };
+        match assembled {
+            Ok(a) => {
+                if a.malformed_events > 0 {
+                    notes.push(format!("{side} stream: {} events not understood", a.malformed_events));
+                }
+                sides.push(a);
+            }
+            Err(note) => notes.push(note),
+        }
+    }
+    let [a, b] = match <[stream::Assembled; 2]>::try_from(sides) {
+        Ok(sides) if !(sides[0].unknown && sides[1].unknown) => sides,
+        Ok(_) => {
+            notes.push("event streams of an unknown shape; compared as bytes".into());
+            return bytes(bodies[0], bodies[1], notes, rules);
+        }
+        Err(_) => return bytes(bodies[0], bodies[1], notes, rules),
+    };
+    match (&a.error, &b.error) {
+        (None, Some(error)) => {
+            let note = format!("shadow stream ended in an error: {error}");
+            return Comparison::bare(Verdict::ShadowError, Protocol::OpenAi, Some(note));
+        }
+        (Some(error), None) => notes.push(format!("production stream ended in an error: {error}")),
+        _ => {}
+    }
+    let mut c = Collector::new(rules, ignores(rules, Protocol::OpenAi));
+    let mut metrics = PredictionMetrics::default();
+    compare_as(&mut c, Protocol::OpenAi, &a.answer, &b.answer, &mut metrics, &mut notes);
+    if a.error.is_some() && b.error.is_none() {
+        c.diff_count = c.diff_count.max(1);
+    }
+    finish(c, Protocol::OpenAi, metrics, notes)
 }
 
 /// Byte-for-byte comparison, for bodies that are not JSON.

@@ -33,13 +33,18 @@ pub(crate) fn compare(c: &mut Collector<'_>, a: &Object<'_>, b: &Object<'_>, m: 
     m.rows = xs.len() as u64;
     let mut text_equal = xs.len() == ys.len();
     let mut finish_equal = xs.len() == ys.len();
+    let mut tools_equal = xs.len() == ys.len();
+    let mut similarity = 0.0;
+    let paired = xs.len().max(ys.len());
     c.at("choices", |c| {
-        for i in 0..xs.len().max(ys.len()) {
+        for i in 0..paired {
             c.at(i.to_string(), |c| match (xs.get(i), ys.get(i)) {
                 (Some(x), Some(y)) => {
                     let (t, f) = choice(c, x, y);
                     text_equal &= t;
                     finish_equal &= f;
+                    tools_equal &= tool_calls(x) == tool_calls(y);
+                    similarity += super::text::token_f1(text_of(x), text_of(y));
                 }
                 (Some(x), None) => missing(c, x, &Json::Null),
                 (None, Some(y)) => missing(c, &Json::Null, y),
@@ -49,6 +54,30 @@ pub(crate) fn compare(c: &mut Collector<'_>, a: &Object<'_>, b: &Object<'_>, m: 
     });
     m.text_equal = Some(text_equal);
     m.finish_reason_equal = Some(finish_equal);
+    m.similarity = Some(if paired == 0 { 1.0 } else { similarity / paired as f64 });
+    if xs.iter().chain(ys).any(|x| x.get("message").is_some()) {
+        m.tool_calls_equal = Some(tools_equal);
+    }
+}
+
+/// A choice's generated text: chat `message.content`, or completion `text`.
+fn text_of<'j>(choice: &'j Json<'_>) -> &'j str {
+    let text = choice.get("message").and_then(|m| m.get("content")).or_else(|| choice.get("text"));
+    text.and_then(Json::as_str).unwrap_or("")
+}
+
+/// A chat choice's tool calls as (type, name, arguments); ids are per call and not compared.
+fn tool_calls<'j>(choice: &'j Json<'_>) -> Vec<[&'j str; 3]> {
+    let calls = choice.get("message").and_then(|m| m.get("tool_calls")).and_then(Json::as_array);
+    let field = |v: Option<&'j Json<'_>>| v.and_then(Json::as_str).unwrap_or("");
+    calls
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let f = t.get("function");
+            [field(t.get("type")), field(f.and_then(|f| f.get("name"))), field(f.and_then(|f| f.get("arguments")))]
+        })
+        .collect()
 }
 
 fn missing(c: &mut Collector<'_>, x: &Json<'_>, y: &Json<'_>) {

@@ -54,7 +54,12 @@ use crate::{
 /// Bounds of the replay to one shadow.
 #[derive(Clone, Debug)]
 pub struct ClientLimits {
+    /// Until the response head, and for a plain body until its end.
     pub timeout: Duration,
+    /// An event-stream answer: longest wait between two pieces of its body.
+    pub stream_idle_timeout: Duration,
+    /// An event-stream answer: longest time in all.
+    pub stream_timeout: Duration,
     pub max_in_flight: usize,
     pub queue: usize,
     pub max_response_bytes: usize,
@@ -62,7 +67,14 @@ pub struct ClientLimits {
 
 impl Default for ClientLimits {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(5), max_in_flight: 64, queue: 1024, max_response_bytes: 64 << 20 }
+        Self {
+            timeout: Duration::from_secs(5),
+            stream_idle_timeout: Duration::from_secs(30),
+            stream_timeout: Duration::from_secs(600),
+            max_in_flight: 64,
+            queue: 1024,
+            max_response_bytes: 64 << 20,
+        }
     }
 }
 
@@ -383,17 +395,24 @@ enum Attempt {
     /// Failed before any response byte, on a connection that had carried answers before.
     FailedReused(String),
     Failed(String),
+    TimedOut,
 }
 
-async fn attempt(client: &HttpClient, outgoing: &Outgoing, limits: &ClientLimits) -> Attempt {
+/// One attempt, begun at `begun`: the response head within `limits.timeout`; then a plain body
+/// within the same time, an event stream (a streamed LLM answer, which may take minutes) with at
+/// most `stream_idle_timeout` between two pieces and `stream_timeout` in all. Each piece of the
+/// body is timed, as production's are by the kernel.
+async fn attempt(client: &HttpClient, outgoing: &Outgoing, limits: &ClientLimits, begun: Instant) -> Attempt {
     let mut request = match build_request(outgoing) {
         Ok(request) => request,
         Err(error) => return Attempt::Failed(error),
     };
     let connection = capture_connection(&mut request);
-    let response = match client.request(request).await {
-        Ok(response) => response,
-        Err(err) => {
+    let head_deadline = tokio::time::Instant::from_std(begun + limits.timeout);
+    let response = match tokio::time::timeout_at(head_deadline, client.request(request)).await {
+        Err(_) => return Attempt::TimedOut,
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => {
             let mut extensions = hyper::http::Extensions::new();
             if let Some(connected) = connection.connection_metadata().as_ref() {
                 connected.get_extras(&mut extensions);
@@ -409,12 +428,34 @@ async fn attempt(client: &HttpClient, outgoing: &Outgoing, limits: &ClientLimits
     }
     let status = response.status().as_u16();
     let headers = headers_of(response.headers());
-    let collected = match Limited::new(response.into_body(), limits.max_response_bytes).collect().await {
-        Ok(collected) => collected,
-        Err(err) => return Attempt::Failed(format!("read response body: {}", chain(err.as_ref()))),
+    let streamed = crate::sse::is_event_stream(&headers);
+    let (deadline, idle) = if streamed {
+        (tokio::time::Instant::from_std(begun + limits.stream_timeout), limits.stream_idle_timeout)
+    } else {
+        (head_deadline, limits.timeout)
     };
-    let trailers = collected.trailers().map(headers_of).unwrap_or_default();
-    Attempt::Answered(ShadowAnswer { status, headers, body: collected.to_bytes(), trailers })
+    let mut body = Limited::new(response.into_body(), limits.max_response_bytes);
+    let mut answer = ShadowAnswer { status, headers, ..ShadowAnswer::default() };
+    let mut parts = crate::exchange::BodyBuilder::timed();
+    loop {
+        let next = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + idle), body.frame());
+        let frame = match next.await {
+            Err(_) => return Attempt::TimedOut,
+            Ok(None) => break,
+            Ok(Some(Err(err))) => return Attempt::Failed(format!("read response body: {}", chain(err.as_ref()))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => parts.push(data, begun.elapsed().as_nanos() as u64, usize::MAX),
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    answer.trailers = headers_of(&trailers);
+                }
+            }
+        }
+    }
+    (answer.body, answer.arrivals) = parts.take();
+    Attempt::Answered(answer)
 }
 
 async fn send(
@@ -424,25 +465,20 @@ async fn send(
     counters: &ReplayCounters,
 ) -> ShadowResult {
     let started = Instant::now();
-    let exchange = async {
-        let first = attempt(clients.get(outgoing.transport, false), &outgoing, limits).await;
-        match first {
-            Attempt::FailedReused(_) => {
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                let retried = Instant::now();
-                (attempt(clients.get(outgoing.transport, true), &outgoing, limits).await, retried)
-            }
-            other => (other, started),
+    let (outcome, from) = match attempt(clients.get(outgoing.transport, false), &outgoing, limits, started).await {
+        Attempt::FailedReused(_) => {
+            counters.retries.fetch_add(1, Ordering::Relaxed);
+            let retried = Instant::now();
+            (attempt(clients.get(outgoing.transport, true), &outgoing, limits, retried).await, retried)
         }
+        other => (other, started),
     };
-    match tokio::time::timeout(limits.timeout, exchange).await {
-        Ok((Attempt::Answered(answer), from)) => {
-            ShadowResult::Answered { answer, latency_ns: from.elapsed().as_nanos() as u64 }
-        }
-        Ok((Attempt::Failed(error) | Attempt::FailedReused(error), from)) => {
+    match outcome {
+        Attempt::Answered(answer) => ShadowResult::Answered { answer, latency_ns: from.elapsed().as_nanos() as u64 },
+        Attempt::Failed(error) | Attempt::FailedReused(error) => {
             ShadowResult::Failed { error, latency_ns: from.elapsed().as_nanos() as u64 }
         }
-        Err(_) => ShadowResult::TimedOut { latency_ns: started.elapsed().as_nanos() as u64 },
+        Attempt::TimedOut => ShadowResult::TimedOut { latency_ns: started.elapsed().as_nanos() as u64 },
     }
 }
 

@@ -8,14 +8,17 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::exchange::{Exchange, ExchangeId, Header};
+use crate::exchange::{Arrivals, Exchange, ExchangeId, Header};
 
 /// What a shadow answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShadowAnswer {
     pub status: u16,
     pub headers: Vec<Header>,
     pub body: Bytes,
+    /// When each piece of the body came, in ns since the replay was sent (the shadow's figures of
+    /// a streamed answer are measured on them).
+    pub arrivals: Arrivals,
     /// Trailer fields (HTTP/2, gRPC's status).
     pub trailers: Vec<Header>,
 }
@@ -229,7 +232,7 @@ mod tests {
 
     fn answered(status: u16) -> ShadowResult {
         ShadowResult::Answered {
-            answer: ShadowAnswer { status, headers: vec![], body: Bytes::new(), trailers: vec![] },
+            answer: ShadowAnswer { status, headers: vec![], body: Bytes::new(), trailers: vec![], ..ShadowAnswer::default() },
             latency_ns: 5,
         }
     }

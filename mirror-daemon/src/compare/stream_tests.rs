@@ -1,0 +1,114 @@
+//! Streamed LLM answers compared by what they assembled.
+use serde_json::json;
+
+use super::{body::tests::gzip, tests::builtin, *};
+use crate::exchange::Header;
+
+fn sse_headers(gzipped: bool) -> Vec<Header> {
+    let mut headers = vec![Header { name: "content-type".into(), value: "text/event-stream".into() }];
+    if gzipped {
+        headers.push(Header { name: "content-encoding".into(), value: "gzip".into() });
+    }
+    headers
+}
+
+/// A chat stream of `words` (one chunk each), chunk ids and timestamps unique to `seed`.
+fn chat_stream(seed: u32, words: &[&str], finish: &str, tool_args: Option<&[&str]>) -> Vec<u8> {
+    let mut out = String::new();
+    let mut chunk = |choice: serde_json::Value| {
+        let c = json!({"id": format!("chatcmpl-{seed}"), "object": "chat.completion.chunk", "created": 1_700_000_000 + seed, "model": format!("m{seed}"), "choices": [choice]});
+        out.push_str(&format!("data: {c}\n\n"));
+    };
+    chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}));
+    for w in words {
+        chunk(json!({"index": 0, "delta": {"content": w}, "finish_reason": null}));
+    }
+    for (i, part) in tool_args.unwrap_or(&[]).iter().enumerate() {
+        let call = if i == 0 {
+            json!({"index": 0, "id": format!("call_{seed}"), "type": "function", "function": {"name": "get_weather", "arguments": part}})
+        } else {
+            json!({"index": 0, "function": {"arguments": part}})
+        };
+        chunk(json!({"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": null}));
+    }
+    chunk(json!({"index": 0, "delta": {}, "finish_reason": finish}));
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+fn run(prod: (&[Header], &[u8]), shadow: (&[Header], &[u8])) -> Comparison {
+    let request = RequestView { method: "POST", path: "/v1/chat/completions", headers: &[], body: b"{}" };
+    let production = Message { status: 200, headers: prod.0, body: prod.1, trailers: &[] };
+    let shadow = Message { status: 200, headers: shadow.0, body: shadow.1, trailers: &[] };
+    compare(&request, &production, &ShadowOutcome::Answered(shadow), &CompareRules::default(), builtin())
+}
+
+#[test]
+fn equal_streams_match_whatever_their_ids_and_timestamps() {
+    let h = sse_headers(false);
+    let c = run((&h, &chat_stream(1, &["Hel", "lo", " world"], "stop", None)), (&h, &chat_stream(2, &["Hello", " wor", "ld"], "stop", None)));
+    assert_eq!(c.verdict, Verdict::Match, "{c:?}");
+    assert_eq!(c.protocol, Protocol::OpenAi);
+    assert_eq!((c.metrics.text_equal, c.metrics.finish_reason_equal, c.metrics.similarity), (Some(true), Some(true), Some(1.0)));
+}
+
+#[test]
+fn a_changed_word_is_a_mismatch_with_its_similarity() {
+    let h = sse_headers(false);
+    let c = run((&h, &chat_stream(1, &["a ", "b ", "c ", "d"], "stop", None)), (&h, &chat_stream(1, &["a ", "b ", "c ", "e"], "stop", None)));
+    assert_eq!(c.verdict, Verdict::Mismatch);
+    assert_eq!(c.metrics.text_equal, Some(false));
+    assert!((c.metrics.similarity.unwrap() - 0.75).abs() < 1e-12);
+    assert_eq!(c.diffs[0].pointer, "/choices/0/message/content");
+    let c = run((&h, &chat_stream(1, &["a"], "stop", None)), (&h, &chat_stream(1, &["a"], "length", None)));
+    assert_eq!((c.verdict, c.metrics.finish_reason_equal), (Verdict::Mismatch, Some(false)));
+}
+
+#[test]
+fn tool_calls_compare_by_name_and_assembled_arguments_not_ids() {
+    let h = sse_headers(false);
+    let c = run(
+        (&h, &chat_stream(1, &[], "tool_calls", Some(&["{\"city\":", "\"Paris\"}"]))),
+        (&h, &chat_stream(2, &[], "tool_calls", Some(&["{\"ci", "ty\":\"Paris\"}"]))),
+    );
+    assert_eq!((c.verdict, c.metrics.tool_calls_equal), (Verdict::Match, Some(true)), "{c:?}");
+    let c = run(
+        (&h, &chat_stream(1, &[], "tool_calls", Some(&["{\"city\":\"Paris\"}"]))),
+        (&h, &chat_stream(1, &[], "tool_calls", Some(&["{\"city\":\"Rome\"}"]))),
+    );
+    assert_eq!((c.verdict, c.metrics.tool_calls_equal), (Verdict::Mismatch, Some(false)));
+}
+
+#[test]
+fn a_streamed_answer_compares_with_a_plain_one_by_content_both_ways() {
+    let h = sse_headers(false);
+    let plain = |text: &str| {
+        json!({"id": "x", "object": "chat.completion", "created": 5, "model": "other",
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+        .to_string()
+        .into_bytes()
+    };
+    let stream = chat_stream(1, &["Hello", " world"], "stop", None);
+    let json_headers = vec![Header { name: "content-type".into(), value: "application/json".into() }];
+    assert_eq!(run((&h, &stream), (&json_headers, &plain("Hello world"))).verdict, Verdict::Match);
+    assert_eq!(run((&json_headers, &plain("Hello world")), (&h, &stream)).verdict, Verdict::Match);
+    let c = run((&h, &stream), (&json_headers, &plain("Hello there")));
+    assert_eq!(c.verdict, Verdict::Mismatch);
+    assert_eq!(c.metrics.shadow_tokens, Some(2));
+}
+
+#[test]
+fn gzip_streams_errors_and_undecodable_streams() {
+    let stream = chat_stream(1, &["Hi"], "stop", None);
+    let c = run((&sse_headers(true), &gzip(&stream)), (&sse_headers(false), &stream));
+    assert_eq!(c.verdict, Verdict::Match, "{c:?}");
+    let h = sse_headers(false);
+    let failed = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"H\"}}]}\n\ndata: {\"error\":{\"message\":\"CUDA out of memory\"}}\n\n";
+    let c = run((&h, &stream), (&h, failed));
+    assert_eq!(c.verdict, Verdict::ShadowError);
+    assert!(c.note.as_deref().unwrap().contains("CUDA out of memory"), "{c:?}");
+    let c = run((&h, b"data: not json\n\n"), (&h, b"data: not json\n\n"));
+    assert_eq!(c.protocol, Protocol::Bytes, "{c:?}");
+    assert_eq!(c.verdict, Verdict::Match);
+}
