@@ -643,7 +643,8 @@ impl FileConfig {
         s.shadow_timeout = c.positive_duration("replay.timeout", replay.timeout.as_ref());
         s.shadow_stream_idle_timeout =
             c.positive_duration("replay.stream_idle_timeout", replay.stream_idle_timeout.as_ref());
-        s.shadow_stream_timeout = c.positive_duration("replay.stream_timeout", replay.stream_timeout.as_ref());
+        s.shadow_stream_timeout =
+            c.positive_duration("replay.stream_timeout", replay.stream_timeout.as_ref());
         s.shadow_max_in_flight = c.at_least_one("replay.max_in_flight", replay.max_in_flight);
         s.shadow_queue = c.at_least_one("replay.queue", replay.queue);
         s.shadow_max_response = c.size("replay.max_response", replay.max_response.as_ref());

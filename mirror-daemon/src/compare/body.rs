@@ -47,6 +47,40 @@ fn codings(headers: &[Header]) -> Vec<String> {
         .collect()
 }
 
+/// A gzip-encoded body decoded piece by piece, so that each decoded byte keeps the capture time of
+/// the encoded piece that brought it (a compressed event stream is still timed per event).
+/// `None` unless the body's only coding is gzip, or when it is corrupt or inflates past `limit`.
+pub fn decode_gzip_timed(
+    headers: &[Header],
+    body: &[u8],
+    arrivals: &crate::exchange::Arrivals,
+    limit: usize,
+) -> Option<(Vec<u8>, crate::exchange::Arrivals)> {
+    use std::io::Write;
+    if !matches!(codings(headers).as_slice(), [c] if c == "gzip" || c == "x-gzip") {
+        return None;
+    }
+    let mut decoder = flate2::write::MultiGzDecoder::new(Vec::new());
+    let mut timed = crate::exchange::Arrivals::default();
+    let mut from = 0usize;
+    for &(end, ts) in arrivals.pieces() {
+        let end = (end as usize).min(body.len());
+        if end <= from {
+            continue;
+        }
+        decoder.write_all(&body[from..end]).ok()?;
+        decoder.flush().ok()?;
+        from = end;
+        if decoder.get_ref().len() > limit {
+            return None;
+        }
+        timed.push(decoder.get_ref().len() as u64, ts);
+    }
+    decoder.write_all(&body[from..]).ok()?;
+    let decoded = decoder.finish().ok()?;
+    (decoded.len() <= limit).then_some((decoded, timed))
+}
+
 /// Undoes the body's `Content-Encoding` (gzip, x-gzip, deflate as zlib or raw, identity), with
 /// the decoded size capped at `limit` bytes.
 pub fn decode<'a>(headers: &[Header], body: &'a [u8], limit: usize) -> Result<Decoded<'a>, DecodeError> {

@@ -251,7 +251,8 @@ pub fn compare(
     if !notes.is_empty() || rules.protocol == ProtocolChoice::Bytes {
         return bytes(&prod_body.body, &shadow_body.body, notes, rules);
     }
-    let streamed = [crate::sse::is_event_stream(production.headers), crate::sse::is_event_stream(shadow.headers)];
+    let streamed =
+        [crate::sse::is_event_stream(production.headers), crate::sse::is_event_stream(shadow.headers)];
     if streamed[0] || streamed[1] {
         return streams([&prod_body.body, &shadow_body.body], streamed, rules);
     }
@@ -349,7 +350,9 @@ fn streams(bodies: [&[u8]; 2], streamed: [bool; 2], rules: &CompareRules) -> Com
                 .map(|answer| stream::from_stream(&answer))
                 .map_err(|e| format!("{side} event stream is unreadable ({e})"))
         } else {
-            json::parse(body).map(|json| stream::from_plain(&json)).map_err(|e| format!("{side} body is not JSON ({e})"))
+            json::parse(body)
+                .map(|json| stream::from_plain(&json))
+                .map_err(|e| format!("{side} body is not JSON ({e})"))
         };
         match assembled {
             Ok(a) => {

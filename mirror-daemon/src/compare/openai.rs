@@ -75,7 +75,11 @@ fn tool_calls<'j>(choice: &'j Json<'_>) -> Vec<[&'j str; 3]> {
         .flatten()
         .map(|t| {
             let f = t.get("function");
-            [field(t.get("type")), field(f.and_then(|f| f.get("name"))), field(f.and_then(|f| f.get("arguments")))]
+            [
+                field(t.get("type")),
+                field(f.and_then(|f| f.get("name"))),
+                field(f.and_then(|f| f.get("arguments"))),
+            ]
         })
         .collect()
 }

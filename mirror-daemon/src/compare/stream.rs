@@ -40,7 +40,8 @@ fn number(n: u64) -> Json<'static> {
 }
 
 fn tool_call(kind: Option<&str>, name: &str, arguments: &str) -> Json<'static> {
-    let function = Object::from_members(vec![member("name", string(name)), member("arguments", string(arguments))]);
+    let function =
+        Object::from_members(vec![member("name", string(name)), member("arguments", string(arguments))]);
     Json::Object(Object::from_members(vec![
         member("type", string(kind.unwrap_or("function"))),
         member("function", Json::Object(function)),
@@ -50,7 +51,10 @@ fn tool_call(kind: Option<&str>, name: &str, arguments: &str) -> Json<'static> {
 fn answer(choices: Vec<Json<'static>>, tokens: Option<u64>) -> Json<'static> {
     let mut members = vec![member("choices", Json::Array(choices))];
     if let Some(tokens) = tokens {
-        members.push(member("usage", Json::Object(Object::from_members(vec![member("completion_tokens", number(tokens))]))));
+        members.push(member(
+            "usage",
+            Json::Object(Object::from_members(vec![member("completion_tokens", number(tokens))])),
+        ));
     }
     Json::Object(Object::from_members(members))
 }
@@ -62,11 +66,15 @@ pub(crate) fn from_stream(stream: &StreamedAnswer) -> Assembled {
         .choices
         .iter()
         .map(|c| {
-            let mut members = vec![member("index", number(c.index)), member("finish_reason", optional(c.finish_reason.as_deref()))];
+            let mut members = vec![
+                member("index", number(c.index)),
+                member("finish_reason", optional(c.finish_reason.as_deref())),
+            ];
             if chat {
                 let mut message = vec![member("content", string(&c.text))];
                 if !c.tool_calls.is_empty() {
-                    let calls = c.tool_calls.iter().map(|t| tool_call(t.kind.as_deref(), &t.name, &t.arguments));
+                    let calls =
+                        c.tool_calls.iter().map(|t| tool_call(t.kind.as_deref(), &t.name, &t.arguments));
                     message.push(member("tool_calls", Json::Array(calls.collect())));
                 }
                 members.push(member("message", Json::Object(Object::from_members(message))));
@@ -87,7 +95,12 @@ pub(crate) fn from_stream(stream: &StreamedAnswer) -> Assembled {
 /// A plain (non-streamed) answer's canonical form.
 pub(crate) fn from_plain(body: &Json<'_>) -> Assembled {
     let Some(choices) = body.get("choices").and_then(Json::as_array) else {
-        return Assembled { answer: body.clone().into_owned(), error: None, malformed_events: 0, unknown: true };
+        return Assembled {
+            answer: body.clone().into_owned(),
+            error: None,
+            malformed_events: 0,
+            unknown: true,
+        };
     };
     let text = |v: Option<&Json<'_>>| v.and_then(Json::as_str).unwrap_or("").to_string();
     let choices = choices
@@ -100,7 +113,9 @@ pub(crate) fn from_plain(body: &Json<'_>) -> Assembled {
             match c.get("message") {
                 Some(m) => {
                     let mut message = vec![member("content", string(&text(m.get("content"))))];
-                    if let Some(calls) = m.get("tool_calls").and_then(Json::as_array).filter(|c| !c.is_empty()) {
+                    if let Some(calls) =
+                        m.get("tool_calls").and_then(Json::as_array).filter(|c| !c.is_empty())
+                    {
                         let calls = calls.iter().map(|t| {
                             let f = t.get("function");
                             tool_call(

@@ -46,16 +46,25 @@ fn run(prod: (&[Header], &[u8]), shadow: (&[Header], &[u8])) -> Comparison {
 #[test]
 fn equal_streams_match_whatever_their_ids_and_timestamps() {
     let h = sse_headers(false);
-    let c = run((&h, &chat_stream(1, &["Hel", "lo", " world"], "stop", None)), (&h, &chat_stream(2, &["Hello", " wor", "ld"], "stop", None)));
+    let c = run(
+        (&h, &chat_stream(1, &["Hel", "lo", " world"], "stop", None)),
+        (&h, &chat_stream(2, &["Hello", " wor", "ld"], "stop", None)),
+    );
     assert_eq!(c.verdict, Verdict::Match, "{c:?}");
     assert_eq!(c.protocol, Protocol::OpenAi);
-    assert_eq!((c.metrics.text_equal, c.metrics.finish_reason_equal, c.metrics.similarity), (Some(true), Some(true), Some(1.0)));
+    assert_eq!(
+        (c.metrics.text_equal, c.metrics.finish_reason_equal, c.metrics.similarity),
+        (Some(true), Some(true), Some(1.0))
+    );
 }
 
 #[test]
 fn a_changed_word_is_a_mismatch_with_its_similarity() {
     let h = sse_headers(false);
-    let c = run((&h, &chat_stream(1, &["a ", "b ", "c ", "d"], "stop", None)), (&h, &chat_stream(1, &["a ", "b ", "c ", "e"], "stop", None)));
+    let c = run(
+        (&h, &chat_stream(1, &["a ", "b ", "c ", "d"], "stop", None)),
+        (&h, &chat_stream(1, &["a ", "b ", "c ", "e"], "stop", None)),
+    );
     assert_eq!(c.verdict, Verdict::Mismatch);
     assert_eq!(c.metrics.text_equal, Some(false));
     assert!((c.metrics.similarity.unwrap() - 0.75).abs() < 1e-12);

@@ -442,7 +442,9 @@ async fn attempt(client: &HttpClient, outgoing: &Outgoing, limits: &ClientLimits
         let frame = match next.await {
             Err(_) => return Attempt::TimedOut,
             Ok(None) => break,
-            Ok(Some(Err(err))) => return Attempt::Failed(format!("read response body: {}", chain(err.as_ref()))),
+            Ok(Some(Err(err))) => {
+                return Attempt::Failed(format!("read response body: {}", chain(err.as_ref())));
+            }
             Ok(Some(Ok(frame))) => frame,
         };
         match frame.into_data() {
@@ -465,16 +467,19 @@ async fn send(
     counters: &ReplayCounters,
 ) -> ShadowResult {
     let started = Instant::now();
-    let (outcome, from) = match attempt(clients.get(outgoing.transport, false), &outgoing, limits, started).await {
-        Attempt::FailedReused(_) => {
-            counters.retries.fetch_add(1, Ordering::Relaxed);
-            let retried = Instant::now();
-            (attempt(clients.get(outgoing.transport, true), &outgoing, limits, retried).await, retried)
-        }
-        other => (other, started),
-    };
+    let (outcome, from) =
+        match attempt(clients.get(outgoing.transport, false), &outgoing, limits, started).await {
+            Attempt::FailedReused(_) => {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                let retried = Instant::now();
+                (attempt(clients.get(outgoing.transport, true), &outgoing, limits, retried).await, retried)
+            }
+            other => (other, started),
+        };
     match outcome {
-        Attempt::Answered(answer) => ShadowResult::Answered { answer, latency_ns: from.elapsed().as_nanos() as u64 },
+        Attempt::Answered(answer) => {
+            ShadowResult::Answered { answer, latency_ns: from.elapsed().as_nanos() as u64 }
+        }
         Attempt::Failed(error) | Attempt::FailedReused(error) => {
             ShadowResult::Failed { error, latency_ns: from.elapsed().as_nanos() as u64 }
         }

@@ -232,7 +232,13 @@ mod tests {
 
     fn answered(status: u16) -> ShadowResult {
         ShadowResult::Answered {
-            answer: ShadowAnswer { status, headers: vec![], body: Bytes::new(), trailers: vec![], ..ShadowAnswer::default() },
+            answer: ShadowAnswer {
+                status,
+                headers: vec![],
+                body: Bytes::new(),
+                trailers: vec![],
+                ..ShadowAnswer::default()
+            },
             latency_ns: 5,
         }
     }

@@ -119,6 +119,95 @@ pub struct GrpcCall {
     pub method: String,
 }
 
+/// p50, p95 and max of the inter-token latencies (ms).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ItlRecord {
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+}
+
+/// One choice of a streamed answer.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ChoiceRecord {
+    pub index: u64,
+    pub finish_reason: Option<String>,
+    /// The assembled text, only with `--record-bodies`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// A streamed (`text/event-stream`) answer's timing and content, on either side of a record. The
+/// figures are vLLM's benchmark ones ([`crate::sse::figures`]): production's from kernel
+/// timestamps, the shadow's from the replay client as the stream arrived.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StreamRecord {
+    /// First event carrying content − request's last byte; null when none carried content.
+    pub ttft_ms: Option<f64>,
+    /// (E2E − TTFT) / (output tokens − 1); null with fewer than two tokens.
+    pub tpot_ms: Option<f64>,
+    /// Last byte of the answer − request's last byte.
+    pub e2e_ms: f64,
+    /// Gaps between content events; null with fewer than two.
+    pub itl_ms: Option<ItlRecord>,
+    /// Events received.
+    pub events: u64,
+    pub output_tokens: u64,
+    /// `usage` (the server's count) or `events` (content events counted).
+    pub tokens_from: &'static str,
+    /// `done` (`[DONE]` seen), `final` (a native stream's last event), `error`, or `open` (the
+    /// body ended without an end event).
+    pub stream_end: &'static str,
+    pub choices: Vec<ChoiceRecord>,
+}
+
+impl StreamRecord {
+    /// The stream record of an answer, when it is an event stream that can be read. `arrivals`
+    /// time the body's pieces on the clock of `request_last_ns` and `end_ns`.
+    pub fn of(
+        headers: &[Header],
+        body: &[u8],
+        arrivals: &crate::exchange::Arrivals,
+        (request_last_ns, end_ns): (u64, u64),
+        options: &RecordOptions,
+    ) -> Option<Self> {
+        if !crate::sse::is_event_stream(headers) {
+            return None;
+        }
+        const LIMIT: usize = 64 << 20;
+        let answer = match crate::compare::body::decode_gzip_timed(headers, body, arrivals, LIMIT) {
+            Some((decoded, timed)) => crate::sse::read(&decoded, &timed, end_ns),
+            None => {
+                let decoded = crate::compare::body::decode(headers, body, LIMIT).ok()?;
+                let timed =
+                    if decoded.body.len() == body.len() { arrivals.clone() } else { Default::default() };
+                crate::sse::read(&decoded.body, &timed, end_ns)
+            }
+        }
+        .ok()?;
+        let f = crate::sse::StreamFigures::of(&answer, request_last_ns, end_ns);
+        Some(Self {
+            ttft_ms: f.ttft_ns.map(ms),
+            tpot_ms: f.tpot_ns.map(ms),
+            e2e_ms: ms(f.e2e_ns),
+            itl_ms: f.itl.map(|s| ItlRecord { p50: ms(s.p50), p95: ms(s.p95), max: ms(s.max) }),
+            events: f.events,
+            output_tokens: f.output_tokens,
+            tokens_from: f.tokens_from.as_str(),
+            stream_end: answer.end.as_str(),
+            choices: answer
+                .choices
+                .into_iter()
+                .map(|c| ChoiceRecord {
+                    index: c.index,
+                    finish_reason: c.finish_reason,
+                    text: options.bodies.then_some(c.text),
+                })
+                .collect(),
+        })
+    }
+}
+
 /// The production response as recorded.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Production {
@@ -131,6 +220,9 @@ pub struct Production {
     pub ttfb_ms: f64,
     #[serde(flatten)]
     pub message: Message,
+    /// A streamed answer's timing and content.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamRecord>,
 }
 
 /// One line of the `--record` file.
@@ -223,6 +315,13 @@ impl ExchangeRecord {
                 latency_ms: ms(exchange.production_latency_ns()),
                 ttfb_ms: ms(exchange.time_to_first_byte_ns()),
                 message: message(&exchange.response.headers, &exchange.response.body, options),
+                stream: StreamRecord::of(
+                    &exchange.response.headers,
+                    &exchange.response.body,
+                    &exchange.response.arrivals,
+                    (exchange.timing.request_last_ns, exchange.timing.response_last_ns),
+                    options,
+                ),
             },
         }
     }
@@ -377,6 +476,43 @@ mod tests {
     }
 
     #[test]
+    fn streamed_answers_record_their_timing_and_choices() {
+        let mut streamed = exchange();
+        streamed.response.headers = vec![header("content-type", "text/event-stream")];
+        let events = [
+            "data: {\"object\":\"text_completion\",\"choices\":[{\"index\":0,\"text\":\"a\"}]}\n\n",
+            "data: {\"object\":\"text_completion\",\"choices\":[{\"index\":0,\"text\":\" b\"}]}\n\n",
+            "data: {\"object\":\"text_completion\",\"choices\":[{\"index\":0,\"text\":\" c\",\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        // Request complete at 1.0005 s; events at +10, +30, +40 ms, [DONE] at +41 ms.
+        let mut arrivals = crate::exchange::Arrivals::default();
+        let mut len = 0;
+        for (event, at_ms) in events.iter().zip([10, 30, 40, 41]) {
+            len += event.len() as u64;
+            arrivals.push(len, 1_000_500_000 + at_ms * 1_000_000);
+        }
+        streamed.response.body = Bytes::from(events.concat());
+        streamed.response.arrivals = arrivals;
+        streamed.timing.response_last_ns = 1_000_500_000 + 41_000_000;
+        let json = serde_json::to_value(ExchangeRecord::new(&streamed, &RecordOptions::default())).unwrap();
+        let p = &json["production"];
+        assert_eq!(p["ttft_ms"], 10.0);
+        assert_eq!(p["e2e_ms"], 41.0);
+        assert_eq!(p["itl_ms"], serde_json::json!({"p50": 10.0, "p95": 20.0, "max": 20.0}));
+        assert_eq!(p["tpot_ms"], 15.5);
+        assert_eq!((p["events"].as_u64(), p["output_tokens"].as_u64()), (Some(4), Some(3)));
+        assert_eq!((p["tokens_from"].as_str(), p["stream_end"].as_str()), (Some("events"), Some("done")));
+        assert_eq!(p["choices"], serde_json::json!([{"index": 0, "finish_reason": "stop"}]));
+        let with_bodies = RecordOptions { bodies: true, ..RecordOptions::default() };
+        let json = serde_json::to_value(ExchangeRecord::new(&streamed, &with_bodies)).unwrap();
+        assert_eq!(json["production"]["choices"][0]["text"], "a b c");
+        // Not a stream: none of it.
+        let json = serde_json::to_value(ExchangeRecord::new(&exchange(), &RecordOptions::default())).unwrap();
+        assert!(json["production"].get("ttft_ms").is_none() && json["production"].get("choices").is_none());
+    }
+
+    #[test]
     fn sha256_matches_known_vector() {
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
@@ -403,6 +539,9 @@ pub struct ShadowRecord {
     pub body: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<String>,
+    /// A streamed answer's timing (as the replay client saw it arrive) and content.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamRecord>,
 }
 
 impl ShadowRecord {
@@ -421,6 +560,7 @@ impl ShadowRecord {
             content_type: None,
             body: None,
             body_base64: None,
+            stream: None,
         }
     }
 
@@ -434,7 +574,14 @@ impl ShadowRecord {
         let mut record = Self::absent(model, endpoint);
         record.latency_ms = result.latency_ns().map(ms);
         match result {
-            ShadowResult::Answered { answer, .. } => {
+            ShadowResult::Answered { answer, latency_ns } => {
+                record.stream = StreamRecord::of(
+                    &answer.headers,
+                    &answer.body,
+                    &answer.arrivals,
+                    (0, *latency_ns),
+                    options,
+                );
                 let message = message(&answer.headers, &answer.body, options);
                 record.status = Some(answer.status);
                 record.grpc = GrpcStatus::of(&answer.headers, &answer.trailers);
