@@ -34,13 +34,15 @@
 //! ones are merged into `other`) and [`MAX_KEY_BYTES`] bytes per key. One group (a shadow's totals or
 //! one route) holds four histograms of about 26 KiB each, so the default limits bound the whole
 //! aggregator at 16 × (1 + 32 + 1) groups × ~107 KiB ≈ 57 MiB; one shadow with a handful of routes
-//! takes well under 1 MiB. [`Aggregator::footprint_bytes`] reports the current figure.
+//! takes well under 1 MiB. A group that saw generated text (OpenAI-compatible answers) holds nine
+//! more ([`super::llm`]), about 340 KiB in all, so at most ~190 MiB with every group an LLM route. [`Aggregator::footprint_bytes`] reports the current figure.
 use std::{collections::BTreeMap, fmt};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::llm::{TextGroup, TextObservation, TextStats};
 use crate::compare::verdict::Verdict;
 
 /// z for a two-sided 95% interval.
@@ -155,6 +157,8 @@ pub struct Observation {
     pub label_flips: Option<u64>,
     pub max_abs_error: Option<f64>,
     pub mean_abs_error: Option<f64>,
+    /// Generated text (OpenAI-compatible answers) and streaming figures.
+    pub text: TextObservation,
 }
 
 /// The value at a dotted path; JSON `null` counts as absent.
@@ -191,7 +195,7 @@ fn opt_status(record: &Value, path: &'static str) -> Result<Option<u16>, RecordE
     }
 }
 
-fn opt_measure(record: &Value, path: &'static str) -> Result<Option<f64>, RecordError> {
+pub(super) fn opt_measure(record: &Value, path: &'static str) -> Result<Option<f64>, RecordError> {
     match field(record, path) {
         None => Ok(None),
         Some(value) => value.as_f64().filter(|x| x.is_finite() && *x >= 0.0).map(Some).ok_or_else(|| {
@@ -266,6 +270,7 @@ impl Observation {
             label_flips: opt_u64(record, "metrics.label_flips")?,
             max_abs_error: opt_measure(record, "metrics.max_abs_error")?,
             mean_abs_error: opt_measure(record, "metrics.mean_abs_error")?,
+            text: TextObservation::from_record(record)?,
         })
     }
 }
@@ -286,16 +291,16 @@ fn rank(q: f64, n: u64) -> u64 {
 
 /// Non-negative latencies in µs, fixed size.
 #[derive(Clone, Debug)]
-struct LatencyHistogram(Histogram<u64>);
+pub(super) struct LatencyHistogram(Histogram<u64>);
 
 impl LatencyHistogram {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self(
             Histogram::new_with_bounds(1, MAX_LATENCY_US, LATENCY_SIGFIG).expect("constant bounds are valid"),
         )
     }
 
-    fn record_us(&mut self, us: u64) {
+    pub(super) fn record_us(&mut self, us: u64) {
         self.0.saturating_record(us.min(MAX_LATENCY_US));
     }
 
@@ -315,12 +320,12 @@ impl LatencyHistogram {
         None
     }
 
-    fn bytes(&self) -> usize {
+    pub(super) fn bytes(&self) -> usize {
         self.0.distinct_values() * size_of::<u64>()
     }
 }
 
-fn ms_to_us(ms: f64) -> u64 {
+pub(super) fn ms_to_us(ms: f64) -> u64 {
     // Saturating float-to-int conversion; callers pass finite values.
     (ms * 1_000.0).round().abs() as u64
 }
@@ -341,17 +346,17 @@ pub struct Quantiles {
 
 /// Latencies that may be negative (paired differences): one histogram per sign.
 #[derive(Clone, Debug)]
-struct SignedHistogram {
+pub(super) struct SignedHistogram {
     negative: LatencyHistogram,
     non_negative: LatencyHistogram,
 }
 
 impl SignedHistogram {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self { negative: LatencyHistogram::new(), non_negative: LatencyHistogram::new() }
     }
 
-    fn record_ms(&mut self, ms: f64) {
+    pub(super) fn record_ms(&mut self, ms: f64) {
         if ms < 0.0 {
             self.negative.record_us(ms_to_us(ms));
         } else {
@@ -374,7 +379,7 @@ impl SignedHistogram {
         }
     }
 
-    fn quantiles(&self) -> Option<Quantiles> {
+    pub(super) fn quantiles(&self) -> Option<Quantiles> {
         let n = self.count();
         if n == 0 {
             return None;
@@ -383,13 +388,13 @@ impl SignedHistogram {
         Some(Quantiles { count: n, p50: at(0.5)?, p95: at(0.95)?, p99: at(0.99)? })
     }
 
-    fn bytes(&self) -> usize {
+    pub(super) fn bytes(&self) -> usize {
         self.negative.bytes() + self.non_negative.bytes()
     }
 }
 
 impl LatencyHistogram {
-    fn quantiles(&self) -> Option<Quantiles> {
+    pub(super) fn quantiles(&self) -> Option<Quantiles> {
         let n = self.count();
         if n == 0 {
             return None;
@@ -417,6 +422,8 @@ struct Group {
     difference: SignedHistogram,
     production_errors: u64,
     shadow_failures: u64,
+    /// Allocated at the first observation with generated text (nine more histograms).
+    text: Option<Box<TextGroup>>,
 }
 
 impl Group {
@@ -437,6 +444,7 @@ impl Group {
             difference: SignedHistogram::new(),
             production_errors: 0,
             shadow_failures: 0,
+            text: None,
         }
     }
 
@@ -474,6 +482,9 @@ impl Group {
             self.mean_abs_error_sum += mean;
             self.mean_abs_error_count += 1;
         }
+        if o.text != TextObservation::default() {
+            self.text.get_or_insert_with(|| Box::new(TextGroup::new())).add(&o.text);
+        }
         self.production_latency.record_us(ms_to_us(o.production_latency_ms));
         if let Some(shadow) = o.shadow_latency_ms {
             self.shadow_latency.record_us(ms_to_us(shadow));
@@ -498,6 +509,7 @@ impl Group {
             + self.production_latency.bytes()
             + self.shadow_latency.bytes()
             + self.difference.bytes()
+            + self.text.as_ref().map_or(0, |t| t.bytes())
             + self.reasons.keys().map(|k| k.len() + size_of::<(String, u64)>()).sum::<usize>()
     }
 
@@ -543,6 +555,7 @@ impl Group {
             production_error_rate,
             shadow_failure_rate,
             error_rate_increase: shadow_failure_rate.zip(production_error_rate).map(|(s, p)| s - p),
+            text: self.text.as_ref().and_then(|t| t.stats()),
         }
     }
 }
@@ -596,6 +609,9 @@ pub struct Stats {
     pub shadow_failure_rate: Option<f64>,
     /// shadow_failure_rate − production_error_rate.
     pub error_rate_increase: Option<f64>,
+    /// Generated text and streaming figures, for groups with OpenAI-compatible answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextStats>,
 }
 
 /// One route of one shadow.
@@ -765,6 +781,36 @@ fn fit(text: &str, width: usize) -> String {
     }
 }
 
+/// The generated-text lines of a shadow's summary.
+fn write_text(f: &mut fmt::Formatter<'_>, t: &TextStats) -> fmt::Result {
+    match t.exact_match {
+        Some(e) => write!(
+            f,
+            "  text        exact {:.3} (95% CI {:.3}–{:.3}) over {}",
+            e.rate, e.low, e.high, e.trials
+        )?,
+        None => write!(f, "  text        exact n/a")?,
+    }
+    match t.similarity {
+        Some(s) => writeln!(f, "   similarity mean {:.3} p10 {:.2} p50 {:.2}", s.mean, s.p10, s.p50)?,
+        None => writeln!(f)?,
+    }
+    for (name, figure) in [("ttft", &t.ttft_ms), ("tpot", &t.tpot_ms), ("itl", &t.itl_ms)] {
+        if figure.production.is_none() && figure.shadow.is_none() {
+            continue;
+        }
+        let ratio = figure.p99_ratio.map_or(String::new(), |r| format!("   (p99 ratio {r:.2})"));
+        writeln!(
+            f,
+            "  {name:<4} ms     production  {}\n              shadow      {}{ratio}\n              difference  {}",
+            quantiles_line(figure.production, false),
+            quantiles_line(figure.shadow, false),
+            quantiles_line(figure.difference, true),
+        )?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for ShadowSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.stats;
@@ -812,6 +858,9 @@ impl fmt::Display for ShadowSummary {
             "              difference  {}   (shadow − production, paired)",
             quantiles_line(s.latency_difference_ms, true)
         )?;
+        if let Some(t) = &s.text {
+            write_text(f, t)?;
+        }
         writeln!(
             f,
             "  errors      shadow {}  timeouts {}  production errors {}  increase {}",
@@ -895,6 +944,7 @@ mod tests {
             label_flips: Some(0),
             max_abs_error: Some(0.001),
             mean_abs_error: Some(0.0005),
+            text: Default::default(),
         }
     }
 

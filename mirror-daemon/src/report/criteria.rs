@@ -259,6 +259,7 @@ mod tests {
             label_flips: None,
             max_abs_error: None,
             mean_abs_error: None,
+            text: Default::default(),
         }
     }
 
