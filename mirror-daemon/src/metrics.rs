@@ -37,6 +37,15 @@ pub struct ShadowRouteLabels {
     pub route: String,
 }
 
+/// Comparisons of generated text, by whether every choice's text was equal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TextLabels {
+    pub model_id: String,
+    pub route: String,
+    /// `true` or `false`.
+    pub exact: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
@@ -77,6 +86,14 @@ pub struct Metrics {
     pub production_latency: Family<RouteLabels, Histogram>,
     /// Shadow latency as measured by the replay client.
     pub shadow_latency: Family<ShadowRouteLabels, Histogram>,
+    /// Streamed answers: production's time to first token (from the wire) and time per output
+    /// token, by route; the shadow's, by shadow and route.
+    pub production_ttft: Family<RouteLabels, Histogram>,
+    pub shadow_ttft: Family<ShadowRouteLabels, Histogram>,
+    pub production_tpot: Family<RouteLabels, Histogram>,
+    pub shadow_tpot: Family<ShadowRouteLabels, Histogram>,
+    /// Comparisons of generated text, exact or not.
+    pub text_comparisons: Family<TextLabels, Counter>,
     /// Prediction rows compared and label flips among them.
     pub prediction_rows: Family<ShadowRouteLabels, Counter>,
     pub label_flips: Family<ShadowRouteLabels, Counter>,
@@ -110,6 +127,14 @@ impl Metrics {
             Family::<ShadowRouteLabels, Histogram>::new_with_constructor(
                 || Histogram::new(latency_buckets()),
             );
+        let route_histograms =
+            || Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let shadow_histograms = || {
+            Family::<ShadowRouteLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()))
+        };
+        let (production_ttft, shadow_ttft) = (route_histograms(), shadow_histograms());
+        let (production_tpot, shadow_tpot) = (route_histograms(), shadow_histograms());
+        let text_comparisons = Family::<TextLabels, Counter>::default();
         let prediction_rows = Family::<ShadowRouteLabels, Counter>::default();
         let label_flips = Family::<ShadowRouteLabels, Counter>::default();
         let drops = Family::<ReasonLabels, Counter>::default();
@@ -129,6 +154,31 @@ impl Metrics {
             "shadow_latency_seconds",
             "Shadow latency as measured by the replay client",
             shadow_latency.clone(),
+        );
+        registry.register(
+            "production_ttft_seconds",
+            "Streamed answers: first content event minus request last byte, from the wire",
+            production_ttft.clone(),
+        );
+        registry.register(
+            "shadow_ttft_seconds",
+            "Streamed answers: the shadow's time to first token, measured by the replay client",
+            shadow_ttft.clone(),
+        );
+        registry.register(
+            "production_tpot_seconds",
+            "Streamed answers: production's time per output token after the first",
+            production_tpot.clone(),
+        );
+        registry.register(
+            "shadow_tpot_seconds",
+            "Streamed answers: the shadow's time per output token after the first",
+            shadow_tpot.clone(),
+        );
+        registry.register(
+            "text_comparisons",
+            "Comparisons of generated text, by whether every choice's text was equal",
+            text_comparisons.clone(),
         );
         registry.register("prediction_rows", "Prediction rows compared", prediction_rows.clone());
         registry.register("label_flips", "Prediction rows whose label differs", label_flips.clone());
@@ -161,6 +211,11 @@ impl Metrics {
             not_compared,
             production_latency,
             shadow_latency,
+            production_ttft,
+            shadow_ttft,
+            production_tpot,
+            shadow_tpot,
+            text_comparisons,
             prediction_rows,
             label_flips,
             drops,

@@ -28,7 +28,10 @@ use crate::{
     drops::{DispatchDrops, KernelDrops, Losses, Stage},
     exchange::{Assembled, Exchange, ReadyRequest},
     kernel::Counters,
-    metrics::{ComparisonLabels, Metrics, ReasonLabels, RouteLabels, ShadowReasonLabels, ShadowRouteLabels},
+    metrics::{
+        ComparisonLabels, Metrics, ReasonLabels, RouteLabels, ShadowReasonLabels, ShadowRouteLabels,
+        TextLabels,
+    },
     replay::{
         client::{ClientLimits, Done, Job, ShadowClient},
         join::{
@@ -599,6 +602,15 @@ impl Reporter {
             trailers: &exchange.response.trailers,
         };
         let route_label = self.metrics.route_label(&route);
+        if let Some(stream) = &record.production.stream {
+            let labels = RouteLabels { route: route_label.clone() };
+            if let Some(ttft) = stream.ttft_ms {
+                self.metrics.production_ttft.get_or_create(&labels).observe(ttft / 1e3);
+            }
+            if let Some(tpot) = stream.tpot_ms {
+                self.metrics.production_tpot.get_or_create(&labels).observe(tpot / 1e3);
+            }
+        }
         for (index, result) in complete.results.iter().enumerate() {
             let Some(shadow) = shadows.get(index).cloned() else { continue };
             let model_id = shadow.model.model_id.clone();
@@ -629,6 +641,8 @@ impl Reporter {
                 shadow_record,
                 &comparison,
             );
+            let shadow_ttft_ms = compared.shadow.stream.as_ref().and_then(|s| s.ttft_ms);
+            let shadow_tpot_ms = compared.shadow.stream.as_ref().and_then(|s| s.tpot_ms);
             // Written from the record itself: a `serde_json::Value` would round numbers in diffs.
             self.write(&compared)?;
             let value = serde_json::to_value(&compared)?;
@@ -646,6 +660,20 @@ impl Reporter {
                 .inc();
             if let Some(latency_ns) = result.latency_ns() {
                 self.metrics.shadow_latency.get_or_create(&labels).observe(latency_ns as f64 / 1e9);
+            }
+            if let Some(ttft) = shadow_ttft_ms {
+                self.metrics.shadow_ttft.get_or_create(&labels).observe(ttft / 1e3);
+            }
+            if let Some(tpot) = shadow_tpot_ms {
+                self.metrics.shadow_tpot.get_or_create(&labels).observe(tpot / 1e3);
+            }
+            if let Some(equal) = comparison.metrics.text_equal {
+                let labels = TextLabels {
+                    model_id: model_id.clone(),
+                    route: route_label.clone(),
+                    exact: equal.to_string(),
+                };
+                self.metrics.text_comparisons.get_or_create(&labels).inc();
             }
             self.metrics.prediction_rows.get_or_create(&labels).inc_by(comparison.metrics.rows);
             self.metrics.label_flips.get_or_create(&labels).inc_by(comparison.metrics.label_flips);
@@ -676,6 +704,10 @@ impl Reporter {
                         diff_count = comparison.diff_count,
                         first_diff,
                         label_flips = comparison.metrics.label_flips,
+                        text_equal = comparison.metrics.text_equal,
+                        similarity = comparison.metrics.similarity,
+                        prod_ttft_ms = record.production.stream.as_ref().and_then(|s| s.ttft_ms),
+                        shadow_ttft_ms,
                         note = comparison.note.as_deref().unwrap_or_default(),
                         "comparison"
                     )
