@@ -59,6 +59,15 @@ pub struct CriteriaArgs {
     /// Largest acceptable increase of the error rate (0.01 = one percentage point).
     #[arg(long, default_value_t = mirror_daemon::report::criteria::DEFAULT_MAX_ERROR_RATE_INCREASE)]
     pub max_error_rate_increase: f64,
+    /// Streamed answers: largest acceptable shadow p99 time to first token / production's.
+    #[arg(long, default_value_t = mirror_daemon::report::criteria::DEFAULT_MAX_STREAM_P99_RATIO)]
+    pub max_ttft_p99_ratio: f64,
+    /// Streamed answers: largest acceptable shadow p99 time per output token / production's.
+    #[arg(long, default_value_t = mirror_daemon::report::criteria::DEFAULT_MAX_STREAM_P99_RATIO)]
+    pub max_tpot_p99_ratio: f64,
+    /// Generated text: exact-match share the 95% interval's lower bound must reach (0 = not judged).
+    #[arg(long, default_value_t = mirror_daemon::report::criteria::DEFAULT_MIN_EXACT_MATCH)]
+    pub min_exact_match: f64,
 }
 
 impl CriteriaArgs {
@@ -69,6 +78,9 @@ impl CriteriaArgs {
             min_agreement: self.min_agreement,
             max_p99_latency_ratio: self.max_p99_latency_ratio,
             max_error_rate_increase: self.max_error_rate_increase,
+            max_ttft_p99_ratio: self.max_ttft_p99_ratio,
+            max_tpot_p99_ratio: self.max_tpot_p99_ratio,
+            min_exact_match: self.min_exact_match,
         }
     }
 

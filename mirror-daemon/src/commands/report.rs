@@ -300,8 +300,8 @@ fn text(
 mod tests {
     use super::*;
     use mirror_daemon::report::criteria::{
-        DEFAULT_MAX_ERROR_RATE_INCREASE, DEFAULT_MAX_P99_LATENCY_RATIO, DEFAULT_MIN_AGREEMENT,
-        DEFAULT_MIN_SAMPLES,
+        DEFAULT_MAX_ERROR_RATE_INCREASE, DEFAULT_MAX_P99_LATENCY_RATIO, DEFAULT_MAX_STREAM_P99_RATIO,
+        DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_EXACT_MATCH, DEFAULT_MIN_SAMPLES,
     };
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -353,6 +353,9 @@ mod tests {
                 min_agreement: DEFAULT_MIN_AGREEMENT,
                 max_p99_latency_ratio: DEFAULT_MAX_P99_LATENCY_RATIO,
                 max_error_rate_increase: DEFAULT_MAX_ERROR_RATE_INCREASE,
+                max_ttft_p99_ratio: DEFAULT_MAX_STREAM_P99_RATIO,
+                max_tpot_p99_ratio: DEFAULT_MAX_STREAM_P99_RATIO,
+                min_exact_match: DEFAULT_MIN_EXACT_MATCH,
             },
             shadow: None,
             json: false,

@@ -413,6 +413,9 @@ impl Invocation {
                 "min_agreement": args.criteria.min_agreement => Some(criteria.min_agreement);
                 "max_p99_latency_ratio": args.criteria.max_p99_latency_ratio => Some(criteria.max_p99_latency_ratio);
                 "max_error_rate_increase": args.criteria.max_error_rate_increase => Some(criteria.max_error_rate_increase);
+                "max_ttft_p99_ratio": args.criteria.max_ttft_p99_ratio => Some(criteria.max_ttft_p99_ratio);
+                "max_tpot_p99_ratio": args.criteria.max_tpot_p99_ratio => Some(criteria.max_tpot_p99_ratio);
+                "min_exact_match": args.criteria.min_exact_match => Some(criteria.min_exact_match);
             }
         }
         let base = file.compare.clone().unwrap_or_default();

@@ -20,6 +20,11 @@ pub const DEFAULT_MIN_AGREEMENT: f64 = 0.95;
 pub const DEFAULT_MAX_P99_LATENCY_RATIO: f64 = 1.5;
 /// Default [`Criteria::max_error_rate_increase`].
 pub const DEFAULT_MAX_ERROR_RATE_INCREASE: f64 = 0.01;
+/// Default [`Criteria::max_ttft_p99_ratio`] and [`Criteria::max_tpot_p99_ratio`].
+pub const DEFAULT_MAX_STREAM_P99_RATIO: f64 = 1.5;
+/// Default [`Criteria::min_exact_match`]: not judged (agreement already counts a changed text as
+/// a mismatch; this sets a separate bar for text alone).
+pub const DEFAULT_MIN_EXACT_MATCH: f64 = 0.0;
 
 /// What a candidate must show before it is promoted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +38,13 @@ pub struct Criteria {
     pub max_p99_latency_ratio: f64,
     /// Largest acceptable shadow failure rate − production error rate (a fraction, 0.01 = 1 point).
     pub max_error_rate_increase: f64,
+    /// Streamed answers: largest acceptable shadow p99 time to first token / production's.
+    pub max_ttft_p99_ratio: f64,
+    /// Streamed answers: largest acceptable shadow p99 time per output token / production's.
+    pub max_tpot_p99_ratio: f64,
+    /// Generated text: the share of comparisons with every choice's text equal that the 95%
+    /// interval's lower bound must reach (0 = not judged).
+    pub min_exact_match: f64,
 }
 
 impl Default for Criteria {
@@ -42,6 +54,9 @@ impl Default for Criteria {
             min_agreement: DEFAULT_MIN_AGREEMENT,
             max_p99_latency_ratio: DEFAULT_MAX_P99_LATENCY_RATIO,
             max_error_rate_increase: DEFAULT_MAX_ERROR_RATE_INCREASE,
+            max_ttft_p99_ratio: DEFAULT_MAX_STREAM_P99_RATIO,
+            max_tpot_p99_ratio: DEFAULT_MAX_STREAM_P99_RATIO,
+            min_exact_match: DEFAULT_MIN_EXACT_MATCH,
         }
     }
 }
@@ -78,6 +93,22 @@ impl Criteria {
             self.max_error_rate_increase,
             (-1.0..=1.0).contains(&self.max_error_rate_increase),
             "it must be a fraction between -1 and 1 (0.01 = one percentage point)",
+        )?;
+        for (field, value) in
+            [("max_ttft_p99_ratio", self.max_ttft_p99_ratio), ("max_tpot_p99_ratio", self.max_tpot_p99_ratio)]
+        {
+            check(
+                field,
+                value,
+                value.is_finite() && value > 0.0,
+                "it must be a positive ratio (1.5 = the shadow's p99 may be 50% higher)",
+            )?;
+        }
+        check(
+            "min_exact_match",
+            self.min_exact_match,
+            (0.0..=1.0).contains(&self.min_exact_match),
+            "it must be a fraction between 0 and 1 (0.9 = 90%; 0 = not judged)",
         )
     }
 }
@@ -204,6 +235,39 @@ pub fn evaluate(shadow: &ShadowSummary, criteria: &Criteria) -> Decision {
         }
     }
 
+    if let Some(text) = &s.text {
+        let min = criteria.min_exact_match;
+        match text.exact_match {
+            Some(e) if min > 0.0 => {
+                let interval = format!("exact text match {:.3} (95% CI {:.3}–{:.3})", e.rate, e.low, e.high);
+                if e.high < min {
+                    rejects.push(format!("{interval} is below {min}: even the upper bound misses it"));
+                } else if e.low >= min {
+                    passes.push(format!("{interval} is at least {min} with 95% confidence"));
+                } else {
+                    holds.push(format!("{interval} straddles {min}: not yet confident"));
+                }
+            }
+            _ => {}
+        }
+        for (what, figure, max) in [
+            ("time to first token", &text.ttft_ms, criteria.max_ttft_p99_ratio),
+            ("time per output token", &text.tpot_ms, criteria.max_tpot_p99_ratio),
+        ] {
+            let Some(ratio) = figure.p99_ratio else { continue };
+            let text = format!(
+                "shadow p99 {what} {} ms is {ratio:.2}× production's {} ms",
+                p99(figure.shadow),
+                p99(figure.production)
+            );
+            if ratio > max {
+                rejects.push(format!("{text}, above the maximum of {max}×"));
+            } else {
+                passes.push(format!("{text}, within the maximum of {max}×"));
+            }
+        }
+    }
+
     if !rejects.is_empty() {
         Decision { verdict: Promotion::Reject, reasons: rejects }
     } else if !holds.is_empty() {
@@ -261,6 +325,43 @@ mod tests {
             mean_abs_error: None,
             text: Default::default(),
         }
+    }
+
+    /// `n` matching streamed comparisons with the given TTFTs, `exact` of them with equal text.
+    fn streams(n: u64, exact: u64, prod_ttft: f64, shadow_ttft: f64) -> ShadowSummary {
+        use crate::report::llm::{StreamTimes, TextObservation};
+        let mut agg = Aggregator::default();
+        for i in 0..n {
+            let mut o = shadow_observation();
+            let times =
+                |ttft| Some(StreamTimes { ttft_ms: Some(ttft), tpot_ms: Some(5.0), itl_p50_ms: Some(5.0) });
+            o.text = TextObservation {
+                text_equal: Some(i < exact),
+                similarity: Some(1.0),
+                production: times(prod_ttft),
+                shadow: times(shadow_ttft),
+            };
+            agg.add(&o);
+        }
+        agg.summary().shadows.remove(0)
+    }
+
+    #[test]
+    fn streamed_answers_are_judged_by_ttft_tpot_and_exact_text() {
+        let criteria = Criteria::default();
+        let ok = evaluate(&streams(200, 200, 100.0, 120.0), &criteria);
+        assert_eq!(ok.verdict, Promotion::Promote, "{:?}", ok.reasons);
+        assert!(ok.reasons.iter().any(|r| r.contains("time to first token")), "{:?}", ok.reasons);
+        let slow = evaluate(&streams(200, 200, 100.0, 200.0), &criteria);
+        assert_eq!(slow.verdict, Promotion::Reject);
+        assert!(slow.reasons[0].contains("p99 time to first token"), "{:?}", slow.reasons);
+        let strict = Criteria { min_exact_match: 0.9, ..Criteria::default() };
+        assert_eq!(evaluate(&streams(200, 200, 100.0, 100.0), &strict).verdict, Promotion::Promote);
+        let few = evaluate(&streams(200, 150, 100.0, 100.0), &strict);
+        assert_eq!(few.verdict, Promotion::Reject);
+        assert!(few.reasons.iter().any(|r| r.starts_with("exact text match 0.750")), "{:?}", few.reasons);
+        assert!(Criteria { max_ttft_p99_ratio: 0.0, ..Criteria::default() }.validate().is_err());
+        assert!(Criteria { min_exact_match: 1.5, ..Criteria::default() }.validate().is_err());
     }
 
     fn decide(s: &ShadowSummary) -> Decision {
