@@ -186,7 +186,7 @@ impl<'a> Prometheus<'a> {
         }
     }
 
-    /// An instant query at `time` (Unix seconds): the result vector as (labels, timestamp, value).
+    /// An instant query at `time` (Unix seconds): the result vector.
     fn query(&self, promql: &str, time: f64) -> Vec<Sample> {
         let body = self
             .get("/api/v1/query", &[("query", promql.to_string()), ("time", format!("{time:.3}"))])
@@ -205,7 +205,6 @@ impl<'a> Prometheus<'a> {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                     .collect(),
-                time: s["value"][0].as_f64().expect("timestamp"),
                 value: s["value"][1].as_str().expect("value").parse().expect("a number"),
             })
             .collect()
@@ -233,7 +232,6 @@ impl Drop for Prometheus<'_> {
 #[derive(Debug, Clone)]
 struct Sample {
     labels: BTreeMap<String, String>,
-    time: f64,
     value: f64,
 }
 
@@ -765,11 +763,17 @@ fn readme_queries_match_report_on_a_real_prometheus() {
             let name = rule["name"].as_str().expect("name");
             let series = prometheus.query(name, at);
             assert!(!series.is_empty(), "{name} recorded nothing");
+            // An instant query answers with its own time; `timestamp()` gives the evaluation's.
+            let stamps = prometheus.query(&format!("timestamp({name})"), at);
+            let matches = |a: &Sample, b: &Sample| {
+                a.labels.iter().all(|(k, v)| k == "__name__" || b.labels.get(k) == Some(v))
+            };
             for s in series {
-                let direct = prometheus.query(rule["query"].as_str().expect("query"), s.time);
+                let stamp = stamps.iter().find(|t| matches(&s, t)).expect("a timestamp per series").value;
+                let direct = prometheus.query(rule["query"].as_str().expect("query"), stamp);
                 let same = direct
                     .iter()
-                    .find(|d| s.labels.iter().all(|(k, v)| k == "__name__" || d.labels.get(k) == Some(v)))
+                    .find(|d| matches(&s, d))
                     .unwrap_or_else(|| panic!("{name}: {:?} not in {direct:?}", s.labels));
                 assert!(
                     (same.value - s.value).abs() <= 1e-9 * s.value.abs(),
