@@ -130,7 +130,7 @@ fn over_totals(promql: &str) -> String {
 /// A Prometheus server of our own in `ns`, killed (and its storage removed) on drop.
 struct Prometheus<'a> {
     ns: &'a Netns,
-    _process: ChildGuard,
+    process: Option<ChildGuard>,
     storage: PathBuf,
 }
 
@@ -161,7 +161,7 @@ impl<'a> Prometheus<'a> {
                 .spawn()
                 .expect("start prometheus (apt-get install prometheus, or cargo xtask setup)"),
         );
-        let prometheus = Self { ns, _process: process, storage };
+        let prometheus = Self { ns, process: Some(process), storage };
         let deadline = Instant::now() + Duration::from_secs(30);
         while prometheus.get("/-/ready", &[]).is_err() {
             assert!(Instant::now() < deadline, "prometheus did not become ready in 30 s");
@@ -224,7 +224,8 @@ impl<'a> Prometheus<'a> {
 
 impl Drop for Prometheus<'_> {
     fn drop(&mut self) {
-        // The process is killed by its guard (dropped after this); the storage goes with it.
+        // Killed (and waited for) first, then its storage goes.
+        self.process = None;
         let _ = std::fs::remove_dir_all(&self.storage);
     }
 }
@@ -523,6 +524,7 @@ fn the_recording_rules_are_the_readme_queries() {
         ("shadow p99 latency", "model_id:mirror_shadow_latency_seconds:p99_rate10m"),
         ("production p99 latency", "mirror_production_latency_seconds:p99_rate10m"),
     ] {
+        assert!(recorded.contains_key(record), "no rule records {record}: {recorded:?}");
         assert_eq!(readme.get(key), recorded.get(record), "README `{key}` and rule {record} differ");
     }
     assert!(recorded.contains_key("model_id:mirror_p99_latency:ratio_rate10m"), "{recorded:?}");
