@@ -1,9 +1,8 @@
 //! Prometheus metrics, served over HTTP (127.0.0.1:9464 by default) for scraping.
 //!
 //! Everything is a counter or a histogram labelled by shadow model and route, so that the
-//! cluster-wide picture is a `sum by` away: agreement is
-//! `sum(rate(mirror_comparisons_total{verdict=~"match|within_tolerance"}[5m])) /
-//!  sum(rate(mirror_comparisons_total{verdict=~"match|within_tolerance|mismatch"}[5m]))`.
+//! cluster-wide picture is a `sum by` away (the README's Metrics section has the queries, which
+//! `tests/tests/prometheus.rs` runs on a real Prometheus).
 //! Routes are capped (see [`MAX_ROUTES`]) so that a path with ids in it cannot explode the series.
 use std::{
     collections::HashSet,

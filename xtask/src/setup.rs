@@ -3,7 +3,7 @@
 //! Debian provides a rustc (1.96) with a prebuilt `core` for `bpfel-unknown-none`
 //! (`libstd-rust-web-dev-bpf`), so no nightly `-Z build-std` is needed; bpf-linker is built from
 //! crates.io against Debian's LLVM 22. Test and benchmark tools (tcpdump, wrk, curl, nghttp2's
-//! tools incl. h2load, python3) come from Debian too; the Python gRPC stack of the tests is a pinned
+//! tools incl. h2load, python3, prometheus and promtool) come from Debian too; the Python gRPC stack of the tests is a pinned
 //! virtualenv (`mirror_tests::python`).
 use std::{path::PathBuf, process::Command};
 
@@ -36,6 +36,10 @@ pub const PACKAGES: &[&str] = &[
     "util-linux",
     // systemd-journald, journalctl and systemd-analyze for the logging and unit tests.
     "systemd",
+    // The cluster-view test scrapes two daemons with a real Prometheus (its own process, config and
+    // storage in a temp dir: the packaged service is never used) and checks the recording rules
+    // in deploy/prometheus/ with promtool.
+    "prometheus",
 ];
 
 /// cargo-fuzz, for the fuzz run in `cargo xtask test` (with the machine's nightly toolchain).
