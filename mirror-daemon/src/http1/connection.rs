@@ -266,18 +266,12 @@ impl Connection {
         self.clear();
     }
 
-    /// The response being received is an event stream, not content-encoded (a compressed stream's
-    /// events cannot be read before its end).
+    /// The response being received is an event stream whose events can be read before its end.
     fn event_stream_in_progress(&self) -> bool {
-        self.pending.iter().find(|p| p.response.is_some() && !p.response_done).is_some_and(|p| {
-            p.response.as_ref().is_some_and(|r| {
-                sse::is_event_stream(&r.headers)
-                    && !r.headers.iter().any(|h| {
-                        h.name.eq_ignore_ascii_case("content-encoding")
-                            && !h.value.eq_ignore_ascii_case(b"identity")
-                    })
-            })
-        })
+        self.pending
+            .iter()
+            .find(|p| p.response.is_some() && !p.response_done)
+            .is_some_and(|p| p.response.as_ref().is_some_and(|r| sse::readable_while_open(&r.headers)))
     }
 
     pub(super) fn client_data(

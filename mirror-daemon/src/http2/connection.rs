@@ -300,7 +300,7 @@ impl Connection {
                 return self.events = events;
             }
             FlowEvent::Closed { reason, .. } => {
-                self.close(reason, drops);
+                self.close(reason, drops, out);
                 return self.events = events;
             }
             FlowEvent::Data { side, data, ts_ns, .. } => {
@@ -411,7 +411,7 @@ impl Connection {
             FrameEvent::DataGap { stream, .. } => self.drop_stream(stream, Drop::Gap, ctx.drops),
             FrameEvent::RstStream { stream, code, .. } => {
                 if self.streams.contains_key(&stream) {
-                    self.reset(stream, code, ctx.drops);
+                    self.reset(stream, code, ctx.drops, ctx.out);
                 } else {
                     self.untracked_client_stream(stream, ctx.drops);
                 }
@@ -604,7 +604,7 @@ impl Connection {
                 }
             }
             FrameEvent::DataGap { stream, .. } => self.drop_stream(stream, Drop::Gap, ctx.drops),
-            FrameEvent::RstStream { stream, code, .. } => self.reset(stream, code, ctx.drops),
+            FrameEvent::RstStream { stream, code, .. } => self.reset(stream, code, ctx.drops, ctx.out),
             FrameEvent::GoAway { last_stream, .. } => {
                 let last = self.goaway.map_or(last_stream, |g| g.min(last_stream));
                 self.goaway = Some(last);
@@ -718,13 +718,46 @@ impl Connection {
     }
 
     /// RST_STREAM from either side ends the stream; an exchange already complete was emitted.
-    fn reset(&mut self, stream: u32, code: u32, drops: &mut AssemblyDrops) {
-        self.drop_stream(stream, Drop::Reset(code), drops);
+    fn reset(&mut self, stream: u32, code: u32, drops: &mut AssemblyDrops, out: &mut Vec<Assembled>) {
+        if !self.event_stream_ended(stream, drops, out) {
+            self.drop_stream(stream, Drop::Reset(code), drops);
+        }
     }
 
-    fn close(&mut self, reason: CloseReason, drops: &mut AssemblyDrops) {
-        for stream in self.streams.values() {
-            reason.count_unfinished(stream.unfinished(), drops);
+    /// A stream cut short (reset, connection closed) whose answer is an event stream: complete when
+    /// its end event was seen — clients cancel the stream as soon as they read `[DONE]` — else
+    /// counted as cut. `false` when the stream is not such an answer.
+    fn event_stream_ended(
+        &mut self,
+        stream: u32,
+        drops: &mut AssemblyDrops,
+        out: &mut Vec<Assembled>,
+    ) -> bool {
+        let Some(s) = self.streams.get(&stream) else { return false };
+        let streaming = s.request_done
+            && !s.response_done
+            && s.response.as_ref().is_some_and(|r| crate::sse::readable_while_open(&r.headers));
+        if !streaming {
+            return false;
+        }
+        if crate::sse::ended_by_its_events(s.response_body.parts()) {
+            let last = s.response_last_ns;
+            self.finish_response(stream, last, out);
+        } else if let Some(s) = self.streams.remove(&stream) {
+            self.held -= s.held();
+            drops.sse_stream_cut += 1;
+        }
+        true
+    }
+
+    fn close(&mut self, reason: CloseReason, drops: &mut AssemblyDrops, out: &mut Vec<Assembled>) {
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            if !self.event_stream_ended(id, drops, out)
+                && let Some(stream) = self.streams.remove(&id)
+            {
+                reason.count_unfinished(stream.unfinished(), drops);
+            }
         }
         self.streams.clear();
         self.held = 0;

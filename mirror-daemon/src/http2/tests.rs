@@ -256,6 +256,34 @@ fn trailers_only_and_resets() {
 }
 
 #[test]
+fn an_event_stream_cancelled_after_its_done_event_is_complete_and_one_cut_before_is_counted() {
+    let sse = block(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    let event = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
+    let mut c = Conn::new(true);
+    start(&mut c);
+    c.client(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("/v1/chat/completions")))
+        .client(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &request_block("/v1/chat/completions")))
+        .client(&frame(HEADERS, END_HEADERS | END_STREAM, 5, &request_block("/v1/chat/completions")))
+        .server(&frame(HEADERS, END_HEADERS, 1, &sse))
+        .server(&frame(HEADERS, END_HEADERS, 3, &sse))
+        .server(&frame(HEADERS, END_HEADERS, 5, &sse))
+        .server(&frame(DATA, 0, 1, event))
+        .server(&frame(DATA, 0, 1, b"data: [DONE]\n\n"))
+        .server(&frame(DATA, 0, 3, event))
+        .server(&frame(DATA, 0, 5, event))
+        .server(&frame(DATA, 0, 5, b"data: [DONE]\n\n"))
+        // The client cancels 1 and 3 as soon as it has read what it wanted; 5 stays open.
+        .client(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+        .client(&frame(RST_STREAM, 0, 3, &8u32.to_be_bytes()))
+        .fin();
+    let (items, drops) = c.run();
+    let ex = exchanges(&items);
+    assert_eq!(ex.iter().map(|e| e.stream_id).collect::<Vec<_>>(), [Some(1), Some(5)]);
+    assert!(ex[0].response.body.ends_with(b"data: [DONE]\n\n"));
+    assert_eq!(nonzero(&drops), [("sse_stream_cut", 1)]);
+}
+
+#[test]
 fn goaway_drops_the_streams_it_did_not_process_and_close_counts_the_rest() {
     let mut c = Conn::new(true);
     start(&mut c);

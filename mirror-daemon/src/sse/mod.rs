@@ -36,6 +36,16 @@ pub fn is_event_stream(headers: &[Header]) -> bool {
     })
 }
 
+/// An answer whose events can be read before its body ends: an event stream, not content-encoded
+/// (a compressed stream's events cannot be read before its end).
+pub fn readable_while_open(headers: &[Header]) -> bool {
+    is_event_stream(headers)
+        && !headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("content-encoding")
+                && !h.value.trim_ascii().eq_ignore_ascii_case(b"identity")
+        })
+}
+
 /// Folds a whole event-stream body; each event is timed by the capture time of the piece that
 /// completed it (`arrivals`; without arrivals every event gets `default_ts_ns`).
 pub fn read(body: &[u8], arrivals: &Arrivals, default_ts_ns: u64) -> Result<StreamedAnswer, StreamError> {
