@@ -251,8 +251,11 @@ pub fn compare(
     if !notes.is_empty() || rules.protocol == ProtocolChoice::Bytes {
         return bytes(&prod_body.body, &shadow_body.body, notes, rules);
     }
-    let streamed =
-        [crate::sse::is_event_stream(production.headers), crate::sse::is_event_stream(shadow.headers)];
+    let asked = asks_for_stream(request, rules);
+    let streamed = [
+        is_stream(production.headers, &prod_body.body, asked),
+        is_stream(shadow.headers, &shadow_body.body, asked),
+    ];
     if streamed[0] || streamed[1] {
         return streams([&prod_body.body, &shadow_body.body], streamed, rules);
     }
@@ -338,6 +341,20 @@ fn finish(
         metrics,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
     }
+}
+
+/// The request asked for a streamed answer: `"stream": true` in its JSON body, or the rules force
+/// the OpenAI protocol.
+fn asks_for_stream(request: &RequestView<'_>, rules: &CompareRules) -> bool {
+    rules.protocol == ProtocolChoice::OpenAi
+        || json::parse(request.body).is_ok_and(|body| matches!(body.get("stream"), Some(Json::Bool(true))))
+}
+
+/// An answer is an event stream by its `Content-Type`, or, when a stream was asked for, by its
+/// first line (servers that label their event streams otherwise).
+fn is_stream(headers: &[crate::exchange::Header], body: &[u8], asked: bool) -> bool {
+    crate::sse::is_event_stream(headers)
+        || (asked && body.trim_ascii_start().starts_with(b"data:") && !crate::sse::is_json(headers))
 }
 
 /// Answers of which at least one is an event stream, compared by what they assembled.

@@ -121,3 +121,22 @@ fn gzip_streams_errors_and_undecodable_streams() {
     assert_eq!(c.protocol, Protocol::Bytes, "{c:?}");
     assert_eq!(c.verdict, Verdict::Match);
 }
+
+#[test]
+fn a_stream_is_recognised_without_its_content_type_when_the_request_asked_for_one() {
+    let body = chat_stream(1, &["Hi"], "stop", None);
+    let plain =
+        json!({"choices": [{"index": 0, "message": {"content": "Hi"}, "finish_reason": "stop"}]}).to_string();
+    let run_with = |request: &[u8], rules: &CompareRules| {
+        let request = RequestView { method: "POST", path: "/generate", headers: &[], body: request };
+        let production = Message { status: 200, headers: &[], body: &body, trailers: &[] };
+        let shadow = Message { status: 200, headers: &[], body: plain.as_bytes(), trailers: &[] };
+        compare(&request, &production, &ShadowOutcome::Answered(shadow), rules, builtin()).verdict
+    };
+    let rules = CompareRules::default();
+    assert_eq!(run_with(br#"{"stream": true, "messages": []}"#, &rules), Verdict::Match);
+    // Not asked for: the bodies are what they are (not JSON on one side: bytes).
+    assert_eq!(run_with(br#"{"messages": []}"#, &rules), Verdict::Mismatch);
+    let forced = CompareRules { protocol: ProtocolChoice::OpenAi, ..CompareRules::default() };
+    assert_eq!(run_with(br#"{"messages": []}"#, &forced), Verdict::Match);
+}

@@ -36,6 +36,17 @@ pub fn is_event_stream(headers: &[Header]) -> bool {
     })
 }
 
+/// The answer says it is JSON (`application/json`, `+json`): never read as an event stream.
+pub fn is_json(headers: &[Header]) -> bool {
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("content-type") && {
+            let t =
+                h.value.split(|&b| b == b';').next().unwrap_or_default().trim_ascii().to_ascii_lowercase();
+            t == b"application/json" || t.ends_with(b"+json")
+        }
+    })
+}
+
 /// An answer whose events can be read before its body ends: an event stream, not content-encoded
 /// (a compressed stream's events cannot be read before its end).
 pub fn readable_while_open(headers: &[Header]) -> bool {
