@@ -59,8 +59,11 @@ pub fn matches(pattern: &str, name: &str) -> bool {
     p[i..].iter().all(|&c| c == '*')
 }
 
+/// A name cut into text and number runs.
+type NaturalKey = Vec<(u8, u128, String)>;
+
 /// Sort key that puts `name.2` before `name.10`: digit runs compare as numbers.
-fn natural_key(name: &str) -> Vec<(u8, u128, String)> {
+fn natural_key(name: &str) -> NaturalKey {
     let mut key = Vec::new();
     let mut rest = name;
     while !rest.is_empty() {
@@ -80,7 +83,7 @@ fn natural_key(name: &str) -> Vec<(u8, u128, String)> {
 /// The visible regular files of `dir` whose name `keep` accepts, in natural order.
 fn files_in(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, SetError> {
     let list = |error| SetError::List { path: dir.to_path_buf(), error };
-    let mut files: Vec<(Vec<(u8, u128, String)>, PathBuf)> = Vec::new();
+    let mut files: Vec<(NaturalKey, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(list)? {
         let entry = entry.map_err(list)?;
         let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };

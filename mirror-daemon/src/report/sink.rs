@@ -353,7 +353,7 @@ impl RecordFile {
         }
         if self.regular && starts_new_file(self.size(), line.len() as u64, self.config.max_size) {
             self.flush(now);
-            if !self.retry_at.is_some_and(|at| now < at) {
+            if self.retry_at.is_none_or(|at| now >= at) {
                 self.rotate(now);
             }
             if self.file.is_none() {
@@ -573,6 +573,8 @@ struct Shared {
     idle: Condvar,
     drops: Arc<DropCounters>,
     queue_errors: Mutex<ErrorLog>,
+    /// Records were dropped for a full queue since the last one taken (checked without a lock).
+    queue_failing: std::sync::atomic::AtomicBool,
     target: String,
     log_every: Duration,
 }
@@ -615,6 +617,7 @@ impl RecordSink {
             idle: Condvar::new(),
             drops,
             queue_errors: Mutex::new(ErrorLog::new(log_every)),
+            queue_failing: Default::default(),
             target,
             log_every,
         });
@@ -632,6 +635,7 @@ impl RecordSink {
         if !state.queue.is_empty() && state.bytes + line.len() > QUEUE_BYTES {
             drop(state);
             self.shared.drops.add(DropReason::QueueFull, 1);
+            self.shared.queue_failing.store(true, Ordering::Relaxed);
             let mut log = self.shared.queue_errors.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(dropped) = log.failed(1, Instant::now()) {
                 tracing::error!(
@@ -651,9 +655,11 @@ impl RecordSink {
         if wake {
             self.shared.wake.notify_one();
         }
-        let mut log = self.shared.queue_errors.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(dropped) = log.succeeded() {
-            tracing::info!(record = %self.shared.target, dropped, "the record writer keeps up again");
+        if self.shared.queue_failing.swap(false, Ordering::Relaxed) {
+            let mut log = self.shared.queue_errors.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(dropped) = log.succeeded() {
+                tracing::info!(record = %self.shared.target, dropped, "the record writer keeps up again");
+            }
         }
     }
 
@@ -685,10 +691,8 @@ impl RecordSink {
     /// Records the writer could not write in time are counted as dropped at exit, and the writer
     /// thread is left behind (it ends with the process).
     pub fn close(mut self, grace: Duration) -> RecordDrops {
-        {
-            self.shared.lock().closing = true;
-            self.shared.wake.notify_one();
-        }
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
         if self.sync(grace) {
             if let Some(writer) = self.writer.take() {
                 let _ = writer.join();
@@ -708,6 +712,15 @@ impl RecordSink {
             );
         }
         self.shared.drops.get()
+    }
+}
+
+impl Drop for RecordSink {
+    /// Without [`close`](Self::close) (an early error), the writer still writes what is queued
+    /// and ends.
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
     }
 }
 
