@@ -34,7 +34,7 @@ use crate::{
         sample::RoutePattern,
         target::{ModelInfo, ShadowTarget, TargetError},
     },
-    report::criteria::Criteria,
+    report::{criteria::Criteria, sink::Compression},
 };
 
 /// Most ports (and server addresses) the kernel filter holds.
@@ -42,6 +42,12 @@ pub const MAX_PORTS: usize = 64;
 
 /// `4096`, `64KiB`, `32MiB`, `1GiB` (K/M/G also accepted).
 pub fn parse_size(text: &str) -> Result<u32, String> {
+    let n = parse_size_u64(text)?;
+    u32::try_from(n).map_err(|_| format!("`{}` is too large (at most 4GiB)", text.trim()))
+}
+
+/// [`parse_size`] without the 4 GiB limit (T/TiB accepted too).
+pub fn parse_size_u64(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
@@ -51,9 +57,22 @@ pub fn parse_size(text: &str) -> Result<u32, String> {
         "K" | "KiB" | "k" => 1 << 10,
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
         other => return Err(format!("unknown size unit `{other}`: use KiB, MiB or GiB")),
     };
-    u32::try_from(n * factor).map_err(|_| format!("`{text}` is too large (at most 4GiB)"))
+    n.checked_mul(factor).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// The record file's rotation size: a size of at least 4KiB, or `off` (never rotate, e.g. when
+/// logrotate does it).
+pub fn parse_record_max_size(text: &str) -> Result<Option<u64>, String> {
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    match parse_size_u64(text)? {
+        n if n < 4096 => Err(format!("`{text}`: rotate at 4KiB or more (e.g. 256MiB), or say off")),
+        n => Ok(Some(n)),
+    }
 }
 
 /// `10s`, `500ms`, `2m`.
@@ -195,6 +214,11 @@ pub struct LimitsSection {
 #[serde(default, deny_unknown_fields)]
 pub struct OutputSection {
     pub record: Option<PathBuf>,
+    /// `256MiB`, or `off`.
+    pub record_max_size: Option<String>,
+    pub record_keep: Option<u32>,
+    /// `gzip` or `none`.
+    pub record_compress: Option<String>,
     pub record_bodies: Option<bool>,
     pub redact_headers: Option<Vec<String>>,
     pub summary_interval: Option<String>,
@@ -235,6 +259,9 @@ pub struct FileSettings {
     pub idle_timeout: Option<Duration>,
     pub max_pending_comparisons: Option<usize>,
     pub record: Option<PathBuf>,
+    pub record_max_size: Option<Option<u64>>,
+    pub record_keep: Option<u32>,
+    pub record_compress: Option<Compression>,
     pub record_bodies: Option<bool>,
     pub redact_headers: Option<Vec<String>>,
     pub summary_interval: Option<Duration>,
@@ -686,6 +713,12 @@ impl FileConfig {
 
         let out = &self.output;
         s.record = out.record.clone();
+        s.record_max_size =
+            c.convert("output.record_max_size", out.record_max_size.as_ref(), |t| parse_record_max_size(t));
+        s.record_keep = out.record_keep;
+        s.record_compress = c.convert("output.record_compress", out.record_compress.as_ref(), |t| {
+            Compression::from_str(t, true).map_err(|_| format!("\"{t}\": use gzip or none"))
+        });
         s.record_bodies = out.record_bodies;
         s.redact_headers = out.redact_headers.clone();
         s.summary_interval = c.positive_duration("output.summary_interval", out.summary_interval.as_ref());
@@ -734,6 +767,10 @@ mod tests {
         assert!(parse_size("5GiB").is_err());
         assert!(parse_size("12 parsecs").unwrap_err().contains("unit"));
         assert!(parse_size("MiB").is_err());
+        assert_eq!(parse_size_u64("5GiB"), Ok(5 << 30));
+        assert_eq!(parse_record_max_size("off"), Ok(None));
+        assert_eq!(parse_record_max_size("256MiB"), Ok(Some(256 << 20)));
+        assert!(parse_record_max_size("100").unwrap_err().contains("4KiB"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! is a loss counted" in one file.
 //!
 //! Counts are requests (exchanges) unless the name ends in `_bytes`, `_segments`, `_connections`,
-//! `_events` or `_records`.
+//! `_events` or `_records`, or starts with `records_` (lines of the `--record` file).
 use std::fmt;
 
 /// Where in the pipeline a loss happened, in the order data flows.
@@ -222,6 +222,32 @@ counters! {
     }
 }
 
+counters! {
+    /// Records (`--record` lines) not written. The comparisons behind them were made and are in
+    /// the logs, metrics and verdict; only their line is missing. Exported as
+    /// `mirror_records_dropped_total{reason}`, the reason being the name without `records_dropped_`.
+    pub struct RecordDrops {
+        Reporting: {
+            /// The record writer fell behind (a slow disk, a stdout reader that stopped reading):
+            /// its queue was full.
+            records_dropped_queue_full,
+            /// The file system was full (ENOSPC, or a quota).
+            records_dropped_disk_full,
+            /// Any other write or open error.
+            records_dropped_write_error,
+            /// Still queued when the daemon stopped, and not written within the grace period.
+            records_dropped_at_exit,
+        }
+    }
+}
+
+impl RecordDrops {
+    /// The metric's `reason` label of a counter name (`records_dropped_disk_full` → `disk_full`).
+    pub fn reason(name: &str) -> Option<&str> {
+        name.strip_prefix("records_dropped_")
+    }
+}
+
 /// The replay loss counted per shadow: replays dropped because the shadow's queue was full.
 pub const REPLAY_QUEUE_FULL: &str = "queue_full";
 
@@ -243,6 +269,8 @@ pub struct Losses {
     pub dispatch: DispatchDrops,
     /// Per shadow (model id): replays dropped because its queue was full.
     pub replay_queue_full: Vec<(String, u64)>,
+    /// Records not written (counted by the record writer, filled in by the reporter).
+    pub records: RecordDrops,
 }
 
 impl Losses {
@@ -259,6 +287,7 @@ impl Losses {
             value: *value,
         }));
         all.extend(self.dispatch.list().into_iter().filter(|l| l.0 == Stage::Reporting).map(plain));
+        all.extend(self.records.list().into_iter().map(plain));
         all
     }
 
@@ -284,13 +313,18 @@ mod tests {
             assembly: AssemblyDrops { gap: 2, out_of_window_segments: 3, ..AssemblyDrops::default() },
             dispatch: DispatchDrops { join_full: 4, report_queue_full: 5, ..DispatchDrops::default() },
             replay_queue_full: vec![("m2".into(), 6)],
+            records: RecordDrops { records_dropped_disk_full: 7, ..RecordDrops::default() },
         };
         let list = losses.list();
         let stages: Vec<Stage> = list.iter().map(|l| l.stage).collect();
         let mut sorted = stages.clone();
         sorted.sort();
         assert_eq!(stages, sorted, "pipeline order");
-        let names = KernelDrops::NAMES.len() + AssemblyDrops::NAMES.len() + DispatchDrops::NAMES.len() + 1;
+        let names = KernelDrops::NAMES.len()
+            + AssemblyDrops::NAMES.len()
+            + DispatchDrops::NAMES.len()
+            + 1
+            + RecordDrops::NAMES.len();
         assert_eq!(list.len(), names);
         let nonzero: Vec<(&str, u64)> =
             list.iter().filter(|l| l.value > 0).map(|l| (l.reason, l.value)).collect();
@@ -302,14 +336,23 @@ mod tests {
                 ("gap", 2),
                 ("join_full", 4),
                 ("queue_full", 6),
-                ("report_queue_full", 5)
+                ("report_queue_full", 5),
+                ("records_dropped_disk_full", 7)
             ]
         );
         let pipeline: Vec<(&str, u64)> = losses.pipeline().into_iter().filter(|(_, v)| *v > 0).collect();
         assert_eq!(
             pipeline,
-            [("out_of_window_segments", 3), ("gap", 2), ("join_full", 4), ("report_queue_full", 5)]
+            [
+                ("out_of_window_segments", 3),
+                ("gap", 2),
+                ("join_full", 4),
+                ("report_queue_full", 5),
+                ("records_dropped_disk_full", 7)
+            ]
         );
+        assert_eq!(RecordDrops::reason("records_dropped_disk_full"), Some("disk_full"));
+        assert_eq!(RecordDrops::reason("report_queue_full"), None);
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct Metrics {
     pub label_flips: Family<ShadowRouteLabels, Counter>,
     /// Losses before comparison (kernel, reassembly, framing), by reason.
     pub drops: Family<ReasonLabels, Counter>,
+    /// Record lines not written (disk full, write errors, a writer that fell behind), by reason;
+    /// the comparisons themselves are counted as usual.
+    pub records_dropped: Family<ReasonLabels, Counter>,
     /// Replays in flight, by shadow.
     pub replays_in_flight: Family<ShadowRouteLabels, Gauge>,
     /// Interfaces carrying the capture programs.
@@ -137,6 +140,7 @@ impl Metrics {
         let prediction_rows = Family::<ShadowRouteLabels, Counter>::default();
         let label_flips = Family::<ShadowRouteLabels, Counter>::default();
         let drops = Family::<ReasonLabels, Counter>::default();
+        let records_dropped = Family::<ReasonLabels, Counter>::default();
         let replays_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
         let attached_interfaces = Gauge::default();
         let production_pods = Gauge::default();
@@ -183,6 +187,11 @@ impl Metrics {
         registry.register("label_flips", "Prediction rows whose label differs", label_flips.clone());
         registry.register("drops", "Data lost before comparison, by reason", drops.clone());
         registry.register(
+            "records_dropped",
+            "Record lines not written (the comparisons were made), by reason",
+            records_dropped.clone(),
+        );
+        registry.register(
             "replays_in_flight",
             "Replays waiting for a shadow answer",
             replays_in_flight.clone(),
@@ -218,6 +227,7 @@ impl Metrics {
             prediction_rows,
             label_flips,
             drops,
+            records_dropped,
             replays_in_flight,
             attached_interfaces,
             production_pods,

@@ -17,7 +17,7 @@
 //! shadows that did not change are shared between generations (same connections, same counters);
 //! an old generation is dropped once nothing waits on it any more. Each client has an id that is
 //! never reused, so a late answer from a removed shadow still finds its comparison.
-use std::{collections::BTreeMap, io::Write, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     capture::ignore::OwnConnections,
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
-    drops::{DispatchDrops, KernelDrops, Losses, Stage},
+    drops::{DispatchDrops, KernelDrops, Losses, RecordDrops, Stage},
     exchange::{Assembled, Exchange, ReadyRequest},
     kernel::Counters,
     metrics::{
@@ -45,6 +45,7 @@ use crate::{
         aggregate::{Aggregator, Observation},
         criteria::{Criteria, evaluate},
         record::{ComparisonRecord, ExchangeRecord, GrpcStatus, RecordOptions, ShadowRecord},
+        sink::{CLOSE_GRACE, RecordSink},
         summary::{ExchangeStats, nonzero},
     },
 };
@@ -446,7 +447,10 @@ pub struct Reporter {
     pub rules: RuleSet,
     pub criteria: Criteria,
     pub record: RecordOptions,
-    pub records: Option<Box<dyn Write + Send>>,
+    /// Where records go (`--record`); pushing never blocks, failures are counted there.
+    pub records: Option<RecordSink>,
+    /// The record writer's drop counts as last read (kept once the writer is closed).
+    pub record_drops: RecordDrops,
     pub metrics: Arc<Metrics>,
     pub stats: ExchangeStats,
     pub aggregator: Aggregator,
@@ -476,18 +480,15 @@ impl Reporter {
                 }
                 ReportItem::Summary(snapshot) => self.summary(&snapshot, false),
                 ReportItem::Final(snapshot, done) => {
-                    self.summary(&snapshot, true);
-                    if let Some(out) = self.records.as_mut() {
-                        out.flush().context("flush records")?;
+                    // Written (or counted) first, so that the final summary has the last counts.
+                    if let Some(sink) = self.records.take() {
+                        let closed = tokio::task::spawn_blocking(move || sink.close(CLOSE_GRACE));
+                        self.record_drops = closed.await.context("close the record file")?;
                     }
+                    self.summary(&snapshot, true);
                     let _ = done.send(());
                     return Ok(());
                 }
-            }
-            if items.is_empty()
-                && let Some(out) = self.records.as_mut()
-            {
-                out.flush().context("flush records")?;
             }
         }
         Ok(())
@@ -527,10 +528,13 @@ impl Reporter {
         }
     }
 
+    /// Hands one record line to the writer (never waits; a record not written is counted there).
     fn write(&mut self, record: &impl serde::Serialize) -> Result<()> {
-        if let Some(out) = self.records.as_mut() {
-            serde_json::to_writer(&mut *out, record).context("write record")?;
-            out.write_all(b"\n").context("write record")?;
+        if let Some(sink) = &self.records {
+            let mut line = Vec::with_capacity(1024);
+            serde_json::to_writer(&mut line, record).context("serialize a record")?;
+            line.push(b'\n');
+            sink.push(line);
         }
         Ok(())
     }
@@ -723,7 +727,16 @@ impl Reporter {
     }
 
     fn summary(&mut self, s: &Snapshot, last: bool) {
-        for loss in s.losses.list() {
+        if let Some(sink) = &self.records {
+            self.record_drops = sink.drops();
+        }
+        let losses = Losses { records: self.record_drops.clone(), ..s.losses.clone() };
+        for loss in losses.list() {
+            if let Some(reason) = RecordDrops::reason(loss.reason) {
+                let labels = ReasonLabels { reason: reason.to_string() };
+                Metrics::advance(&self.metrics.records_dropped.get_or_create(&labels), loss.value);
+                continue;
+            }
             let reason = match loss.stage {
                 Stage::Kernel => format!("kernel_{}", loss.reason),
                 // Counted per shadow as `not_compared{reason="queue_full"}`.
@@ -751,7 +764,7 @@ impl Reporter {
             buffered_bytes = s.buffered_bytes,
             undecodable_records = s.losses.kernel.undecodable_records,
             kernel = %s.kernel,
-            drops = %nonzero(s.losses.pipeline()),
+            drops = %nonzero(losses.pipeline()),
             replay = ?replay,
             "{}",
             if last { "final summary" } else { "summary" }

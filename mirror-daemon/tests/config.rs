@@ -65,6 +65,9 @@ fn yaml_and_toml_examples_mean_the_same() {
     assert_eq!(s.metrics_addr, Some(Some("127.0.0.1:9464".parse().unwrap())));
     assert_eq!(s.log_format, Some(LogFormat::Auto));
     assert_eq!(s.summary_interval, Some(Duration::from_secs(60)));
+    assert_eq!(s.record_max_size, Some(Some(256 << 20)));
+    assert_eq!(s.record_keep, Some(10));
+    assert_eq!(s.record_compress, Some(mirror_daemon::report::sink::Compression::Gzip));
 }
 
 #[test]
@@ -307,6 +310,9 @@ fn limits_and_outputs_are_validated() {
     assert_eq!(yaml("output: {metrics_addr: 'off'}").unwrap().metrics_addr, Some(None));
     assert_problem("output: {log_format: xml}", "output.log_format", &["auto, journald, json or pretty"]);
     assert_problem("output: {summary_interval: 0s}", "output.summary_interval", &["longer than 0"]);
+    assert_problem("output: {record_max_size: 1KiB}", "output.record_max_size", &["4KiB or more", "off"]);
+    assert_problem("output: {record_compress: zstd}", "output.record_compress", &["gzip or none"]);
+    assert_eq!(yaml("output: {record_max_size: 'off'}").unwrap().record_max_size, Some(None));
 }
 
 #[test]

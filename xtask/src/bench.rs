@@ -9,6 +9,9 @@
 //!   per core on gRPC traffic recorded from the `h2` crate (1 KiB and 1 MiB messages, cut into
 //!   1448 B, 16 KiB and 64 KiB segments): exchanges/s, message GB/s against the 1 GB/s target
 //!   for 1 MiB messages, and the live-heap change per exchange.
+//! - `records` (criterion, `mirror-daemon/benches/records.rs`): the record writer with rotation
+//!   on — 1 KiB records pushed as the reporter does, appended, rotated every 16 MiB, rotated files
+//!   gzip-compressed in the background (or not): records/s and MB/s sustained.
 //! - `mirror` (needs root): a client/production/shadow namespace topology under paced HTTP/1.1
 //!   inference load at increasing rates (`--rates`), 8 keep-alive client connections.
 //! - `mirror-grpc` (needs root): the same topology with gRPC: production and shadow are the
@@ -28,7 +31,7 @@
 //! and at least 95% of the asked rate achieved is the headline. Nothing is expected: every number
 //! is what was measured on this machine, whose cores client, servers and daemon share.
 //!
-//! Flags: `--which pipeline|pipeline-h2|mirror|mirror-grpc|all`, `--seconds S` (load per rate and
+//! Flags: `--which pipeline|pipeline-h2|records|mirror|mirror-grpc|all`, `--seconds S` (load per rate and
 //! mode, default 5), `--rates R,...` (HTTP/1.1 requests/s, default 250,500,1000,2000,3000),
 //! `--grpc-rates R,...` (calls/s, default the same as `--rates`), `--grpc-connections N,...`
 //! (default 1,4), `--grpc-concurrency C` (calls in flight at most, across the connections, default
@@ -63,6 +66,8 @@ pub enum Which {
     Pipeline,
     /// HTTP/2 framing + HPACK + gRPC (criterion).
     PipelineH2,
+    /// The record writer with rotation on (criterion).
+    Records,
     /// HTTP/1.1 mirroring under load (root).
     Mirror,
     /// gRPC mirroring under load (root).
@@ -132,6 +137,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.which.includes(Which::PipelineH2) {
         criterion_bench("h2_grpc")?;
+    }
+    if args.which.includes(Which::Records) {
+        criterion_bench("records")?;
     }
     let mirror_parts = [Which::Mirror, Which::MirrorGrpc];
     if mirror_parts.iter().any(|&part| args.which.includes(part)) {

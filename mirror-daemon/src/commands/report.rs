@@ -1,5 +1,6 @@
 //! `mirror-daemon report FILE.jsonl...`: is the candidate ready? Reads the comparison records that
-//! one or several nodes wrote with `--record`, prints per-shadow and per-route statistics and a
+//! one or several nodes wrote with `--record` — files, directories, patterns, rotated and gzip
+//! files alike (see `report::record_set`) — prints per-shadow and per-route statistics and a
 //! PROMOTE / HOLD / REJECT decision per shadow, and says it in the exit status so that a pipeline
 //! can gate a rollout on it:
 //!
@@ -19,9 +20,8 @@
 //! line number; the report fails only when no line at all is valid.
 
 use std::{
-    fs::File,
-    io::{self, BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    io::{self, BufRead, Write},
+    path::PathBuf,
     process::ExitCode,
 };
 
@@ -29,6 +29,7 @@ use clap::Args;
 use mirror_daemon::report::{
     aggregate::{Aggregator, Observation, RecordError, Summary},
     criteria::{Criteria, Decision, Promotion, evaluate, worst},
+    record_set::{self, Source},
 };
 use serde::Serialize;
 
@@ -42,8 +43,9 @@ const MAX_LISTED_MALFORMED: usize = 20;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
-    /// Comparison records written with `--record` (one file per node; `-` reads stdin).
-    #[arg(required = true, value_name = "FILE.jsonl")]
+    /// Comparison records written with `--record`: files (one per node, gzip ones too), directories
+    /// (every file in them) or patterns such as `records.jsonl*` (a rotated set); `-` reads stdin.
+    #[arg(required = true, value_name = "FILE.jsonl|DIR|PATTERN")]
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub criteria: CriteriaArgs,
@@ -107,8 +109,11 @@ struct ShadowDecision<'a> {
     decision: &'a Decision,
 }
 
-fn name(path: &Path) -> String {
-    if path == Path::new("-") { "stdin".into() } else { path.display().to_string() }
+fn name(source: &Source) -> String {
+    match source {
+        Source::Stdin => "stdin".into(),
+        Source::File(path) => path.display().to_string(),
+    }
 }
 
 /// Reads one file's lines into `aggregator`.
@@ -179,13 +184,14 @@ fn report(
     let mut aggregator = Aggregator::default();
     let mut malformed = Vec::new();
     let mut files = Vec::new();
-    for path in &args.files {
-        let file = name(path);
-        let counts = if path == Path::new("-") {
-            read(stdin, &file, &mut aggregator, &mut malformed)
-        } else {
-            let opened = File::open(path).map_err(|e| format!("cannot open {file}: {e}"))?;
-            read(&mut BufReader::new(opened), &file, &mut aggregator, &mut malformed)
+    for source in record_set::expand(&args.files).map_err(|e| e.to_string())? {
+        let file = name(&source);
+        let counts = match &source {
+            Source::Stdin => read(stdin, &file, &mut aggregator, &mut malformed),
+            Source::File(path) => {
+                let mut opened = record_set::open(path).map_err(|e| e.to_string())?;
+                read(&mut opened, &file, &mut aggregator, &mut malformed)
+            }
         }
         .map_err(|e| format!("cannot read {file}: {e}"))?;
         files.push(counts);
@@ -463,6 +469,71 @@ mod tests {
         assert_eq!(value["decisions"][0]["verdict"], "PROMOTE");
         assert_eq!(value["summary"]["shadows"][1]["agreement"]["trials"], 200);
         assert_eq!(value["input"][1]["comparison_records"], 250);
+    }
+
+    /// The `--json` report without its `input` part (which lists the files read).
+    fn decision_of(files: Vec<PathBuf>) -> (u8, serde_json::Value) {
+        let (code, out, err) = report_on(&ReportArgs { json: true, ..args(files) }, "");
+        assert!(code < 3, "{out}{err}");
+        let mut value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let input = value.as_object_mut().unwrap().remove("input").unwrap();
+        (
+            code,
+            serde_json::json!({"report": value, "records": input.as_array().unwrap().iter().map(|f| f["comparison_records"].as_u64().unwrap()).sum::<u64>()}),
+        )
+    }
+
+    #[test]
+    fn a_rotated_set_reports_like_one_file() {
+        use mirror_daemon::report::sink::{Compression, RecordFile, SinkConfig, Target};
+        // Varied records: two shadows, every verdict, spread latencies.
+        let verdicts = ["match", "match", "match", "within_tolerance", "mismatch", "shadow_error"];
+        let lines: Vec<String> = (0..600)
+            .map(|i| {
+                let shadow = if i % 3 == 0 { "model-v3" } else { "model-v2" };
+                record(shadow, verdicts[i % verdicts.len()], 5.0 + (i % 17) as f64, 4.0 + (i % 23) as f64)
+            })
+            .collect();
+        let one = TempFile::new(&lines);
+        let dir = std::env::temp_dir().join(format!("mirror-report-set-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Written by the daemon's own writer, rotating every ~20 KiB, gzip-compressed.
+        let config = SinkConfig {
+            target: Target::File(dir.join("node.jsonl")),
+            max_size: Some(20 << 10),
+            keep: 100,
+            compression: Compression::Gzip,
+            log_every: std::time::Duration::from_secs(10),
+        };
+        let mut writer = RecordFile::open(config, Default::default()).unwrap();
+        for line in &lines {
+            writer.append(format!("{line}\n").as_bytes(), std::time::Instant::now());
+        }
+        writer.finish(std::time::Instant::now());
+        let names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(names.len() > 4, "rotated: {names:?}");
+        assert!(names.iter().any(|n| n == "node.jsonl.2.gz"), "{names:?}");
+
+        let (code, expected) = decision_of(vec![one.0.clone()]);
+        assert_eq!(expected["records"], 600);
+        for set in [
+            vec![dir.clone()],
+            vec![dir.join("node.jsonl*")],
+            vec![dir.join("node.jsonl.?.gz"), dir.join("node.jsonl")],
+        ] {
+            let (got_code, got) = decision_of(set.clone());
+            assert_eq!((got_code, &got), (code, &expected), "{set:?}");
+        }
+        // A file named twice (a directory and a pattern) is read once; a compressed twin wins.
+        std::fs::copy(dir.join("node.jsonl.1.gz"), dir.join("node.jsonl.1")).unwrap();
+        let (_, twice) = decision_of(vec![dir.clone(), dir.join("node.jsonl")]);
+        assert_eq!(twice, expected);
+        let (code, _, err) = report_on(&args(vec![dir.join("nothing*")]), "");
+        assert_eq!(code, 3);
+        assert!(err.contains("no file matches"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

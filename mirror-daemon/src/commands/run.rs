@@ -20,16 +20,9 @@
 //! SIGHUP re-reads the file and applies what can change without re-attaching the kernel programs:
 //! shadows, sampling, routes, replay options, comparison rules, criteria and the production model's
 //! name. Capture, limits and outputs keep their running values (a WARN line lists them). An invalid
-//! file is rejected with an ERROR line and the running settings stay in force.
-use std::{
-    collections::BTreeSet,
-    fs::OpenOptions,
-    io::{BufWriter, Write},
-    net::SocketAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+//! file is rejected with an ERROR line and the running settings stay in force. SIGHUP and SIGUSR1
+//! also reopen the record file (for logrotate; see [`mirror_daemon::report::sink`]).
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -64,6 +57,7 @@ use mirror_daemon::{
     report::{
         aggregate::Aggregator,
         record::{RecordOptions, Redactor},
+        sink::{self, Compression, RecordSink, Reopener, SinkConfig, Target},
         summary::ExchangeStats,
     },
 };
@@ -97,9 +91,19 @@ pub struct RunArgs {
     #[arg(long)]
     pub resync_mid_stream: bool,
     /// Append one JSON object per exchange (per exchange and shadow, with shadows) to this file
-    /// (`-` for stdout). Schema: README.
+    /// (`-` for stdout). Schema: README. SIGUSR1 (and SIGHUP) reopen it, for logrotate.
     #[arg(long, value_name = "FILE.jsonl")]
     pub record: Option<PathBuf>,
+    /// Rotate the record file before a record would take it past this size: FILE → FILE.1, the
+    /// older ones shifted up. `off` never rotates (when logrotate does it).
+    #[arg(long, value_name = "SIZE|off", default_value = "256MiB", value_parser = parse_record_max_size)]
+    pub record_max_size: RecordMaxSize,
+    /// Rotated record files kept (FILE.1 … FILE.N); older ones are removed. 0 keeps none.
+    #[arg(long, value_name = "N", default_value_t = sink::DEFAULT_KEEP)]
+    pub record_keep: u32,
+    /// How rotated record files are stored: gzip (FILE.1.gz, compressed in the background) or none.
+    #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+    pub record_compress: Compression,
     /// Include request and response bodies in records.
     #[arg(long)]
     pub record_bodies: bool,
@@ -125,6 +129,14 @@ pub struct RunArgs {
     /// The config file's log format, unless `--log-format` was given.
     #[arg(skip)]
     pub log_format: Option<LogFormat>,
+}
+
+/// When the record file is rotated (`None`: never).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordMaxSize(pub Option<u64>);
+
+fn parse_record_max_size(text: &str) -> Result<RecordMaxSize, String> {
+    config::parse_record_max_size(text).map(RecordMaxSize)
 }
 
 /// Where metrics are served.
@@ -378,6 +390,9 @@ impl Invocation {
             "xdp_mode": args.attach.xdp_mode => file.xdp_mode;
             "ring_buffer_size": args.attach.ring_buffer_size => file.ring_buffer_size;
             "record": args.record => file.record.clone().map(Some);
+            "record_max_size": args.record_max_size => file.record_max_size.map(RecordMaxSize);
+            "record_keep": args.record_keep => file.record_keep;
+            "record_compress": args.record_compress => file.record_compress;
             "record_bodies": args.record_bodies => file.record_bodies;
             "redact_header": args.redact_header => file.redact_headers;
             "summary_interval": args.summary_interval => file.summary_interval;
@@ -502,6 +517,11 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
     restart("capture.ring_buffer_size", old.attach.ring_buffer_size != new.attach.ring_buffer_size);
     restart("limits", old.limits != new.limits);
     restart("output.record", old.record != new.record);
+    restart(
+        "output.record_rotation",
+        (old.record_max_size, old.record_keep, old.record_compress)
+            != (new.record_max_size, new.record_keep, new.record_compress),
+    );
     restart("output.record_bodies", old.record_bodies != new.record_bodies);
     restart("output.redact_headers", old.redact_header != new.redact_header);
     restart("output.summary_interval", old.summary_interval != new.summary_interval);
@@ -685,19 +705,33 @@ fn monotonic_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn open_records(path: &Option<PathBuf>) -> Result<Option<Box<dyn Write + Send>>> {
-    Ok(match path {
-        Some(path) if path.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
-        Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("open record file {}", path.display()))?;
-            Some(Box::new(BufWriter::new(file)))
+/// The record writer for `--record`, if any. Only opening can fail (and stop the start); later
+/// write errors are counted and never stop the daemon.
+fn open_records(args: &RunArgs) -> Result<Option<RecordSink>> {
+    let Some(path) = &args.record else { return Ok(None) };
+    let config = SinkConfig {
+        target: Target::of(path),
+        max_size: args.record_max_size.0,
+        keep: args.record_keep,
+        compression: args.record_compress,
+        log_every: args.summary_interval,
+    };
+    let sink = RecordSink::start(config).with_context(|| {
+        format!("open record file {} (check the directory exists and is writable)", path.display())
+    })?;
+    Ok(Some(sink))
+}
+
+/// SIGUSR1 (and SIGHUP): the record file is opened again, for logrotate.
+fn reopen_records(reopener: &Option<Reopener>, signal: &str) {
+    match reopener {
+        Some(reopener) => {
+            tracing::info!(signal, "reopening the record file");
+            reopener.reopen();
         }
-        None => None,
-    })
+        None if signal == "SIGUSR1" => tracing::info!("SIGUSR1: no record file to reopen"),
+        None => {}
+    }
 }
 
 /// Runs until SIGINT, SIGTERM or `--duration`. `args` are the settings in force
@@ -707,6 +741,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let mut args = args;
     let targets =
         CaptureTargets::new(args.pod_selector.is_some(), &args.attach.interfaces, &args.attach.server_addrs);
@@ -726,6 +761,8 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     // Room for bursts; beyond it exchanges are dropped and counted (`report_queue_full`).
     let (report_tx, report_rx) = mpsc::channel(32_768);
     let ReporterSettings { shadows: shadow_infos, production_model, rules, criteria } = reporting;
+    let records = open_records(&args)?;
+    let reopener = records.as_ref().map(RecordSink::reopener);
     let reporter = Reporter {
         shadows: shadow_infos,
         production_model,
@@ -736,7 +773,8 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             redactor: Redactor::new(&args.redact_header),
             realtime_offset_ns: monotonic_to_realtime_offset(),
         },
-        records: open_records(&args.record)?,
+        records,
+        record_drops: Default::default(),
         metrics: metrics.clone(),
         stats: ExchangeStats::default(),
         aggregator: Aggregator::default(),
@@ -798,6 +836,8 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
                 assembly: assembler.drops().clone(),
                 dispatch: dispatcher.counters.clone(),
                 replay_queue_full: dispatcher.replay_losses(),
+                // Counted by the record writer; the reporter fills them in.
+                records: Default::default(),
             },
             kernel,
             connections: assembler.connections(),
@@ -831,7 +871,11 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             () = capture.kernel.poll_logs() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => reload(&invocation, &mut args, &mut dispatcher, &mut capture, &metrics).await,
+            _ = sighup.recv() => {
+                reopen_records(&reopener, "SIGHUP");
+                reload(&invocation, &mut args, &mut dispatcher, &mut capture, &metrics).await;
+            }
+            _ = sigusr1.recv() => reopen_records(&reopener, "SIGUSR1"),
             () = &mut deadline => break,
         }
         dispatcher.assembled(assembled.drain(..), monotonic_now_ns());
