@@ -237,8 +237,8 @@ impl Connection {
             self.clear();
             return;
         }
-        if self.event_stream_in_progress() {
-            if !self.responses.damaged && sse::ended_by_its_events(self.responses.body.parts()) {
+        if let Some(coding) = self.event_stream_in_progress() {
+            if !self.responses.damaged && sse::ended_by_its_events(self.responses.body.parts(), coding) {
                 // The stream had ended by its own rule; only the body's framing end is missing.
                 self.finish_response(stats, out);
             } else if let Some(p) = self.pending.iter().position(|p| p.response.is_some() && !p.response_done)
@@ -267,11 +267,9 @@ impl Connection {
     }
 
     /// The response being received is an event stream whose events can be read before its end.
-    fn event_stream_in_progress(&self) -> bool {
-        self.pending
-            .iter()
-            .find(|p| p.response.is_some() && !p.response_done)
-            .is_some_and(|p| p.response.as_ref().is_some_and(|r| sse::readable_while_open(&r.headers)))
+    fn event_stream_in_progress(&self) -> Option<sse::StreamCoding> {
+        let p = self.pending.iter().find(|p| p.response.is_some() && !p.response_done)?;
+        sse::readable_while_open(&p.response.as_ref()?.headers)
     }
 
     pub(super) fn client_data(

@@ -734,13 +734,9 @@ impl Connection {
         out: &mut Vec<Assembled>,
     ) -> bool {
         let Some(s) = self.streams.get(&stream) else { return false };
-        let streaming = s.request_done
-            && !s.response_done
-            && s.response.as_ref().is_some_and(|r| crate::sse::readable_while_open(&r.headers));
-        if !streaming {
-            return false;
-        }
-        if crate::sse::ended_by_its_events(s.response_body.parts()) {
+        let coding = s.response.as_ref().and_then(|r| crate::sse::readable_while_open(&r.headers));
+        let Some(coding) = coding.filter(|_| s.request_done && !s.response_done) else { return false };
+        if crate::sse::ended_by_its_events(s.response_body.parts(), coding) {
             let last = s.response_last_ns;
             self.finish_response(stream, last, out);
         } else if let Some(s) = self.streams.remove(&stream) {

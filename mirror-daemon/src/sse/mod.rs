@@ -47,14 +47,31 @@ pub fn is_json(headers: &[Header]) -> bool {
     })
 }
 
-/// An answer whose events can be read before its body ends: an event stream, not content-encoded
-/// (a compressed stream's events cannot be read before its end).
-pub fn readable_while_open(headers: &[Header]) -> bool {
-    is_event_stream(headers)
-        && !headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("content-encoding")
-                && !h.value.trim_ascii().eq_ignore_ascii_case(b"identity")
-        })
+/// How an event stream's bytes are encoded on the wire, when its events can be read before its
+/// body ends: as sent, or gzip (servers that compress streams flush after each event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamCoding {
+    Identity,
+    Gzip,
+}
+
+/// The coding of an event-stream answer whose events can be read while it is open; `None` for
+/// other answers, and for codings whose output cannot be read before the end.
+pub fn readable_while_open(headers: &[Header]) -> Option<StreamCoding> {
+    if !is_event_stream(headers) {
+        return None;
+    }
+    let mut codings = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(|c| c.trim_ascii().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != b"identity");
+    match (codings.next().as_deref(), codings.next()) {
+        (None, _) => Some(StreamCoding::Identity),
+        (Some(b"gzip" | b"x-gzip"), None) => Some(StreamCoding::Gzip),
+        _ => None,
+    }
 }
 
 /// Folds a whole event-stream body; each event is timed by the capture time of the piece that
@@ -80,12 +97,25 @@ pub fn read(body: &[u8], arrivals: &Arrivals, default_ts_ns: u64) -> Result<Stre
 /// Whether the pieces of an event stream received so far hold its end by the protocol's own rule
 /// (`data: [DONE]`, or a native stream's final event). Clients close the connection as soon as
 /// they read it — the official `openai` client does — so the body's own end (the last chunk) often
-/// never reaches the wire although the answer was whole.
-pub fn ended_by_its_events(pieces: &[Bytes]) -> bool {
+/// never reaches the wire although the answer was whole. A gzip stream is decoded as far as its
+/// pieces go.
+pub fn ended_by_its_events(pieces: &[Bytes], coding: StreamCoding) -> bool {
+    use std::io::Write;
     let mut parser = EventParser::new(MAX_EVENT_BYTES);
     let mut answer = StreamedAnswer::default();
+    let mut gzip = (coding == StreamCoding::Gzip).then(|| flate2::write::MultiGzDecoder::new(Vec::new()));
     for piece in pieces {
-        if parser.push(piece, 0, &mut |event| answer.fold(&event)).is_err() {
+        let decoded: &[u8] = match gzip.as_mut() {
+            None => piece,
+            Some(decoder) => {
+                decoder.get_mut().clear();
+                if decoder.write_all(piece).and_then(|()| decoder.flush()).is_err() {
+                    return false;
+                }
+                decoder.get_ref()
+            }
+        };
+        if parser.push(decoded, 0, &mut |event| answer.fold(&event)).is_err() {
             return false;
         }
         if answer.end.is_complete() {

@@ -133,10 +133,10 @@ proptest! {
             .zip(points.iter().copied().chain(std::iter::once(bytes.len())))
             .map(|(a, b)| Bytes::copy_from_slice(&bytes[a..b]))
             .collect();
-        prop_assert!(ended_by_its_events(&pieces));
+        prop_assert!(ended_by_its_events(&pieces, StreamCoding::Identity));
         // Cut before the end event's empty line: not ended.
         let cut = bytes.len() - end.len();
-        prop_assert!(!ended_by_its_events(&[Bytes::copy_from_slice(&bytes[..cut])]));
+        prop_assert!(!ended_by_its_events(&[Bytes::copy_from_slice(&bytes[..cut])], StreamCoding::Identity));
     }
 }
 
@@ -152,4 +152,35 @@ fn event_streams_are_recognised_by_content_type() {
     assert!(is_event_stream(&h("Text/Event-Stream; charset=utf-8")));
     assert!(!is_event_stream(&h("application/json")));
     assert!(!is_event_stream(&[]));
+}
+
+#[test]
+fn a_gzip_stream_flushed_per_event_is_read_while_open() {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut pieces = Vec::new();
+    for event in ["data: {\"choices\":[{\"index\":0,\"text\":\"a\"}]}\n\n", "data: [DONE]\n\n"] {
+        encoder.write_all(event.as_bytes()).unwrap();
+        encoder.flush().unwrap();
+        pieces.push(Bytes::from(std::mem::take(encoder.get_mut())));
+    }
+    // No gzip trailer: the stream is still open.
+    assert!(ended_by_its_events(&pieces, StreamCoding::Gzip));
+    assert!(!ended_by_its_events(&pieces[..1], StreamCoding::Gzip));
+    assert!(!ended_by_its_events(&[Bytes::from_static(b"not gzip at all")], StreamCoding::Gzip));
+    let h = |pairs: &[(&str, &str)]| -> Vec<crate::exchange::Header> {
+        pairs
+            .iter()
+            .map(|(n, v)| crate::exchange::Header {
+                name: n.to_string(),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+            })
+            .collect()
+    };
+    let sse = ("content-type", "text/event-stream");
+    assert_eq!(readable_while_open(&h(&[sse])), Some(StreamCoding::Identity));
+    assert_eq!(readable_while_open(&h(&[sse, ("content-encoding", "gzip")])), Some(StreamCoding::Gzip));
+    assert_eq!(readable_while_open(&h(&[sse, ("content-encoding", "br")])), None);
+    assert_eq!(readable_while_open(&h(&[sse, ("content-encoding", "gzip, gzip")])), None);
+    assert_eq!(readable_while_open(&h(&[("content-type", "application/json")])), None);
 }
