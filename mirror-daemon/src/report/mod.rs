@@ -2,5 +2,6 @@
 //! periodic summary of exchanges and of every drop counter.
 pub mod aggregate;
 pub mod criteria;
+pub mod document;
 pub mod record;
 pub mod summary;
