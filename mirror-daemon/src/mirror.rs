@@ -474,6 +474,8 @@ impl Reporter {
                     self.production_model = production_model;
                     self.rules = rules;
                     self.criteria = criteria;
+                    // New shadows or criteria: the verdict changes with them.
+                    self.verdict.changed();
                 }
                 ReportItem::Summary(snapshot) => self.summary(&snapshot, false),
                 ReportItem::Final(snapshot, done) => {
