@@ -17,6 +17,7 @@
 //!   later stage works on.
 //! - [`replay`], [`compare`], [`mirror`], [`report`]: replay to shadows, comparison, and reporting.
 //! - [`drops`]: every loss counter of every stage, in one place.
+//! - [`metrics`], [`verdict_api`]: the HTTP listener: Prometheus metrics and the verdict as JSON.
 //!
 //! - [`config`]: the config file (`--config`), checked field by field.
 //!
@@ -42,3 +43,4 @@ pub mod proto;
 pub mod replay;
 pub mod report;
 pub mod sse;
+pub mod verdict_api;

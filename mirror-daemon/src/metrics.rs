@@ -1,4 +1,5 @@
-//! Prometheus metrics, served over HTTP (127.0.0.1:9464 by default) for scraping.
+//! Prometheus metrics, served over HTTP (127.0.0.1:9464 by default) for scraping, on the listener
+//! that also answers `/verdict` ([`crate::verdict_api`]).
 //!
 //! Everything is a counter or a histogram labelled by shadow model and route, so that the
 //! cluster-wide picture is a `sum by` away (the README's Metrics section has the queries, which
@@ -10,7 +11,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
@@ -19,6 +20,11 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::net::TcpListener;
+
+use crate::report::document::VerdictBoard;
+
+/// Largest request body read (a webhook's payload); larger ones are cut off, not answered differently.
+const MAX_REQUEST_BODY: usize = 64 * 1024;
 
 /// Distinct routes labelled at most; later ones are counted under `route="other"`.
 pub const MAX_ROUTES: usize = 200;
@@ -267,27 +273,45 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (and `GET /healthz`) until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+/// Serves `GET /metrics`, `GET /healthz` and the verdict ([`crate::verdict_api`]) until the
+/// process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    verdict: Arc<VerdictBoard>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let metrics = metrics.clone();
+            let (metrics, verdict) = (metrics.clone(), verdict.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let metrics = metrics.clone();
+                    let (metrics, verdict) = (metrics.clone(), verdict.clone());
                     async move {
-                        let (status, content_type, body) = match req.uri().path() {
-                            "/metrics" => (
-                                200,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                metrics.encode(),
-                            ),
-                            "/healthz" => (200, "text/plain", "ok\n".to_string()),
-                            _ => (404, "text/plain", "try /metrics or /healthz\n".to_string()),
-                        };
+                        let (method, path) =
+                            (req.method().as_str().to_string(), req.uri().path().to_string());
+                        let query = req.uri().query().map(str::to_string);
+                        // A webhook's payload (Flagger posts one) is read, bounded, and ignored.
+                        let _ = Limited::new(req.into_body(), MAX_REQUEST_BODY).collect().await;
+                        let (status, content_type, body) =
+                            match crate::verdict_api::answer(&verdict, &method, &path, query.as_deref()) {
+                                Some(answer) => (answer.status, answer.content_type, answer.body),
+                                None => match path.as_str() {
+                                    "/metrics" => (
+                                        200,
+                                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                        metrics.encode(),
+                                    ),
+                                    "/healthz" => (200, "text/plain", "ok\n".to_string()),
+                                    _ => (
+                                        404,
+                                        "text/plain",
+                                        "try /metrics, /healthz or /verdict\n".to_string(),
+                                    ),
+                                },
+                            };
                         Response::builder()
                             .status(status)
                             .header("content-type", content_type)

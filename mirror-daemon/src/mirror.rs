@@ -44,6 +44,7 @@ use crate::{
     report::{
         aggregate::{Aggregator, Observation},
         criteria::{Criteria, evaluate},
+        document::{Health, VerdictPublisher},
         record::{ComparisonRecord, ExchangeRecord, GrpcStatus, RecordOptions, ShadowRecord},
         sink::{CLOSE_GRACE, RecordSink},
         summary::{ExchangeStats, nonzero},
@@ -456,6 +457,8 @@ pub struct Reporter {
     pub aggregator: Aggregator,
     /// Records that could not be turned into observations (a bug if ever non-zero).
     pub unaggregated: u64,
+    /// Where the verdict document is published for `GET /verdict`.
+    pub verdict: VerdictPublisher,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -467,6 +470,7 @@ impl std::fmt::Debug for Reporter {
 impl Reporter {
     /// Handles items until the channel closes or a final item has been answered.
     pub async fn run(mut self, mut items: mpsc::Receiver<ReportItem>) -> Result<()> {
+        self.publish_verdict(&self.aggregator.summary());
         while let Some(item) = items.recv().await {
             match item {
                 ReportItem::Exchange { exchange, reason } => self.exchange(&exchange, reason)?,
@@ -477,6 +481,8 @@ impl Reporter {
                     self.production_model = production_model;
                     self.rules = rules;
                     self.criteria = criteria;
+                    // New shadows or criteria: the verdict changes with them.
+                    self.verdict.changed();
                 }
                 ReportItem::Summary(snapshot) => self.summary(&snapshot, false),
                 ReportItem::Final(snapshot, done) => {
@@ -489,6 +495,9 @@ impl Reporter {
                     let _ = done.send(());
                     return Ok(());
                 }
+            }
+            if self.verdict.due(std::time::Instant::now()) {
+                self.publish_verdict(&self.aggregator.summary());
             }
         }
         Ok(())
@@ -541,7 +550,10 @@ impl Reporter {
 
     fn observe(&mut self, value: &serde_json::Value) {
         match Observation::from_record(value) {
-            Ok(observation) => self.aggregator.add(&observation),
+            Ok(observation) => {
+                self.aggregator.add(&observation);
+                self.verdict.changed();
+            }
             Err(err) => {
                 self.unaggregated += 1;
                 if self.unaggregated == 1 {
@@ -770,6 +782,8 @@ impl Reporter {
             if last { "final summary" } else { "summary" }
         );
         let summary = self.aggregator.summary();
+        self.verdict.set_health(Health::new(&s.kernel.named(), &s.losses, std::time::SystemTime::now()));
+        self.publish_verdict(&summary);
         if self.shadows.is_empty() && summary.shadows.is_empty() {
             return;
         }
@@ -795,6 +809,14 @@ impl Reporter {
                 eprintln!("{}: {} — {}", shadow.model_id, decision.verdict, decision.reasons.join("; "));
             }
         }
+    }
+}
+
+impl Reporter {
+    /// Publishes the verdict document for `summary` (the configured shadows included).
+    fn publish_verdict(&mut self, summary: &crate::report::aggregate::Summary) {
+        let configured: Vec<&str> = self.shadows.iter().map(|s| s.model.model_id.as_str()).collect();
+        self.verdict.publish(summary, &configured, &self.criteria);
     }
 }
 

@@ -5,6 +5,7 @@
 //! Traffic only ever goes to addresses inside namespaces created here.
 pub mod client;
 pub mod daemon;
+pub mod expr;
 pub mod gate;
 pub mod grpc;
 pub mod journal;

@@ -383,17 +383,17 @@ fn flipped(body: &[u8], percent: f64) -> bool {
     data.chunks(4).any(|row| flips(row, percent))
 }
 
-/// `report --json` over `files`: the summary of `model-v2` (its statistics are flattened in).
+/// `report --format json` over `files`: the verdict document's part about `model-v2`.
 fn report(files: &[&Path]) -> Value {
     let out = Command::new(mirror_tests::daemon::binary())
         .arg("report")
-        .arg("--json")
+        .args(["--format", "json"])
         .args(files)
         .output()
         .expect("run mirror-daemon report");
     let json: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("report --json: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let shadows = json["summary"]["shadows"].as_array().expect("shadows");
+        .unwrap_or_else(|e| panic!("report --format json: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let shadows = json["shadows"].as_array().expect("shadows");
     assert_eq!(shadows.len(), 1, "one shadow: {json}");
     assert_eq!(shadows[0]["model_id"], "model-v2");
     shadows[0].clone()
@@ -612,7 +612,7 @@ fn readme_queries_match_report_on_a_real_prometheus() {
     let both = report(&[&a.record, &b.record]);
     let per_node = [(a.instance(), report(&[&a.record])), (b.instance(), report(&[&b.record]))];
     // The shadow failure rate is report's error-rate input only when production never fails.
-    assert_eq!(number(&both, "/production_error_rate"), 0.0, "production errors: {both}");
+    assert_eq!(number(&both, "/errors/production_error_rate"), 0.0, "production errors: {both}");
     assert!(number(&both, "/verdicts/mismatch") >= 10.0, "node A's shadow disagrees: {both}");
     assert!(number(&both, "/verdicts/shadow_error") >= 30.0, "node B's shadow was down: {both}");
 
@@ -638,8 +638,8 @@ fn readme_queries_match_report_on_a_real_prometheus() {
             "agreement" | "comparisons" | "shadow failure rate" => {
                 let exact = match q.key.as_str() {
                     "agreement" => number(&both, "/agreement/rate"),
-                    "comparisons" => number(&both, "/comparisons"),
-                    _ => number(&both, "/shadow_failure_rate"),
+                    "comparisons" => number(&both, "/samples/comparisons"),
+                    _ => number(&both, "/errors/shadow_failure_rate"),
                 };
                 let written = prometheus.one(&q.promql, at, &model);
                 let total = prometheus.one(&totals, at, &model);
@@ -675,9 +675,9 @@ fn readme_queries_match_report_on_a_real_prometheus() {
             }
             "shadow p99 latency" | "production p99 latency" => {
                 let (labels, bounds, pointer): (&[(&str, &str)], _, _) = if q.key.starts_with("shadow") {
-                    (&model, &shadow_bounds, "/shadow_latency_ms/p99")
+                    (&model, &shadow_bounds, "/latency/shadow_ms/p99")
                 } else {
-                    (&[], &production_bounds, "/production_latency_ms/p99")
+                    (&[], &production_bounds, "/latency/production_ms/p99")
                 };
                 let exact = number(&both, pointer) / 1_000.0;
                 let written = prometheus.one(&q.promql, at, labels);
@@ -718,7 +718,7 @@ fn readme_queries_match_report_on_a_real_prometheus() {
     let (production, p_low, p_high) = p99["production p99 latency"];
     let (ratio, ratio_totals, _) = p99["p99 latency ratio"];
     assert!((ratio - shadow / production).abs() <= 1e-9 * ratio, "{ratio} vs {shadow} / {production}");
-    let exact = number(&both, "/p99_latency_ratio");
+    let exact = number(&both, "/latency/p99_ratio");
     let (low, high) = (s_low / 1.01 / (p_high * 1.01), s_high * 1.01 / (p_low / 1.01));
     assert!(low <= exact && exact <= high, "report's p99 ratio {exact} outside [{low}, {high}]");
     rows.push(Row {

@@ -304,16 +304,16 @@ fn built_in_rotation_keeps_n_compressed_files_that_report_reads() {
     }
     // `report` over the directory sees every comparison once.
     let out = Command::new(mirror_tests::daemon::binary())
-        .args(["report", "--json", "--min-samples", "10"])
+        .args(["report", "--format", "json", "--min-samples", "10"])
         .arg(&dir)
         .output()
         .expect("run report");
     let value: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let total: u64 =
-        value["input"].as_array().unwrap().iter().map(|f| f["comparison_records"].as_u64().unwrap()).sum();
+    let files = value["source"]["files"].as_array().unwrap();
+    let total: u64 = files.iter().map(|f| f["comparison_records"].as_u64().unwrap()).sum();
     assert_eq!(total, 200, "{value}");
-    assert_eq!(value["input"].as_array().unwrap().len(), names.len());
+    assert_eq!(files.len(), names.len());
 }
 
 #[test]

@@ -24,6 +24,11 @@
 //!   checks HTTP statuses only. `--grpc-client python` runs `tests/python/grpc_client.py` instead:
 //!   a distinct request of 1–4 rows per call, each call's gRPC status checked.
 //!
+//! - `verdict` (needs root): `GET /verdict` latency on the daemon's metrics listener, each request
+//!   on a new connection as an analysis tool makes it: idle, then while the daemon mirrors
+//!   `--verdict-rate` requests/s, first one client asking in a loop, then `--verdict-clients` at
+//!   once; p50/p99/max of each phase, and production's p99 and the share compared meanwhile.
+//!
 //! Both mirror parts run each rate once without the daemon and once with it mirroring every
 //! request (100% sampling) to the shadow, and report production p50/p99 latency with and without
 //! (as the client measured it), the daemon's CPU (user + system, % of one core, over the load) and
@@ -36,7 +41,7 @@
 //! `--grpc-rates R,...` (calls/s, default the same as `--rates`), `--grpc-connections N,...`
 //! (default 1,4), `--grpc-concurrency C` (calls in flight at most, across the connections, default
 //! 64: the pacing is open-loop until that many are waiting), `--grpc-client h2load|python`
-//! (default h2load).
+//! (default h2load), `--verdict-rate R` (default 1000), `--verdict-clients C` (default 8).
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -72,6 +77,8 @@ pub enum Which {
     Mirror,
     /// gRPC mirroring under load (root).
     MirrorGrpc,
+    /// `GET /verdict` latency while the daemon mirrors load (root).
+    Verdict,
     /// Every part.
     All,
 }
@@ -114,6 +121,12 @@ pub struct BenchArgs {
     /// The gRPC load generator.
     #[arg(long, value_enum, default_value_t = GrpcClient::H2load)]
     pub grpc_client: GrpcClient,
+    /// Requests/s mirrored while `/verdict` is asked (the verdict benchmark).
+    #[arg(long, default_value_t = 1000)]
+    pub verdict_rate: u32,
+    /// Clients asking `/verdict` at once in the concurrent phase of the verdict benchmark.
+    #[arg(long, default_value_t = 8)]
+    pub verdict_clients: usize,
 }
 
 /// Runs one criterion benchmark of the daemon crate.
@@ -141,7 +154,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.which.includes(Which::Records) {
         criterion_bench("records")?;
     }
-    let mirror_parts = [Which::Mirror, Which::MirrorGrpc];
+    let mirror_parts = [Which::Mirror, Which::MirrorGrpc, Which::Verdict];
     if mirror_parts.iter().any(|&part| args.which.includes(part)) {
         if !is_root() {
             bail!("the mirror benchmarks create network namespaces and load eBPF programs: run them as root");
@@ -152,6 +165,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if args.which.includes(Which::MirrorGrpc) {
             mirror_grpc(args, &daemon_bin)?;
+        }
+        if args.which.includes(Which::Verdict) {
+            verdict(args, &daemon_bin)?;
         }
     }
     Ok(())
@@ -645,5 +661,131 @@ fn mirror_grpc(args: &BenchArgs, daemon_bin: &Path) -> Result<()> {
         print_headline(best, &format!("calls over {connections} connection(s)"));
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+/// Where the verdict benchmark's daemon serves, inside production's namespace.
+const VERDICT_ADDR: &str = "127.0.0.1:19480";
+
+/// One `GET path` on a new connection to the daemon: (latency, body bytes, status).
+fn get_verdict(path: &str) -> (Duration, usize, u16) {
+    let started = Instant::now();
+    let mut stream = connect(VERDICT_ADDR.parse().expect("address"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {VERDICT_ADDR}\r\nConnection: close\r\n\r\n");
+    std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send");
+    let raw = mirror_tests::client::read_response(&mut stream).expect("a /verdict answer");
+    let status = String::from_utf8_lossy(&raw[9..12]).parse().unwrap_or(0);
+    (started.elapsed(), raw.len(), status)
+}
+
+/// `clients` threads in production's namespace, each asking `path` until `until` or `max` asks.
+fn ask_verdicts(
+    trio: &Trio,
+    path: &'static str,
+    clients: usize,
+    until: Duration,
+    max: usize,
+) -> Vec<Duration> {
+    let ns = &trio.production;
+    let mut all: Vec<Duration> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(move || {
+                    ns.run(move || {
+                        let begin = Instant::now();
+                        let mut latencies = Vec::new();
+                        while begin.elapsed() < until && latencies.len() < max {
+                            let (latency, _, status) = get_verdict(path);
+                            assert_eq!(status, 200, "GET {path}");
+                            latencies.push(latency);
+                        }
+                        latencies
+                    })
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    all.sort();
+    all
+}
+
+fn print_verdict_row(phase: &str, latencies: &[Duration]) {
+    let max = latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    println!(
+        "{phase:<44} {:>7} {:>9.3} {:>9.3} {:>9.3}",
+        latencies.len(),
+        quantile_ms(latencies, 0.5),
+        quantile_ms(latencies, 0.99),
+        max
+    );
+}
+
+fn verdict(args: &BenchArgs, daemon_bin: &Path) -> Result<()> {
+    let server_bin = daemon_bin.with_file_name("model-server");
+    let trio = Trio::new();
+    let production = SocketAddr::from((trio.production_addr, 8080));
+    let shadow = SocketAddr::from((trio.shadow_addr, 8080));
+    let options = ServerOptions::default();
+    let (_v1, _) = model_server::start(&server_bin, &trio.production, &[production], &options)
+        .context("start the production model server")?;
+    let (_v2, _) = model_server::start(&server_bin, &trio.shadow, &[shadow], &options)
+        .context("start the shadow model server")?;
+    let record: PathBuf =
+        std::env::temp_dir().join(format!("shadow-mirror-bench-verdict-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    let child = trio
+        .production
+        .command(daemon_bin)
+        .args(["--log-format", "json", "run", "--interface", &trio.production_if, "--port", "8080"])
+        .args(["--shadow", &format!("model-v2=http://{shadow}"), "--metrics-addr", VERDICT_ADDR])
+        .arg("--record")
+        .arg(&record)
+        .env("MIRROR_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start mirror-daemon")?;
+    let mut daemon = ChildGuard(child);
+    std::thread::sleep(Duration::from_millis(1500));
+    let seconds = Duration::from_secs(args.seconds);
+    let (_, bytes, _) = trio.production.run(|| get_verdict("/verdict"));
+
+    println!(
+        "\n/verdict benchmark: each GET on a new connection from production's namespace to the daemon's \
+         listener;"
+    );
+    println!(
+        "load: {}/s OIP requests mirrored to one shadow (100% sampling), {} s per loaded phase; \
+         the document is {bytes} bytes idle.\n",
+        args.verdict_rate, args.seconds
+    );
+    println!("{:<44} {:>7} {:>9} {:>9} {:>9}", "phase", "GETs", "p50 ms", "p99 ms", "max ms");
+    print_verdict_row("idle, 1 client, /verdict", &ask_verdicts(&trio, "/verdict", 1, seconds, 2_000));
+    let mut production_p99 = Vec::new();
+    for (phase, path, clients) in [
+        ("under load, 1 client, /verdict", "/verdict", 1),
+        ("under load, 1 client, /verdict/model-v2", "/verdict/model-v2", 1),
+        ("under load, N clients, /verdict", "/verdict", args.verdict_clients),
+    ] {
+        let (asked, load) = std::thread::scope(|scope| {
+            let load = scope.spawn(|| load(&trio.client, production, args.verdict_rate, args.seconds));
+            let asked = ask_verdicts(&trio, path, clients, seconds, 200_000);
+            (asked, load.join().expect("load thread"))
+        });
+        let phase = phase.replace("N clients", &format!("{clients} clients"));
+        print_verdict_row(&phase, &asked);
+        production_p99.push(format!("{:.0}/s p99 {:.2} ms", load.achieved_rps, load.p99_ms));
+    }
+    let (_, bytes, _) = trio.production.run(|| get_verdict("/verdict"));
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGINT) };
+    let status = daemon.0.wait()?;
+    if !status.success() {
+        bail!("mirror-daemon failed ({status})");
+    }
+    let (compared, verdicts) = verdicts(&record);
+    let _ = std::fs::remove_file(&record);
+    println!("\nproduction meanwhile: {}", production_p99.join("; "));
+    println!("compared: {compared} ({verdicts}); the document is {bytes} bytes at the end");
     Ok(())
 }

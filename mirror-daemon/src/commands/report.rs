@@ -25,13 +25,13 @@ use std::{
     process::ExitCode,
 };
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use mirror_daemon::report::{
     aggregate::{Aggregator, Observation, RecordError, Summary},
     criteria::{Criteria, Decision, Promotion, evaluate, worst},
-    record_set::{self, Source},
+    document::{InputFile, Source, VerdictDocument, Window},
+    record_set::{self, Source as Input},
 };
-use serde::Serialize;
 
 use super::CriteriaArgs;
 
@@ -52,14 +52,29 @@ pub struct ReportArgs {
     /// Report and decide on this shadow model only.
     #[arg(long, value_name = "MODEL_ID")]
     pub shadow: Option<String>,
-    /// Print one JSON object (input counts, criteria, summary, decisions) instead of text.
-    #[arg(long)]
+    /// `text` for people, `json` for machines: the verdict document, the same as the daemon's
+    /// `GET /verdict` (schema: README).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// The same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+}
+
+/// What `report` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
 }
 
 impl ReportArgs {
     fn criteria(&self) -> Criteria {
         self.criteria.unchecked()
+    }
+
+    fn format(&self) -> Format {
+        if self.json { Format::Json } else { self.format }
     }
 }
 
@@ -70,19 +85,6 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// How one input file went.
-#[derive(Debug, Default, Serialize)]
-struct FileCounts {
-    file: String,
-    /// Non-blank lines.
-    lines: u64,
-    /// Lines with a comparison verdict (including `not_compared`).
-    comparison_records: u64,
-    /// Valid exchange records without a comparison.
-    other_records: u64,
-    malformed: u64,
-}
-
 /// A line that could not be used.
 #[derive(Debug)]
 struct Malformed {
@@ -91,28 +93,29 @@ struct Malformed {
     problem: String,
 }
 
-/// The whole `--json` output.
-#[derive(Debug, Serialize)]
-struct JsonReport<'a> {
-    input: &'a [FileCounts],
-    criteria: &'a Criteria,
-    summary: &'a Summary,
-    decisions: Vec<ShadowDecision<'a>>,
-    overall: Promotion,
-    exit_code: u8,
+/// The earliest and latest record timestamps seen (RFC 3339 strings of one format compare as
+/// times).
+#[derive(Debug, Default)]
+struct Span {
+    from: Option<String>,
+    to: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct ShadowDecision<'a> {
-    model_id: &'a str,
-    #[serde(flatten)]
-    decision: &'a Decision,
+impl Span {
+    fn see(&mut self, ts: &str) {
+        if self.from.as_deref().is_none_or(|from| ts < from) {
+            self.from = Some(ts.to_string());
+        }
+        if self.to.as_deref().is_none_or(|to| ts > to) {
+            self.to = Some(ts.to_string());
+        }
+    }
 }
 
-fn name(source: &Source) -> String {
+fn name(source: &Input) -> String {
     match source {
-        Source::Stdin => "stdin".into(),
-        Source::File(path) => path.display().to_string(),
+        Input::Stdin => "stdin".into(),
+        Input::File(path) => path.display().to_string(),
     }
 }
 
@@ -122,8 +125,9 @@ fn read(
     file: &str,
     aggregator: &mut Aggregator,
     malformed: &mut Vec<Malformed>,
-) -> io::Result<FileCounts> {
-    let mut counts = FileCounts { file: file.to_string(), ..FileCounts::default() };
+    span: &mut Span,
+) -> io::Result<InputFile> {
+    let mut counts = InputFile { file: file.to_string(), ..InputFile::default() };
     let mut buffer = Vec::new();
     let mut line = 0u64;
     loop {
@@ -142,6 +146,9 @@ fn read(
                 Ok(observation) => {
                     counts.comparison_records += 1;
                     aggregator.add(&observation);
+                    if let Some(ts) = value.get("ts").and_then(serde_json::Value::as_str) {
+                        span.see(ts);
+                    }
                     continue;
                 }
                 // A valid exchange record without a comparison is skipped, not malformed.
@@ -183,21 +190,22 @@ fn report(
 
     let mut aggregator = Aggregator::default();
     let mut malformed = Vec::new();
+    let mut span = Span::default();
     let mut files = Vec::new();
     for source in record_set::expand(&args.files).map_err(|e| e.to_string())? {
         let file = name(&source);
         let counts = match &source {
-            Source::Stdin => read(stdin, &file, &mut aggregator, &mut malformed),
-            Source::File(path) => {
+            Input::Stdin => read(stdin, &file, &mut aggregator, &mut malformed, &mut span),
+            Input::File(path) => {
                 let mut opened = record_set::open(path).map_err(|e| e.to_string())?;
-                read(&mut opened, &file, &mut aggregator, &mut malformed)
+                read(&mut opened, &file, &mut aggregator, &mut malformed, &mut span)
             }
         }
         .map_err(|e| format!("cannot read {file}: {e}"))?;
         files.push(counts);
     }
 
-    let total = |f: fn(&FileCounts) -> u64| files.iter().map(f).sum::<u64>();
+    let total = |f: fn(&InputFile) -> u64| files.iter().map(f).sum::<u64>();
     let (lines, records, bad) = (total(|f| f.lines), total(|f| f.comparison_records), total(|f| f.malformed));
     let warn =
         |err: &mut dyn Write, text: String| writeln!(err, "warning: {text}").map_err(|e| e.to_string());
@@ -246,23 +254,17 @@ fn report(
     let overall = worst(&decisions).ok_or("no shadow to decide on")?;
     let code = overall.exit_code();
 
-    let written = if args.json {
-        let report = JsonReport {
-            input: &files,
-            criteria: &criteria,
-            summary: &summary,
-            decisions: summary
-                .shadows
-                .iter()
-                .zip(&decisions)
-                .map(|(s, decision)| ShadowDecision { model_id: &s.model_id, decision })
-                .collect(),
-            overall,
-            exit_code: code,
-        };
-        serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::from).and_then(|()| writeln!(out))
-    } else {
-        text(out, &files, &summary, &decisions, overall, code)
+    let written = match args.format() {
+        Format::Json => {
+            let window = Window::records(span.from, span.to);
+            let source = Source::Records { files };
+            let document = VerdictDocument::build(&summary, &[], &criteria, source, window, None);
+            debug_assert_eq!(document.exit_code, code);
+            serde_json::to_writer_pretty(&mut *out, &document)
+                .map_err(io::Error::from)
+                .and_then(|()| writeln!(out))
+        }
+        Format::Text => text(out, &files, &summary, &decisions, overall, code),
     };
     written.map_err(|e| format!("cannot write the report: {e}"))?;
     Ok(code)
@@ -270,13 +272,13 @@ fn report(
 
 fn text(
     out: &mut dyn Write,
-    files: &[FileCounts],
+    files: &[InputFile],
     summary: &Summary,
     decisions: &[Decision],
     overall: Promotion,
     code: u8,
 ) -> io::Result<()> {
-    let total = |f: fn(&FileCounts) -> u64| files.iter().map(f).sum::<u64>();
+    let total = |f: fn(&InputFile) -> u64| files.iter().map(f).sum::<u64>();
     write!(out, "read {} file(s): {} comparison records", files.len(), total(|f| f.comparison_records))?;
     let other = total(|f| f.other_records);
     if other > 0 {
@@ -334,8 +336,11 @@ mod tests {
     }
 
     fn record(shadow: &str, verdict: &str, production_ms: f64, shadow_ms: f64) -> String {
+        // Timestamps by shadow and verdict: 00:00:03 for matches, 00:00:06 for mismatches.
+        let second = (shadow.len() + verdict.len()) % 10;
+        let ts = format!("2026-01-01T00:00:0{second}.000000Z");
         serde_json::json!({
-            "schema": 1, "method": "POST", "path": "/v2/models/demo/infer",
+            "schema": 1, "method": "POST", "path": "/v2/models/demo/infer", "ts": ts,
             "route": "POST /v2/models/demo/infer",
             "production": {"status": 200, "latency_ms": production_ms},
             "shadow": {"model_id": shadow, "status": 200, "latency_ms": shadow_ms, "error": null},
@@ -364,6 +369,7 @@ mod tests {
                 min_exact_match: DEFAULT_MIN_EXACT_MATCH,
             },
             shadow: None,
+            format: Format::Text,
             json: false,
         }
     }
@@ -459,28 +465,43 @@ mod tests {
         assert_eq!(code, 3);
         assert!(err.contains("model-v9") && err.contains("model-v2, model-v3"), "{err}");
 
-        let json = ReportArgs { json: true, ..both };
+        // `--json` and `--format json` print the verdict document.
+        let json = ReportArgs { json: true, ..both.clone() };
         let (code, out, _) = report_on(&json, "");
         assert_eq!(code, 2);
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(value["overall"], "REJECT");
+        assert_eq!(value["schema"], 1);
+        assert_eq!(value["decision"], "REJECT");
         assert_eq!(value["exit_code"], 2);
-        assert_eq!(value["decisions"][0]["model_id"], "model-v2");
-        assert_eq!(value["decisions"][0]["verdict"], "PROMOTE");
-        assert_eq!(value["summary"]["shadows"][1]["agreement"]["trials"], 200);
-        assert_eq!(value["input"][1]["comparison_records"], 250);
+        assert_eq!(value["shadows"][0]["model_id"], "model-v2");
+        assert_eq!(value["shadows"][0]["decision"], "PROMOTE");
+        assert_eq!(value["shadows"][1]["agreement"]["trials"], 200);
+        assert_eq!(value["shadows"][1]["criteria"][1]["name"], "min_agreement");
+        assert_eq!(value["shadows"][1]["criteria"][1]["status"], "fail");
+        assert_eq!(value["source"]["kind"], "records");
+        assert_eq!(value["source"]["files"][1]["comparison_records"], 250);
+        assert_eq!(value["window"]["basis"], "records");
+        assert_eq!(value["window"]["from"], "2026-01-01T00:00:03.000000Z");
+        assert_eq!(value["window"]["to"], "2026-01-01T00:00:06.000000Z");
+        assert!(value["health"].is_null());
+        let format = ReportArgs { format: Format::Json, ..both };
+        let (code, again, _) = report_on(&format, "");
+        assert_eq!((code, again), (2, out));
     }
 
-    /// The `--json` report without its `input` part (which lists the files read).
+    /// The `--json` report without its `source` part (which lists the files read).
     fn decision_of(files: Vec<PathBuf>) -> (u8, serde_json::Value) {
         let (code, out, err) = report_on(&ReportArgs { json: true, ..args(files) }, "");
         assert!(code < 3, "{out}{err}");
         let mut value: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let input = value.as_object_mut().unwrap().remove("input").unwrap();
-        (
-            code,
-            serde_json::json!({"report": value, "records": input.as_array().unwrap().iter().map(|f| f["comparison_records"].as_u64().unwrap()).sum::<u64>()}),
-        )
+        let source = value.as_object_mut().unwrap().remove("source").unwrap();
+        let records: u64 = source["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["comparison_records"].as_u64().unwrap())
+            .sum();
+        (code, serde_json::json!({"report": value, "records": records}))
     }
 
     #[test]

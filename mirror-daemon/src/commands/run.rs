@@ -56,6 +56,7 @@ use mirror_daemon::{
     },
     report::{
         aggregate::Aggregator,
+        document::{VerdictBoard, VerdictPublisher},
         record::{RecordOptions, Redactor},
         sink::{self, Compression, RecordSink, Reopener, SinkConfig, Target},
         summary::ExchangeStats,
@@ -751,11 +752,12 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let reporting = reporter_settings(&args)?;
     let shadows = args.mirror.shadow.clone();
     let metrics = Arc::new(Metrics::new());
+    let verdict = Arc::new(VerdictBoard::default());
     if let MetricsAddr(Some(addr)) = args.metrics_addr {
-        let local = metrics::serve(addr, metrics.clone()).await.with_context(|| {
+        let local = metrics::serve(addr, metrics.clone(), verdict.clone()).await.with_context(|| {
             format!("serve metrics on {addr} (choose another with --metrics-addr, or off)")
         })?;
-        tracing::info!(%local, "metrics on http://{local}/metrics");
+        tracing::info!(%local, "metrics on http://{local}/metrics, the verdict on http://{local}/verdict");
     }
 
     // Room for bursts; beyond it exchanges are dropped and counted (`report_queue_full`).
@@ -779,6 +781,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
         stats: ExchangeStats::default(),
         aggregator: Aggregator::default(),
         unaggregated: 0,
+        verdict: VerdictPublisher::new(verdict),
     };
     let reporter = tokio::spawn(reporter.run(report_rx));
 

@@ -631,6 +631,13 @@ pub struct ShadowSummary {
     pub routes: Vec<RouteSummary>,
 }
 
+impl ShadowSummary {
+    /// A shadow with no observation yet (configured, but nothing replayed to it so far).
+    pub fn empty(model_id: &str) -> Self {
+        Self { model_id: key(model_id), stats: Group::new().stats(), routes: Vec::new() }
+    }
+}
+
 /// Every shadow model, in model-id order.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {

@@ -278,6 +278,103 @@ pub fn evaluate(shadow: &ShadowSummary, criteria: &Criteria) -> Decision {
     }
 }
 
+/// Whether one criterion is met, as far as the data tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    /// Met.
+    Pass,
+    /// Missed beyond doubt: the shadow is rejected.
+    Fail,
+    /// Not known yet: too few comparisons, an interval straddling the threshold, or nothing measured.
+    Pending,
+}
+
+/// One criterion with the value it was judged on: the `criteria` list of the verdict document.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Check {
+    /// The criterion's setting name (`min_samples`, `min_agreement`, ...).
+    pub name: &'static str,
+    /// What was measured: comparisons, the agreement interval's lower bound, the p99 ratio, the
+    /// error-rate increase; `None` when it was not measured.
+    pub value: Option<f64>,
+    pub threshold: f64,
+    /// How `value` must compare with `threshold` to pass: `>=` or `<=`.
+    pub rule: &'static str,
+    pub status: CheckStatus,
+    /// `status == pass`.
+    pub passed: bool,
+}
+
+/// Each criterion of [`evaluate`] on its own, judged exactly as `evaluate` judges it, so that
+/// the decision is REJECT when a check fails, PROMOTE when all pass, and HOLD otherwise. Below
+/// `min_samples` nothing is decided, so every check is pending then. A criterion added to
+/// `evaluate` belongs here too (the verdict document's tests check that the two agree).
+pub fn checks(shadow: &ShadowSummary, criteria: &Criteria) -> Vec<Check> {
+    let s = &shadow.stats;
+    let enough = s.comparisons >= criteria.min_samples && s.comparisons > 0;
+    let check = |name, value: Option<f64>, threshold: f64, rule, status: CheckStatus| {
+        let status = if enough || name == "min_samples" { status } else { CheckStatus::Pending };
+        Check { name, value, threshold, rule, status, passed: status == CheckStatus::Pass }
+    };
+    let verdict = |fail: bool| if fail { CheckStatus::Fail } else { CheckStatus::Pass };
+    let agreement = match s.agreement {
+        None => CheckStatus::Pending,
+        Some(a) if a.high < criteria.min_agreement => CheckStatus::Fail,
+        Some(a) if a.low >= criteria.min_agreement => CheckStatus::Pass,
+        Some(_) => CheckStatus::Pending,
+    };
+    let mut checks = vec![
+        check(
+            "min_samples",
+            Some(s.comparisons as f64),
+            criteria.min_samples.max(1) as f64,
+            ">=",
+            if enough { CheckStatus::Pass } else { CheckStatus::Pending },
+        ),
+        check("min_agreement", s.agreement.map(|a| a.low), criteria.min_agreement, ">=", agreement),
+        check(
+            "max_p99_latency_ratio",
+            s.p99_latency_ratio,
+            criteria.max_p99_latency_ratio,
+            "<=",
+            s.p99_latency_ratio.map_or(CheckStatus::Pending, |r| verdict(r > criteria.max_p99_latency_ratio)),
+        ),
+        check(
+            "max_error_rate_increase",
+            s.error_rate_increase,
+            criteria.max_error_rate_increase,
+            "<=",
+            // Unmeasured (no comparison) cannot happen past the minimum; it is not a reason to hold.
+            s.error_rate_increase
+                .map_or(CheckStatus::Pass, |i| verdict(i > criteria.max_error_rate_increase)),
+        ),
+    ];
+    // Generated text: judged only for shadows that had some, like `evaluate`.
+    if let Some(text) = &s.text {
+        for (name, figure, max) in [
+            ("max_ttft_p99_ratio", &text.ttft_ms, criteria.max_ttft_p99_ratio),
+            ("max_tpot_p99_ratio", &text.tpot_ms, criteria.max_tpot_p99_ratio),
+        ] {
+            if let Some(ratio) = figure.p99_ratio {
+                checks.push(check(name, Some(ratio), max, "<=", verdict(ratio > max)));
+            }
+        }
+        let min = criteria.min_exact_match;
+        if let Some(e) = text.exact_match.filter(|_| min > 0.0) {
+            let status = if e.high < min {
+                CheckStatus::Fail
+            } else if e.low >= min {
+                CheckStatus::Pass
+            } else {
+                CheckStatus::Pending
+            };
+            checks.push(check("min_exact_match", Some(e.low), min, ">=", status));
+        }
+    }
+    checks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

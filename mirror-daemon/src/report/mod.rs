@@ -2,6 +2,7 @@
 //! rotated and reopened by [`sink`]) and the periodic summary of exchanges and of every drop counter.
 pub mod aggregate;
 pub mod criteria;
+pub mod document;
 pub mod llm;
 pub mod record;
 pub mod record_set;
