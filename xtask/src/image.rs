@@ -96,10 +96,15 @@ pub fn build_image(args: &ImageArgs) -> Result<String> {
     }
 
     let started = Instant::now();
+    let previous = image_id(&reference);
     let stripped = work.join("mirror-daemon");
     run_command(Command::new("objcopy").arg("--strip-debug").arg(&daemon).arg(&stripped))?;
     commit_daemon_layer(&base, &base_key, &stripped, &daemon_sha, &reference)?;
     smoke_test(&reference)?;
+    // The image this one replaces keeps no name: remove it (unless a container still uses it).
+    if let Some(old) = previous.filter(|old| image_id(&reference).as_ref() != Some(old)) {
+        let _ = Command::new("podman").args(["rmi", &old]).output();
+    }
     eprintln!("image: daemon layer committed and checked in {:.0?}", started.elapsed());
     Ok(reference)
 }
@@ -274,7 +279,7 @@ fn build_base(work: &Path, suite: &str, sources: &str, packages: &[String], base
         return Err(err);
     }
     let container = buildah_output(Command::new("buildah").args(["from", "--quiet", "scratch"]))?;
-    let committed = (|| {
+    let committed = with_container(&container, || {
         run_command(Command::new("buildah").args(["add", "--quiet", &container]).arg(&rootfs).arg("/"))?;
         run_command(Command::new("buildah").args([
             "config",
@@ -282,9 +287,8 @@ fn build_base(work: &Path, suite: &str, sources: &str, packages: &[String], base
             &format!("mmdebstrap {suite} ({})", packages.join(", ")),
             &container,
         ]))?;
-        run_command(Command::new("buildah").args(["commit", "--quiet", &container, base]))
-    })();
-    let _ = Command::new("buildah").args(["rm", &container]).output();
+        run_command(Command::new("buildah").args(["commit", "--quiet", "--rm", &container, base]))
+    });
     std::fs::remove_file(&rootfs)?;
     committed
 }
@@ -306,7 +310,7 @@ fn commit_daemon_layer(
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let committed = (|| {
+    with_container(&container, || {
         run_command(
             Command::new("buildah")
                 .args(["copy", "--quiet", "--chmod", "0755", &container])
@@ -340,11 +344,17 @@ fn commit_daemon_layer(
             .arg(&container);
         run_command(&mut config)?;
         run_command(Command::new("buildah").args(["commit", "--quiet", "--rm", &container, reference]))
-    })();
-    if committed.is_err() {
-        let _ = Command::new("buildah").args(["rm", &container]).output();
+    })
+}
+
+/// Runs `steps` on a buildah working container; removes the container if they fail (the final
+/// `commit --rm` removes it otherwise).
+fn with_container(container: &str, steps: impl FnOnce() -> Result<()>) -> Result<()> {
+    let result = steps();
+    if result.is_err() {
+        let _ = Command::new("buildah").args(["rm", container]).output();
     }
-    committed
+    result
 }
 
 /// The image starts: the daemon finds its libraries, and so does `ip`.
@@ -366,6 +376,13 @@ fn smoke_test(reference: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The ID of a local image, if it exists.
+fn image_id(reference: &str) -> Option<String> {
+    let out =
+        Command::new("podman").args(["image", "inspect", "--format", "{{.Id}}", reference]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Runs a buildah command that prints one value (a container name) and returns it.
