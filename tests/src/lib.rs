@@ -3,11 +3,13 @@
 //!
 //! Tests built on this panic with context instead of returning `Result`, so a failure shows where.
 //! Traffic only ever goes to addresses inside namespaces created here.
+pub mod caps;
 pub mod client;
 pub mod daemon;
 pub mod expr;
 pub mod gate;
 pub mod grpc;
+pub mod image;
 pub mod journal;
 pub mod kube_api;
 pub mod model_server;

@@ -415,25 +415,35 @@ fn the_configmap_command_line_is_accepted_by_the_daemon() {
     assert_daemon_accepts(&args, "deploy/kubernetes/configmap.yaml");
 }
 
-/// The image's last stage runs the daemon: its libraries are all in the base image (glibc and
-/// libgcc_s, as `ldd` lists them), the programs it starts (iproute2's `ip` and `bridge`, for pod
-/// discovery) are installed, and it sits where the DaemonSet starts it.
+/// `deploy/Dockerfile` (the recipe for Docker users) builds what `cargo xtask image` builds: its
+/// last stage installs the same runtime packages (iproute2's `ip` and `bridge`, for pod discovery),
+/// puts the daemon where the image's entrypoint and the DaemonSet's `exec` expect it, and works in
+/// the records directory; the DaemonSet pulls the image by its published name and this version.
 #[test]
 fn the_container_image_has_what_the_daemon_runs() {
+    use mirror_tests::image;
     let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).expect("deploy/Dockerfile");
     let last_stage = text.rsplit_once("\nFROM ").expect("a multi-stage Dockerfile").1;
     assert!(last_stage.starts_with("debian:bookworm-slim"), "runtime base: {last_stage}");
-    assert!(
-        last_stage.contains("apt-get install") && last_stage.contains("iproute2"),
-        "the runtime stage must install iproute2 (ip, bridge):\n{last_stage}"
-    );
+    for package in image::RUNTIME_PACKAGES {
+        assert!(
+            last_stage.contains("apt-get install") && last_stage.contains(package),
+            "the runtime stage must install {package}, as `cargo xtask image` does:\n{last_stage}"
+        );
+    }
     let entrypoint = last_stage.lines().find_map(|l| l.strip_prefix("ENTRYPOINT ")).expect("an ENTRYPOINT");
     let entrypoint: Vec<String> = serde_json::from_str(entrypoint).expect("ENTRYPOINT in exec form");
+    assert_eq!(entrypoint, [image::BINARY], "the entrypoint of `cargo xtask image`");
+    assert!(last_stage.contains(&format!("WORKDIR {}", image::WORKDIR)), "{last_stage}");
     let m = manifests();
-    let command =
-        daemon_container(one(&m.daemonsets, "DaemonSet")).args.clone().unwrap_or_default().join(" ");
-    assert!(command.contains(&format!("exec {} ", entrypoint[0])), "{command} vs {entrypoint:?}");
-    assert!(last_stage.contains(&format!("COPY --from=build /out/mirror-daemon {}", entrypoint[0])));
+    let container = daemon_container(one(&m.daemonsets, "DaemonSet"));
+    let command = container.args.clone().unwrap_or_default().join(" ");
+    assert!(command.contains(&format!("exec {} ", image::BINARY)), "{command} vs {entrypoint:?}");
+    assert!(last_stage.contains(&format!("COPY --from=build /out/mirror-daemon {}", image::BINARY)));
+    let reference = container.image.as_deref().expect("the DaemonSet's image");
+    let (registry, name) = reference.split_once('/').expect("REGISTRY/REPOSITORY:TAG");
+    assert!(registry.contains('.') || registry.contains(':'), "a registry host first: {reference}");
+    assert_eq!(name, format!("{}:{}", image::REPOSITORY, image::VERSION), "what `cargo xtask image` tags");
 
     // What the binary links against is in every Debian base image (libc6 and libgcc-s1).
     let out = Command::new("ldd").arg(daemon::binary()).output().expect("run ldd");

@@ -12,6 +12,7 @@ use std::{
 
 use mirror_tests::{
     ChildGuard,
+    caps::grantable,
     client::{connect, post_json},
     daemon::Daemon,
     gate::kernel_tests_allowed,
@@ -47,29 +48,6 @@ fn daemonset_capabilities() -> Vec<String> {
         .and_then(Value::as_array)
         .expect("capabilities.add in the DaemonSet");
     add.iter().map(|c| c.as_str().expect("a capability name").to_ascii_lowercase()).collect()
-}
-
-/// Capability numbers of the names the deployment files use.
-fn number(cap: &str) -> u32 {
-    match cap {
-        "net_admin" => 12,
-        "sys_resource" => 24,
-        "perfmon" => 38,
-        "bpf" => 39,
-        other => panic!("capability {other} is new in the deployment files: add its number here"),
-    }
-}
-
-/// `caps` without those this machine's own bounding set lacks (they cannot be granted here);
-/// returns what was left out, for the log.
-fn grantable(caps: Vec<String>) -> (Vec<String>, Vec<String>) {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .expect("CapBnd");
-    caps.into_iter().partition(|c| bounding & (1u64 << number(c)) != 0)
 }
 
 fn model_server(ns: &Netns, addr: Ipv4Addr, version: &str) -> ChildGuard {

@@ -9,6 +9,7 @@ mod bench;
 mod build;
 mod demo;
 mod fuzz;
+mod image;
 mod install;
 mod setup;
 mod test;
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fuzz the segment → exchange pipeline, HTTP/2 included (cargo-fuzz, nightly).
     Fuzz(fuzz::FuzzArgs),
+    /// Build the container image with mmdebstrap and buildah (no Docker needed; needs root).
+    Image(image::ImageArgs),
     /// Install the daemon, its systemd unit and an example environment file.
     Install(install::InstallArgs),
 }
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Image(args) => image::run(&args),
         Command::Install(args) => install::run(&args),
     }
 }

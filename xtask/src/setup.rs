@@ -42,6 +42,14 @@ pub const PACKAGES: &[&str] = &[
     "prometheus",
 ];
 
+/// Debian packages that build and run the container image (`cargo xtask image`, and so
+/// `cargo xtask test`, install them on demand: about 120 MB that building the daemon does not need).
+/// mmdebstrap makes the root filesystem from the machine's own apt sources (with Debian's keyring),
+/// buildah turns it into an image without a daemon, podman runs it, with runc as its runtime
+/// (`mirror_tests::image::podman_run_options` says why); objcopy (binutils) strips the binary.
+pub const IMAGE_PACKAGES: &[&str] =
+    &["mmdebstrap", "debian-archive-keyring", "buildah", "podman", "runc", "binutils"];
+
 /// cargo-fuzz, for the fuzz run in `cargo xtask test` (with the machine's nightly toolchain).
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
@@ -65,7 +73,11 @@ fn bpf_linker_ok() -> bool {
 }
 
 fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
+    missing_of(PACKAGES)
+}
+
+fn missing_of(packages: &[&'static str]) -> Vec<&'static str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
@@ -102,22 +114,32 @@ pub fn run_setup_if_needed() -> Result<()> {
     if ready() { Ok(()) } else { self::run() }
 }
 
-pub fn run() -> Result<()> {
-    let missing = missing_packages();
+/// Installs the Debian packages in `packages` that are missing.
+fn install_missing(packages: &[&'static str], what: &str) -> Result<()> {
+    let missing = missing_of(packages);
     if missing.is_empty() {
-        eprintln!("setup: Debian packages present");
-    } else {
-        if !crate::util::is_root() {
-            bail!("setup must install {missing:?}: run it as root (sudo -E cargo xtask setup)");
-        }
-        run_command(Command::new("apt-get").args(["update", "-qq"]))?;
-        run_command(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        eprintln!("setup: {what} present");
+        return Ok(());
     }
+    if !crate::util::is_root() {
+        bail!("setup must install {missing:?}: run it as root (sudo -E cargo xtask ...)");
+    }
+    run_command(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Installs what builds and runs the container image, unless it is there.
+pub fn ensure_image_tools() -> Result<()> {
+    install_missing(IMAGE_PACKAGES, "image tools (mmdebstrap, buildah, podman)")
+}
+
+pub fn run() -> Result<()> {
+    install_missing(PACKAGES, "Debian packages")?;
     if bpf_linker_ok() {
         eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} present");
     } else {

@@ -22,6 +22,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // The integration tests drive real load through the daemon: they run the release binary,
     // the one users run. Test support binaries (the model server) are built with the tests.
     let daemon = build::run_build(&BuildArgs { debug: false })?;
+    if args.filter.is_none() {
+        // The image test runs this daemon in its container: built (or found up to date) once here.
+        let started = std::time::Instant::now();
+        let reference = crate::image::build_image(&crate::image::ImageArgs::default())?;
+        eprintln!("image: {reference} ready in {:.0?}", started.elapsed());
+    }
 
     let mut cmd = cargo();
     cmd.current_dir(workspace_root())
