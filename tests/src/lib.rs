@@ -9,6 +9,7 @@ pub mod gate;
 pub mod grpc;
 pub mod journal;
 pub mod kube_api;
+pub mod llm;
 pub mod model_server;
 pub mod netns;
 pub mod pcap_streams;
