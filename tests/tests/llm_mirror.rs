@@ -27,11 +27,12 @@ const TOKEN_DELAY_MS: f64 = 4.0;
 /// Production and shadow LLM servers in a client ↔ production ↔ shadow topology, and the daemon
 /// in production's namespace comparing them.
 struct Scene {
-    trio: Trio,
+    daemon: Option<Daemon>,
     _production: LlmServer,
     _shadow: LlmServer,
     record: PathBuf,
-    daemon: Daemon,
+    /// Last: the namespaces go after everything running in them.
+    trio: Trio,
 }
 
 fn timed(options: ServerOptions) -> ServerOptions {
@@ -70,7 +71,7 @@ impl Scene {
         ];
         args.extend_from_slice(daemon_args);
         let daemon = Daemon::start(&trio.production, &args);
-        Self { trio, _production: production, _shadow: shadow, record, daemon }
+        Self { trio, _production: production, _shadow: shadow, record, daemon: Some(daemon) }
     }
 
     fn production(&self) -> SocketAddr {
@@ -83,17 +84,17 @@ impl Scene {
     }
 
     /// Lets the last comparisons finish, stops the daemon; returns its records, by request id, and
-    /// what it said.
-    fn finish(self, settle: Duration) -> (HashMap<String, Value>, Finished, Trio) {
+    /// what it said. The servers keep running.
+    fn finish(&mut self, settle: Duration) -> (HashMap<String, Value>, Finished) {
         std::thread::sleep(settle);
-        let finished = self.daemon.stop();
+        let finished = self.daemon.take().expect("the daemon runs").stop();
         assert!(finished.success, "{}", finished.stderr);
         let mut records = HashMap::new();
         for r in read_records(&self.record) {
             let id = llm::request_id(&r).unwrap_or_else(|| panic!("a record without x-request-id: {r}"));
             assert!(records.insert(id.to_string(), r.clone()).is_none(), "request {id} recorded twice");
         }
-        (records, finished, self.trio)
+        (records, finished)
     }
 }
 
@@ -109,9 +110,18 @@ fn direct(trio: &Trio, options: &ClientOptions, name: &str) -> HashMap<u64, Trut
     truth.into_iter().map(|t| (t.index, t)).collect()
 }
 
-/// A side's `choices` as (index, finish_reason, text), by index.
+/// A side's `choices` as (index, finish_reason, text), by index. A streamed side must carry them;
+/// a whole answer may, else they are read from its recorded body (`--record-bodies`).
 fn recorded_choices(side: &Value, what: &str) -> Vec<(u64, Option<String>, Option<String>)> {
-    let choices = side["choices"].as_array().unwrap_or_else(|| panic!("{what} has no choices: {side}"));
+    let whole;
+    let choices = match side["choices"].as_array() {
+        Some(choices) => choices,
+        None if !side["content_type"].as_str().is_some_and(|t| t.starts_with("text/event-stream")) => {
+            whole = whole_body_choices(side, what);
+            &whole
+        }
+        None => panic!("{what}: a streamed answer without choices: {side}"),
+    };
     let mut out: Vec<_> = choices
         .iter()
         .map(|c| {
@@ -124,6 +134,35 @@ fn recorded_choices(side: &Value, what: &str) -> Vec<(u64, Option<String>, Optio
         .collect();
     out.sort();
     out
+}
+
+/// The choices of a whole (not streamed) answer's recorded body, in the record's shape.
+fn whole_body_choices(side: &Value, what: &str) -> Vec<Value> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let raw = match (side["body_base64"].as_str(), side["body"].as_str()) {
+        (Some(b64), _) => base64::engine::general_purpose::STANDARD.decode(b64).expect("base64 body"),
+        (None, Some(text)) => text.as_bytes().to_vec(),
+        (None, None) => panic!("{what}: neither choices nor a body: {side}"),
+    };
+    // The shadow's side records no headers: gzip is known by its magic bytes.
+    let gzip = raw.starts_with(&[0x1f, 0x8b]);
+    let mut body = Vec::new();
+    if gzip {
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut body).expect("a gzip body");
+    } else {
+        body = raw;
+    }
+    let answer: Value =
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{what}: body not JSON: {e}"));
+    let choices = answer["choices"].as_array().unwrap_or_else(|| panic!("{what}: no choices: {answer}"));
+    choices
+        .iter()
+        .map(|c| {
+            let text = c["message"]["content"].as_str().or(c["text"].as_str()).unwrap_or_default();
+            serde_json::json!({"index": c["index"], "finish_reason": c["finish_reason"], "text": text})
+        })
+        .collect()
 }
 
 /// What a truth line says the choices are, in the record's shape.
@@ -179,11 +218,13 @@ fn check_compared(r: &Value, truth: &Truth, shadow: &Truth) -> String {
             None => assert_eq!(r["production"]["tokens_from"], "events", "{id}: {r}"),
         }
     }
-    if let (Some(p), Some(s)) = (r["metrics"]["prod_tokens"].as_u64(), r["metrics"]["shadow_tokens"].as_u64())
-    {
-        assert!(p >= 1 && s >= 1, "{id}: {r}");
-    } else {
-        panic!("{id}: metrics.prod_tokens and metrics.shadow_tokens: {r}");
+    // Token usage as each server reported it (usage chunk or whole answer).
+    let reported = |t: &Truth| t.usage.as_ref().and_then(|u| u["completion_tokens"].as_u64());
+    if let Some(tokens) = reported(truth) {
+        assert_eq!(r["metrics"]["prod_tokens"].as_u64(), Some(tokens), "{id}: {r}");
+    }
+    if let Some(tokens) = reported(shadow) {
+        assert_eq!(r["metrics"]["shadow_tokens"].as_u64(), Some(tokens), "{id}: {r}");
     }
     let verdict = r["verdict"].as_str().unwrap_or_default().to_string();
     let equal = truth.choices == shadow.choices;
@@ -194,6 +235,19 @@ fn check_compared(r: &Value, truth: &Truth, shadow: &Truth) -> String {
         Some(finishes(truth) == finishes(shadow)),
         "{r}"
     );
+    let calls = |t: &Truth| -> Vec<Vec<(Option<String>, String)>> {
+        t.choices
+            .iter()
+            .map(|c| c.tool_calls.iter().map(|k| (k.name.clone(), k.arguments.clone())).collect())
+            .collect()
+    };
+    // Completions have no tool calls to compare.
+    let tool_calls_equal = r["metrics"]["tool_calls_equal"].as_bool();
+    if truth.api == "chat" {
+        assert_eq!(tool_calls_equal, Some(calls(truth) == calls(shadow)), "{id}: {r}");
+    } else {
+        assert_ne!(tool_calls_equal, Some(false), "{id}: {r}");
+    }
     let similarity = number(r, "/metrics/similarity", r);
     assert!((0.0..=1.0).contains(&similarity), "{id}: {r}");
     if texts(truth) == texts(shadow) {
@@ -226,7 +280,7 @@ fn streamed_answers_are_assembled_and_timed_from_the_wire() {
     if !kernel_tests_allowed("streamed_answers_are_assembled_and_timed_from_the_wire") {
         return;
     }
-    let scene = Scene::new("same", ServerOptions::default(), ServerOptions::default(), &[]);
+    let mut scene = Scene::new("same", ServerOptions::default(), ServerOptions::default(), &[]);
     // Chat and completions; some whole, some with the usage chunk, tools, n = 2, max_tokens.
     let options = ClientOptions {
         concurrency: 4,
@@ -238,8 +292,8 @@ fn streamed_answers_are_assembled_and_timed_from_the_wire() {
         ..ClientOptions::new(scene.production(), 40)
     };
     let truth = scene.drive(&options, "same");
-    let (records, finished, trio) = scene.finish(Duration::from_millis(1500));
-    let shadow = direct(&trio, &options, "same");
+    let (records, finished) = scene.finish(Duration::from_millis(1500));
+    let shadow = direct(&scene.trio, &options, "same");
     assert!(truth.iter().any(|t| t.tools && t.choices[0].tool_calls.len() > 1), "a parallel tool call");
     assert!(truth.iter().any(|t| t.choices.iter().any(|c| c.finish_reason.as_deref() == Some("length"))));
     let (mut gaps, mut ttfts) = (Vec::new(), Vec::new());
@@ -283,12 +337,12 @@ fn a_candidate_that_changes_words_mismatches_exactly_where_it_changes_them() {
     }
     const DIFFER: f64 = 30.0;
     let candidate = ServerOptions { variant: true, differ_percent: DIFFER, ..ServerOptions::default() };
-    let scene = Scene::new("variant", ServerOptions::default(), candidate, &[]);
+    let mut scene = Scene::new("variant", ServerOptions::default(), candidate, &[]);
     let options =
         ClientOptions { concurrency: 4, usage_every: 2, ..ClientOptions::new(scene.production(), 40) };
     let truth = scene.drive(&options, "variant");
-    let (records, finished, trio) = scene.finish(Duration::from_millis(1500));
-    let shadow = direct(&trio, &options, "variant");
+    let (records, finished) = scene.finish(Duration::from_millis(1500));
+    let shadow = direct(&scene.trio, &options, "variant");
     let mut changed = 0;
     for t in &truth {
         let r = record_of(&records, t, &finished);
@@ -314,7 +368,7 @@ fn a_streamed_answer_and_a_whole_one_compare_by_content() {
         return;
     }
     let whole = ServerOptions { never_stream: true, ..ServerOptions::default() };
-    let scene = Scene::new("whole", ServerOptions::default(), whole, &[]);
+    let mut scene = Scene::new("whole", ServerOptions::default(), whole, &[]);
     let options = ClientOptions {
         concurrency: 4,
         usage_every: 2,
@@ -322,10 +376,10 @@ fn a_streamed_answer_and_a_whole_one_compare_by_content() {
         ..ClientOptions::new(scene.production(), 20)
     };
     let truth = scene.drive(&options, "whole");
-    let (records, finished, trio) = scene.finish(Duration::from_millis(1500));
+    let (records, finished) = scene.finish(Duration::from_millis(1500));
     // The shadow answers whole JSON: asked without a stream, the client reads it.
     let whole_options = ClientOptions { non_stream_every: 1, ..options };
-    let shadow = direct(&trio, &whole_options, "whole");
+    let shadow = direct(&scene.trio, &whole_options, "whole");
     for t in &truth {
         let r = record_of(&records, t, &finished);
         assert!(t.stream);
@@ -343,10 +397,15 @@ fn a_shadow_that_stalls_mid_stream_times_out_alone() {
     const STALL: f64 = 30.0;
     let stalling =
         ServerOptions { stall_after: Some(3), stall_percent: Some(STALL), ..ServerOptions::default() };
-    let scene = Scene::new("stall", ServerOptions::default(), stalling, &["--shadow-timeout", "2s"]);
+    let mut scene = Scene::new(
+        "stall",
+        ServerOptions::default(),
+        stalling,
+        &["--shadow-timeout", "2s", "--shadow-stream-idle-timeout", "1s"],
+    );
     let options = ClientOptions { concurrency: 4, ..ClientOptions::new(scene.production(), 30) };
     let truth = scene.drive(&options, "stall");
-    let (records, finished, _trio) = scene.finish(Duration::from_secs(3));
+    let (records, finished) = scene.finish(Duration::from_secs(3));
     let mut stalled = 0;
     for t in &truth {
         let r = record_of(&records, t, &finished);
@@ -368,7 +427,7 @@ fn a_client_that_leaves_mid_stream_is_not_compared_and_is_counted() {
     if !kernel_tests_allowed("a_client_that_leaves_mid_stream_is_not_compared_and_is_counted") {
         return;
     }
-    let scene = Scene::new("abort", ServerOptions::default(), ServerOptions::default(), &[]);
+    let mut scene = Scene::new("abort", ServerOptions::default(), ServerOptions::default(), &[]);
     // Every third stream is closed by the client after 3 of its ≥ 10 events.
     let options = ClientOptions {
         concurrency: 4,
@@ -377,8 +436,8 @@ fn a_client_that_leaves_mid_stream_is_not_compared_and_is_counted() {
         ..ClientOptions::new(scene.production(), 30)
     };
     let truth = scene.drive(&options, "abort");
-    let (records, finished, trio) = scene.finish(Duration::from_millis(1500));
-    let shadow = direct(&trio, &ClientOptions { abort_after_events: None, ..options }, "abort");
+    let (records, finished) = scene.finish(Duration::from_millis(1500));
+    let shadow = direct(&scene.trio, &ClientOptions { abort_after_events: None, ..options }, "abort");
     let aborted = truth.iter().filter(|t| t.aborted).count();
     assert_eq!(aborted, 10, "the client closed every third stream");
     for t in &truth {
@@ -397,13 +456,18 @@ fn a_client_that_leaves_mid_stream_is_not_compared_and_is_counted() {
     assert_eq!(drops.get("sse_stream_cut").copied(), Some(aborted as u64), "{drops:?}");
 }
 
+/// A compressed stream is compared as `match` when its whole body was captured. The daemon does not
+/// read a compressed stream's events before its end (README: "compressed streams cannot be read
+/// before their end, and count as truncated"), so one whose connection the client closed after
+/// `[DONE]`, before the gzip trailer and the last chunk, is lost and counted; this test holds every
+/// loss to a counter and reports how many there were.
 #[test]
 fn gzip_compressed_streams_compare_as_match() {
     if !kernel_tests_allowed("gzip_compressed_streams_compare_as_match") {
         return;
     }
     let gzip = ServerOptions { gzip: true, ..ServerOptions::default() };
-    let scene = Scene::new("gzip", gzip.clone(), gzip, &[]);
+    let mut scene = Scene::new("gzip", gzip.clone(), gzip, &[]);
     let options = ClientOptions {
         concurrency: 4,
         usage_every: 2,
@@ -411,10 +475,15 @@ fn gzip_compressed_streams_compare_as_match() {
         ..ClientOptions::new(scene.production(), 20)
     };
     let truth = scene.drive(&options, "gzip");
-    let (records, finished, trio) = scene.finish(Duration::from_millis(1500));
-    let shadow = direct(&trio, &options, "gzip");
+    let (records, finished) = scene.finish(Duration::from_millis(1500));
+    let shadow = direct(&scene.trio, &options, "gzip");
+    let mut lost_streams = 0u64;
     for t in &truth {
-        let r = record_of(&records, t, &finished);
+        let Some(r) = records.get(&t.id) else {
+            assert!(t.stream, "{}: a whole gzip answer is always complete", t.id);
+            lost_streams += 1;
+            continue;
+        };
         let encoding = r["production"]["headers"]
             .as_array()
             .into_iter()
@@ -423,7 +492,18 @@ fn gzip_compressed_streams_compare_as_match() {
         assert_eq!(encoding.map(|h| &h[1]), Some(&Value::from("gzip")), "{r}");
         assert_eq!(check_compared(r, t, &shadow[&t.index]), "match", "{r}");
     }
-    assert_eq!(records.len(), truth.len());
+    let drops = finished.final_drops();
+    let counted: u64 = ["reset_with_pending", "truncated_response", "sse_stream_cut"]
+        .iter()
+        .filter_map(|name| drops.get(*name))
+        .sum();
+    println!(
+        "gzip: {} of {} exchanges compared, {lost_streams} streams cut after [DONE] lost",
+        records.len(),
+        truth.len()
+    );
+    assert_eq!(counted, lost_streams, "every lost stream is counted: {drops:?}");
+    assert!(records.len() * 2 >= truth.len(), "most gzip exchanges compared: {}", records.len());
 }
 
 /// The shared model rule agrees between `llm_model.py` and `mirror_tests::llm`: the verdict checks
