@@ -7,10 +7,9 @@
 //! request and response message it exchanged, so a test can check what the daemon rebuilt
 //! against what really happened on the wire.
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{ChildStdout, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
@@ -18,9 +17,6 @@ use std::{
 use serde_json::Value;
 
 use crate::{ChildGuard, netns::Netns, python};
-
-/// How long a server may take to say it listens (the interpreter and grpcio load first).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// grpc-encoding of messages (`--compression`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,20 +101,6 @@ pub struct GrpcServer {
     pub addrs: Vec<SocketAddr>,
 }
 
-/// Reads stdout lines on a thread, so a caller can wait for one with a timeout.
-fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// Starts a server of `kind` in `ns` on `addrs` and waits until it listens on all of them.
 pub fn start_server(
     kind: ServerKind,
@@ -148,22 +130,8 @@ pub fn start_server(
             ServerKind::TfServing => "--float-val",
         });
     }
-    cmd.stdout(Stdio::piped());
-    let mut child = ChildGuard(cmd.spawn()?);
-    let stdout = child.0.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
-    let lines = line_reader(stdout);
-    let mut bound = Vec::new();
-    for _ in addrs {
-        let line = lines.recv_timeout(START_TIMEOUT).map_err(|_| {
-            std::io::Error::other(format!("{} did not say it listens (exited or hung)", kind.script()))
-        })?;
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("{} said {line:?}", kind.script())))?;
-        bound.push(addr);
-    }
-    Ok(GrpcServer { child, addrs: bound })
+    let (child, addrs) = python::spawn_listening(cmd, addrs.len(), kind.script())?;
+    Ok(GrpcServer { child, addrs })
 }
 
 /// Starts `oip_server.py` in `ns` on `addrs`; panics if it does not come up.
@@ -496,7 +464,7 @@ pub fn spawn_client(ns: &Netns, options: &ClientOptions, truth: &Path) -> Runnin
         child,
         truth: truth.to_path_buf(),
         resume_file,
-        lines: line_reader(stdout),
+        lines: python::line_reader(stdout),
         said: Vec::new(),
     }
 }

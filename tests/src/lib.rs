@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod image;
 pub mod journal;
 pub mod kube_api;
+pub mod llm;
 pub mod model_server;
 pub mod netns;
 pub mod pcap_streams;

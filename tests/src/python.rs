@@ -1,6 +1,7 @@
-//! The Python gRPC stack of the tests and the demo: a virtualenv with the pinned packages of
-//! `tests/python/requirements.txt` (grpcio's C-core HTTP/2 and HPACK, not code of this project)
-//! and the stubs generated from the vendored protos.
+//! The Python stack of the tests and the demo: a virtualenv with the pinned packages of
+//! `tests/python/requirements.txt` (grpcio's C-core HTTP/2 and HPACK, aiohttp's HTTP/1.1 server and
+//! the official `openai` client — none of it code of this project) and the stubs generated from the
+//! vendored protos.
 //!
 //! The environment is made once per machine, under `<workspace>/target/python-venv-<hash>` (or
 //! `$MIRROR_PYTHON_CACHE/python-venv-<hash>`), where the hash covers the requirements, every proto
@@ -10,12 +11,16 @@
 //! `cargo xtask setup` prepares it up front; tests prepare it on first use otherwise.
 use std::{
     fs::{self, File},
-    io,
+    io::{self, BufRead, BufReader},
+    net::SocketAddr,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    process::{Command, Output},
-    sync::OnceLock,
+    process::{ChildStdout, Command, Output, Stdio},
+    sync::{OnceLock, mpsc},
+    time::Duration,
 };
+
+use crate::ChildGuard;
 
 /// Bumped when the layout of an environment changes, so older ones are not reused.
 const LAYOUT_VERSION: &str = "1";
@@ -52,6 +57,49 @@ impl PythonEnv {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1");
     }
+}
+
+/// How long a server script may take to say it listens (the interpreter and its packages load first).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads stdout lines on a thread, so a caller can wait for one with a timeout.
+pub fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Starts a server script (`cmd`, from [`PythonEnv::script_in`]) and waits until it printed
+/// `listening on ADDR` once for each of its `count` addresses; returns it (killed on drop) and the
+/// bound addresses (port 0 resolved).
+pub fn spawn_listening(
+    mut cmd: Command,
+    count: usize,
+    script: &str,
+) -> io::Result<(ChildGuard, Vec<SocketAddr>)> {
+    cmd.stdout(Stdio::piped());
+    let mut child = ChildGuard(cmd.spawn()?);
+    let stdout = child.0.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+    let lines = line_reader(stdout);
+    let mut bound = Vec::with_capacity(count);
+    for _ in 0..count {
+        let line = lines
+            .recv_timeout(START_TIMEOUT)
+            .map_err(|_| io::Error::other(format!("{script} did not say it listens (exited or hung)")))?;
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("{script} said {line:?}")))?;
+        bound.push(addr);
+    }
+    Ok((child, bound))
 }
 
 /// Why the environment could not be made.
@@ -284,7 +332,7 @@ fn build(env: &PythonEnv, files: &[(PathBuf, PathBuf)]) -> Result<(), PythonEnvE
         "importing the stubs",
         Command::new(&env.python).env("PYTHONPATH", &env.stubs).args([
             "-c",
-            "import grpc, grpc_predict_v2_pb2_grpc, stream_test_pb2_grpc; \
+            "import grpc, grpc_predict_v2_pb2_grpc, stream_test_pb2_grpc, aiohttp, openai; \
              from tensorflow_serving.apis import prediction_service_pb2_grpc",
         ]),
         PROTOC_HINT,

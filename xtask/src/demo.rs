@@ -9,8 +9,10 @@
 //!
 //! The `rest` scene speaks the protocol over HTTP/1.1 JSON; the `grpc` scene over gRPC
 //! (`inference.GRPCInferenceService/ModelInfer`, HTTP/2), with real grpcio servers and client from
-//! the test environment's pinned virtualenv, replayed to the candidate over h2c. `--scene` picks one;
-//! both run by default.
+//! the test environment's pinned virtualenv, replayed to the candidate over h2c. The `llm` scene
+//! swaps the classifier for streaming LLMs: OpenAI-compatible servers (aiohttp, Server-Sent Events)
+//! and the official `openai` client with `stream=True`, the candidate changing a word in a share of
+//! its answers. `--scene` picks one; all run by default.
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -40,7 +42,9 @@ pub enum Scene {
     Rest,
     /// Open Inference Protocol over gRPC (HTTP/2).
     Grpc,
-    /// Both, one after the other.
+    /// Streamed LLM answers: OpenAI-compatible chat and completions over Server-Sent Events.
+    Llm,
+    /// Every scene, one after the other.
     All,
 }
 
@@ -58,6 +62,9 @@ pub struct DemoArgs {
     /// Share of rows (0-100) on which the candidate model disagrees.
     #[arg(long, default_value_t = 0.5)]
     pub disagree_percent: f64,
+    /// LLM scene: share of prompts (0-100) whose answer the candidate LLM words differently.
+    #[arg(long, default_value_t = 5.0)]
+    pub differ_percent: f64,
 }
 
 fn model_server(bin: &Path, ns: &Netns, addr: SocketAddr, options: &ServerOptions) -> Result<ChildGuard> {
@@ -78,6 +85,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     if matches!(args.scene, Scene::Grpc | Scene::All) {
         grpc_scene(&daemon_bin, args)?;
+    }
+    if matches!(args.scene, Scene::Llm | Scene::All) {
+        llm_scene(&daemon_bin, args)?;
     }
     Ok(())
 }
@@ -265,6 +275,97 @@ fn grpc_scene(daemon_bin: &Path, args: &DemoArgs) -> Result<()> {
     );
     if failed > 0 {
         bail!("{failed} production calls failed");
+    }
+    Ok(())
+}
+
+fn llm_scene(daemon_bin: &Path, args: &DemoArgs) -> Result<()> {
+    use mirror_tests::llm::{self, ClientOptions, ServerOptions as LlmOptions};
+    println!(
+        "\n== LLM scene. Topology: client <-> production (LLM v1, streaming) <-> shadow (candidate LLM v2)"
+    );
+    println!(
+        "   (aiohttp servers and the openai client from the pinned test environment; preparing it once...)"
+    );
+    mirror_tests::python::prepare().context("prepare the Python test environment")?;
+    let trio = Trio::new();
+    let production = SocketAddr::from((trio.production_addr, 8000));
+    let shadow = SocketAddr::from((trio.shadow_addr, 8000));
+    let v1 = LlmOptions { ttft_ms: 60.0, token_delay_ms: 8.0, ..LlmOptions::default() };
+    let v2 = LlmOptions {
+        ttft_ms: 75.0,
+        token_delay_ms: 9.0,
+        variant: true,
+        differ_percent: args.differ_percent,
+        ..LlmOptions::default()
+    };
+    let _v1 = llm::start_server(&trio.production, &[production], &v1).context("start the production LLM")?;
+    let _v2 = llm::start_server(&trio.shadow, &[shadow], &v2).context("start the candidate LLM")?;
+    println!(
+        "   {}: LLM v1 streaming /v1/chat/completions and /v1/completions on {production}",
+        trio.production.name
+    );
+    println!(
+        "   {}: LLM v2 on {shadow}, first token ~15 ms later, {}% of its answers worded differently",
+        trio.shadow.name, args.differ_percent
+    );
+
+    let record = record_file("llm");
+    println!(
+        "\n== mirror-daemon on {} (production side), assembling each stream and replaying it to llm-v2 at {shadow}",
+        trio.production_if
+    );
+    let shadow_spec = format!("llm-v2@2.0.0=http://{shadow}");
+    let daemon = start_daemon(
+        daemon_bin,
+        &trio.production,
+        &[
+            "--interface",
+            &trio.production_if,
+            "--port",
+            "8000",
+            "--shadow",
+            &shadow_spec,
+            "--production-model",
+            "llm-v1@1.0.0",
+            "--route",
+            "POST /v1/**",
+            "--summary-interval",
+            "5s",
+        ],
+        &record,
+    )?;
+    // A streamed answer takes ~60 ms + 8 ms a token (8-24 tokens): ~5 requests/s per stream in flight.
+    let requests = (args.seconds * 20) as usize;
+    println!(
+        "\n== {requests} requests from the openai client, 4 in flight: chat and completions, streamed \
+         (some with the usage chunk, some with tools), every 10th whole\n"
+    );
+    let options = ClientOptions {
+        concurrency: 4,
+        usage_every: 2,
+        tools_every: 5,
+        non_stream_every: 10,
+        ..ClientOptions::new(production, requests)
+    };
+    let truth_file = record.with_extension("truth");
+    let truth = llm::run_client(&trio.client, &options, &truth_file);
+    let _ = std::fs::remove_file(truth_file);
+    let failed = truth.iter().filter(|t| t.error.is_some()).count();
+    let mut ttfts: Vec<f64> = truth.iter().filter_map(|t| t.ttft_ms).collect();
+    ttfts.sort_by(f64::total_cmp);
+    let median = ttfts.get(ttfts.len() / 2).copied().unwrap_or(f64::NAN);
+    println!(
+        "\n== client: {} requests, {failed} failed, time to first token (client side) median {median:.1} ms",
+        truth.len()
+    );
+    finish(daemon, daemon_bin, &record)?;
+    println!(
+        "\n== cleaning up: namespaces {}, {} and {} removed",
+        trio.client.name, trio.production.name, trio.shadow.name
+    );
+    if failed > 0 {
+        bail!("{failed} production requests failed");
     }
     Ok(())
 }
