@@ -7,7 +7,10 @@
 //!
 //! Times are the benchmark thread's CPU time, not wall time, so that other work on a shared
 //! machine does not count against the comparison.
-use std::time::Duration;
+#[path = "support/cpu_time.rs"]
+mod cpu_time;
+
+use cpu_time::cpu_time_of;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mirror_daemon::compare::{self, CompareRules, Message, RequestView, Schemas, ShadowOutcome};
@@ -37,23 +40,6 @@ fn answer(perturb: bool) -> Vec<u8> {
         count / CLASSES
     )
     .into_bytes()
-}
-
-/// CPU time used by this thread so far.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
-}
-
-/// Runs `f` `iters` times and returns the CPU time it took.
-fn cpu_time_of(iters: u64, mut f: impl FnMut()) -> Duration {
-    let start = thread_cpu_time();
-    for _ in 0..iters {
-        f();
-    }
-    thread_cpu_time().saturating_sub(start)
 }
 
 fn bench(c: &mut Criterion) {

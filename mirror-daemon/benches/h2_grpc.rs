@@ -16,6 +16,10 @@
 //! messages, on both bodies, and `grpc::read_status`). A summary gives exchanges/s, message
 //! payload GB/s and wire GiB/s per case, and whether 1 MiB messages reach 1 GB/s per core. A
 //! counting allocator then checks that a long-lived connection does not grow the heap per exchange.
+#[path = "support/cpu_time.rs"]
+mod cpu_time;
+
+use cpu_time::thread_cpu_time;
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::RefCell,
@@ -470,14 +474,6 @@ fn assembler() -> Assembler {
         flows: FlowConfig { server_ports: vec![PORT], ..FlowConfig::default() },
         ..AssemblerConfig::default()
     })
-}
-
-/// CPU time used by this thread so far.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 /// Criterion samples per benchmark.

@@ -2,7 +2,10 @@
 //! events, as vLLM sends one (`data: {chunk}\n\n`, one token each, a usage chunk, `[DONE]`),
 //! parsed, folded into its text and timed from its arrivals; and the same answer compared with
 //! itself by assembled content. Times are the benchmark thread's CPU time.
-use std::time::Duration;
+#[path = "support/cpu_time.rs"]
+mod cpu_time;
+
+use cpu_time::cpu_time_of;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mirror_daemon::{
@@ -28,21 +31,6 @@ fn stream() -> (Vec<u8>, Arrivals) {
     body.push_str("\n\ndata: [DONE]\n\n");
     arrivals.push(body.len() as u64, 1_000_000_000 + EVENTS as u64 * 20_000_000);
     (body.into_bytes(), arrivals)
-}
-
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
-}
-
-fn cpu_time_of(iters: u64, mut f: impl FnMut()) -> Duration {
-    let start = thread_cpu_time();
-    for _ in 0..iters {
-        f();
-    }
-    thread_cpu_time().saturating_sub(start)
 }
 
 fn bench(c: &mut Criterion) {

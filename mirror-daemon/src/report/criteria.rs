@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::aggregate::{Ms, Quantiles, ShadowSummary};
+use super::aggregate::{Ms, Proportion, Quantiles, ShadowSummary};
 
 /// Default [`Criteria::min_samples`].
 pub const DEFAULT_MIN_SAMPLES: u64 = 100;
@@ -237,18 +237,15 @@ pub fn evaluate(shadow: &ShadowSummary, criteria: &Criteria) -> Decision {
 
     if let Some(text) = &s.text {
         let min = criteria.min_exact_match;
-        match text.exact_match {
-            Some(e) if min > 0.0 => {
-                let interval = format!("exact text match {:.3} (95% CI {:.3}–{:.3})", e.rate, e.low, e.high);
-                if e.high < min {
-                    rejects.push(format!("{interval} is below {min}: even the upper bound misses it"));
-                } else if e.low >= min {
-                    passes.push(format!("{interval} is at least {min} with 95% confidence"));
-                } else {
-                    holds.push(format!("{interval} straddles {min}: not yet confident"));
+        if let Some(e) = text.exact_match.filter(|_| min > 0.0) {
+            let interval = format!("exact text match {:.3} (95% CI {:.3}–{:.3})", e.rate, e.low, e.high);
+            match interval_status(Some(e), min) {
+                CheckStatus::Fail => {
+                    rejects.push(format!("{interval} is below {min}: even the upper bound misses it"))
                 }
+                CheckStatus::Pass => passes.push(format!("{interval} is at least {min} with 95% confidence")),
+                CheckStatus::Pending => holds.push(format!("{interval} straddles {min}: not yet confident")),
             }
-            _ => {}
         }
         for (what, figure, max) in [
             ("time to first token", &text.ttft_ms, criteria.max_ttft_p99_ratio),
@@ -275,6 +272,16 @@ pub fn evaluate(shadow: &ShadowSummary, criteria: &Criteria) -> Decision {
         Decision { verdict: Promotion::Hold, reasons: holds }
     } else {
         Decision { verdict: Promotion::Promote, reasons: passes }
+    }
+}
+
+/// A rate judged by its 95% interval against a minimum: met when even the lower bound reaches it,
+/// missed when even the upper bound falls short, not yet known in between (or unmeasured).
+fn interval_status(rate: Option<Proportion>, min: f64) -> CheckStatus {
+    match rate {
+        Some(r) if r.high < min => CheckStatus::Fail,
+        Some(r) if r.low >= min => CheckStatus::Pass,
+        _ => CheckStatus::Pending,
     }
 }
 
@@ -318,12 +325,7 @@ pub fn checks(shadow: &ShadowSummary, criteria: &Criteria) -> Vec<Check> {
         Check { name, value, threshold, rule, status, passed: status == CheckStatus::Pass }
     };
     let verdict = |fail: bool| if fail { CheckStatus::Fail } else { CheckStatus::Pass };
-    let agreement = match s.agreement {
-        None => CheckStatus::Pending,
-        Some(a) if a.high < criteria.min_agreement => CheckStatus::Fail,
-        Some(a) if a.low >= criteria.min_agreement => CheckStatus::Pass,
-        Some(_) => CheckStatus::Pending,
-    };
+    let agreement = interval_status(s.agreement, criteria.min_agreement);
     let mut checks = vec![
         check(
             "min_samples",
@@ -362,14 +364,7 @@ pub fn checks(shadow: &ShadowSummary, criteria: &Criteria) -> Vec<Check> {
         }
         let min = criteria.min_exact_match;
         if let Some(e) = text.exact_match.filter(|_| min > 0.0) {
-            let status = if e.high < min {
-                CheckStatus::Fail
-            } else if e.low >= min {
-                CheckStatus::Pass
-            } else {
-                CheckStatus::Pending
-            };
-            checks.push(check("min_exact_match", Some(e.low), min, ">=", status));
+            checks.push(check("min_exact_match", Some(e.low), min, ">=", interval_status(Some(e), min)));
         }
     }
     checks
