@@ -251,11 +251,17 @@ pub fn compare(
     if !notes.is_empty() || rules.protocol == ProtocolChoice::Bytes {
         return bytes(&prod_body.body, &shadow_body.body, notes, rules);
     }
-    let asked = asks_for_stream(request, rules);
-    let streamed = [
-        is_stream(production.headers, &prod_body.body, asked),
-        is_stream(shadow.headers, &shadow_body.body, asked),
+    let mut streamed =
+        [crate::sse::is_event_stream(production.headers), crate::sse::is_event_stream(shadow.headers)];
+    let unlabelled = [
+        unlabelled_stream(production.headers, &prod_body.body),
+        unlabelled_stream(shadow.headers, &shadow_body.body),
     ];
+    // The request body is parsed only when an answer looks like an unlabelled stream: never for
+    // the large tensor requests of inference APIs.
+    if unlabelled.contains(&true) && asks_for_stream(request, rules) {
+        streamed = [streamed[0] || unlabelled[0], streamed[1] || unlabelled[1]];
+    }
     if streamed[0] || streamed[1] {
         return streams([&prod_body.body, &shadow_body.body], streamed, rules);
     }
@@ -350,11 +356,10 @@ fn asks_for_stream(request: &RequestView<'_>, rules: &CompareRules) -> bool {
         || json::parse(request.body).is_ok_and(|body| matches!(body.get("stream"), Some(Json::Bool(true))))
 }
 
-/// An answer is an event stream by its `Content-Type`, or, when a stream was asked for, by its
-/// first line (servers that label their event streams otherwise).
-fn is_stream(headers: &[crate::exchange::Header], body: &[u8], asked: bool) -> bool {
-    crate::sse::is_event_stream(headers)
-        || (asked && body.trim_ascii_start().starts_with(b"data:") && !crate::sse::is_json(headers))
+/// An answer that reads like an event stream although its `Content-Type` does not say so (servers
+/// that label their streams otherwise); taken for one when the request asked for a stream.
+fn unlabelled_stream(headers: &[crate::exchange::Header], body: &[u8]) -> bool {
+    body.trim_ascii_start().starts_with(b"data:") && !crate::sse::is_json(headers)
 }
 
 /// Answers of which at least one is an event stream, compared by what they assembled.
