@@ -13,11 +13,11 @@ use std::{
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use mirror_common::tcp_flags::{ACK, FIN, PSH, SYN};
+use mirror_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
 use mirror_daemon::{
     assembler::{Assembler, AssemblerConfig},
     capture::Segment,
-    flows::FlowConfig,
+    flows::{FlowConfig, FlowLimits},
 };
 
 /// Live heap bytes, to see growth per exchange.
@@ -152,7 +152,127 @@ fn bench(c: &mut Criterion) {
             group.finish();
         }
     }
+    connection_churn(c);
     steady_state_heap();
+}
+
+/// The address of the `n`th distinct client (10.1.0.0/16 and up, ports 10000–59999: never the
+/// server's port).
+fn client_addr(n: u32) -> SocketAddr {
+    let host = n / 50_000;
+    let port = 10_000 + (n % 50_000) as u16;
+    SocketAddr::from(([10, 1, (host >> 8) as u8, host as u8], port))
+}
+
+/// An assembler whose connection table holds `max` open keep-alive connections (each with one
+/// exchange done), as on a busy node.
+fn full_table(max: usize) -> Assembler {
+    let mut a = Assembler::new(AssemblerConfig {
+        flows: FlowConfig {
+            server_ports: vec![8080],
+            limits: FlowLimits { max_connections: max, ..FlowLimits::default() },
+        },
+        ..AssemblerConfig::default()
+    });
+    let mut out = Vec::new();
+    let mut segs = Vec::new();
+    for n in 0..max as u32 {
+        let mut ts = u64::from(n) * 10;
+        short_connection(client_addr(n), &mut ts, false, &mut segs);
+        for s in segs.drain(..) {
+            a.push(s, &mut out);
+        }
+        out.clear();
+    }
+    assert_eq!(a.connections(), max);
+    a
+}
+
+/// SYN → request → response (→ FIN both ways, when `close`): one short connection's segments.
+fn short_connection(client: SocketAddr, ts: &mut u64, close: bool, segs: &mut Vec<Segment>) {
+    const REQUEST: &[u8] = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\n\r\n{}";
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+    let server: SocketAddr = "10.0.0.2:8080".parse().expect("address");
+    let mut at = || {
+        *ts += 1;
+        *ts
+    };
+    segs.push(Segment::new(client, server, 0, SYN, Bytes::new(), at()));
+    segs.push(Segment::new(server, client, 0, SYN | ACK, Bytes::new(), at()));
+    segs.push(Segment::new(client, server, 1, ACK | PSH, Bytes::from_static(REQUEST), at()));
+    segs.push(Segment::new(server, client, 1, ACK | PSH, Bytes::from_static(RESPONSE), at()));
+    if close {
+        let (c, s) = (1 + REQUEST.len() as u32, 1 + RESPONSE.len() as u32);
+        segs.push(Segment::new(client, server, c, FIN | ACK, Bytes::new(), at()));
+        segs.push(Segment::new(server, client, s, FIN | ACK, Bytes::new(), at()));
+    }
+}
+
+/// The connection table under churn: refused connects against a full table (each one evicts the
+/// least recently active connection), the once-a-second idle sweep of a full table, and short
+/// connections (SYN → request → response → FIN) through reassembly and framing.
+fn connection_churn(c: &mut Criterion) {
+    const TABLE: usize = 16_384;
+    const REFUSED: u32 = 30_000;
+    let mut refused = Vec::with_capacity(2 * REFUSED as usize);
+    let start = TABLE as u64 * 10;
+    for n in 0..REFUSED {
+        let client = client_addr(TABLE as u32 + n);
+        let server: SocketAddr = "10.0.0.2:8080".parse().expect("address");
+        let ts = start + u64::from(n) * 2;
+        refused.push(Segment::new(client, server, 0, SYN, Bytes::new(), ts));
+        refused.push(Segment::new(server, client, 1, RST | ACK, Bytes::new(), ts + 1));
+    }
+    let mut group = c.benchmark_group("connection-table");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(u64::from(REFUSED)));
+    group.bench_function("full table, 30000 refused connects (SYN, RST)", |b| {
+        b.iter_batched(
+            || (full_table(TABLE), refused.clone(), Vec::new()),
+            |(mut a, segs, mut out)| {
+                for s in segs {
+                    a.push(s, &mut out);
+                }
+                assert_eq!(a.connections(), TABLE, "the table stays full");
+                a
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.throughput(Throughput::Elements(TABLE as u64));
+    group.bench_function("idle sweep of a full table, nothing expired", |b| {
+        let mut a = full_table(TABLE);
+        let mut out = Vec::new();
+        let now = start;
+        b.iter(|| {
+            a.tick(now, &mut out);
+            assert!(out.is_empty());
+        })
+    });
+    const SHORT: u32 = 50_000;
+    let mut ts = 0;
+    let mut short = Vec::with_capacity(6 * SHORT as usize);
+    for n in 0..SHORT {
+        short_connection(client_addr(n), &mut ts, true, &mut short);
+    }
+    group.throughput(Throughput::Elements(u64::from(SHORT)));
+    group.bench_function("short connections, SYN → request → response → FIN", |b| {
+        b.iter_batched(
+            || (assembler(), short.clone(), Vec::new()),
+            |(mut a, segs, mut out)| {
+                let mut done = 0;
+                for s in segs {
+                    a.push(s, &mut out);
+                    done += out.len();
+                    out.clear();
+                }
+                assert_eq!(done, SHORT as usize, "every exchange rebuilt: {:?}", a.drops());
+                a
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
 }
 
 /// Heap growth per exchange on long-lived keep-alive connections, once warmed up. Segments are

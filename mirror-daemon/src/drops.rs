@@ -8,8 +8,11 @@
 //! is a loss counted" in one file.
 //!
 //! Counts are requests (exchanges) unless the name ends in `_bytes`, `_segments`, `_connections`,
-//! `_events` or `_records`, or starts with `records_` (lines of the `--record` file).
-use std::fmt;
+//! `_events`, `_streams` or `_records`, starts with `records_` (lines of the `--record` file), or is
+//! `unpaired_response` (responses). The request counts are the books' terms ([`Books`]): every
+//! request the framing saw start ends exactly once — compared, recorded, not compared for a reason,
+//! or lost under one of these counters — and the summary shows that they add up.
+use std::{collections::BTreeMap, fmt};
 
 /// Where in the pipeline a loss happened, in the order data flows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,16 +51,19 @@ impl fmt::Display for Stage {
 }
 
 /// Declares a struct of monotonic counters grouped by [`Stage`], with a way to list and add them.
+/// Fields marked `@tally` are counts that are not losses (listed nowhere as drops, but added).
 macro_rules! counters {
     (
         $(#[doc = $sdoc:literal])+
         pub struct $name:ident {
+            $(@tally $(#[doc = $tdoc:literal])+ $tally:ident,)*
             $($stage:ident: { $($(#[doc = $doc:literal])+ $field:ident,)* })*
         }
     ) => {
         $(#[doc = $sdoc])+
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         pub struct $name {
+            $($(#[doc = $tdoc])+ pub $tally: u64,)*
             $($($(#[doc = $doc])+ pub $field: u64,)*)*
         }
 
@@ -72,6 +78,7 @@ macro_rules! counters {
 
             /// Adds `other`'s counts to these (for counters kept by several workers).
             pub fn add(&mut self, other: &Self) {
+                $(self.$tally += other.$tally;)*
                 $($(self.$field += other.$field;)*)*
             }
         }
@@ -99,6 +106,10 @@ counters! {
 counters! {
     /// Losses between captured segments and rebuilt exchanges (TCP reassembly, then framing).
     pub struct AssemblyDrops {
+        @tally
+        /// Requests the framing saw start: HTTP/1 request bytes at a message boundary, HTTP/2
+        /// client header blocks opening a stream. Not a loss: the books' total ([`Books`]).
+        requests_seen,
         Reassembly: {
             /// Segments of the daemon's own replay connections (the shadow is where the capture
             /// sees it): never rebuilt, so never replayed again.
@@ -147,7 +158,7 @@ counters! {
             unsupported_upgrade,
             /// Exchanges on `CONNECT` tunnels.
             unsupported_connect,
-            /// Responses with no request to pair with.
+            /// Responses with no request to pair with (responses, not requests).
             unpaired_response,
             /// Requests that got no response before the connection ended.
             unanswered_request,
@@ -164,6 +175,13 @@ counters! {
             idle_timeout_with_pending,
             /// Exchanges in progress when the connection was evicted or its 4-tuple reused.
             evicted_with_pending,
+            /// Requests in progress on connections still open when the daemon stopped (their
+            /// responses were never captured).
+            open_at_exit,
+            /// HTTP/1 connections whose client bytes stopped being HTTP after a request (a valid
+            /// request followed by garbage): the requests before are still paired, the garbage is
+            /// counted once as `malformed_request`, and nothing after it is parsed.
+            framing_error_connections,
             /// Exchanges dropped because the total HTTP buffer limit was hit.
             memory_limit,
             /// Connections stopped because a final response to `Expect: 100-continue` came before the
@@ -175,7 +193,8 @@ counters! {
             /// HTTP/2 streams whose header block could not be decoded (malformed HPACK); the
             /// direction's table is forgotten and rebuilt from later blocks.
             h2_hpack_errors,
-            /// HTTP/2 streams pushed by the server (`PUSH_PROMISE`): not rebuilt.
+            /// HTTP/2 streams pushed by the server (`PUSH_PROMISE`): not rebuilt (server streams,
+            /// not requests).
             h2_push_promised_streams,
             /// HTTP/2 exchanges ended by `RST_STREAM` with `CANCEL` (a client gave up, e.g. a
             /// deadline).
@@ -208,11 +227,13 @@ counters! {
             /// Requests carrying this daemon's marker header (a replay captured again): not
             /// replayed.
             own_replays_ignored,
-            /// Replays not started because the join table was full.
+            /// Replays not started because the join table was full (replays: the request itself
+            /// ends as not compared, `not_replayed`).
             join_full,
-            /// Replayed requests whose production response was never rebuilt.
+            /// Replays whose production response was never rebuilt (replays: the request is
+            /// counted where its exchange was lost).
             production_missing,
-            /// Entries whose shadow result never came (replays time out, so this stays 0).
+            /// Requests whose shadow result never came (replays time out, so this stays 0).
             shadow_missing,
         }
         Reporting: {
@@ -250,6 +271,120 @@ impl RecordDrops {
 
 /// The replay loss counted per shadow: replays dropped because the shadow's queue was full.
 pub const REPLAY_QUEUE_FULL: &str = "queue_full";
+
+/// Counters that count something other than requests although their name does not say so.
+const NOT_REQUESTS: [&str; 3] = ["unpaired_response", "join_full", "production_missing"];
+
+/// Whether a loss counter counts requests (see the module documentation).
+pub fn counts_requests(name: &str) -> bool {
+    const UNITS: [&str; 6] = ["_bytes", "_segments", "_connections", "_events", "_streams", "_records"];
+    !UNITS.iter().any(|unit| name.ends_with(unit))
+        && !name.starts_with("records_")
+        && !NOT_REQUESTS.contains(&name)
+}
+
+impl AssemblyDrops {
+    /// Requests lost in reassembly and framing: the sum of the request-counting counters.
+    pub fn requests_lost(&self) -> u64 {
+        self.list().into_iter().filter(|l| counts_requests(l.1)).map(|l| l.2).sum()
+    }
+}
+
+/// What became of the requests that reached the reporter, one outcome per request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    /// Compared with at least one shadow (a verdict, errors and timeouts included).
+    pub compared: u64,
+    /// Recorded without shadows (monitoring only).
+    pub recorded: u64,
+    /// Compared with no shadow, by reason (the first shadow's, when several were configured).
+    pub not_compared: BTreeMap<&'static str, u64>,
+}
+
+/// The books in request units: every request seen is compared, recorded, not compared for a
+/// reason, lost under a counted reason, or still in progress — once. `difference` is what does
+/// not add up, and is 0 unless a request went uncounted (or was counted twice).
+///
+/// Requests never seen at all (a whole connection lost before its first byte was captured, or
+/// the bytes skipped on a connection whose framing was lost) cannot be counted in requests: they
+/// are in the kernel's segment counters and the `_bytes` and `_connections` counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Books {
+    pub seen: u64,
+    pub compared: u64,
+    pub recorded: u64,
+    /// Not compared, by reason (the `reason` of `not_compared` records).
+    pub not_compared: Vec<(&'static str, u64)>,
+    /// Lost before comparison, by reason (the request-counting loss counters, non-zero ones).
+    pub lost: Vec<(&'static str, u64)>,
+    /// Seen and not yet ended: partial messages, answers awaited (0 in the final summary).
+    pub in_progress: u64,
+}
+
+impl Books {
+    pub fn new(losses: &Losses, outcomes: &Outcomes, in_progress: u64) -> Self {
+        let lost = losses
+            .list()
+            .into_iter()
+            .filter(|l| matches!(l.stage, Stage::Framing | Stage::Dispatch | Stage::Reporting))
+            .filter(|l| l.value > 0 && counts_requests(l.reason))
+            .map(|l| (l.reason, l.value))
+            .collect();
+        Self {
+            seen: losses.assembly.requests_seen,
+            compared: outcomes.compared,
+            recorded: outcomes.recorded,
+            not_compared: outcomes
+                .not_compared
+                .iter()
+                .map(|(r, v)| (*r, *v))
+                .filter(|(_, v)| *v > 0)
+                .collect(),
+            lost,
+            in_progress,
+        }
+    }
+
+    pub fn not_compared_total(&self) -> u64 {
+        self.not_compared.iter().map(|(_, v)| v).sum()
+    }
+
+    pub fn lost_total(&self) -> u64 {
+        self.lost.iter().map(|(_, v)| v).sum()
+    }
+
+    /// Requests seen minus every outcome: 0 when the books balance.
+    pub fn difference(&self) -> i64 {
+        let accounted =
+            self.compared + self.recorded + self.not_compared_total() + self.lost_total() + self.in_progress;
+        self.seen as i64 - accounted as i64
+    }
+}
+
+impl fmt::Display for Books {
+    /// `seen 500 = compared 300 + not_compared 150 (queue_full=150) + lost 50 (gap=50) +
+    /// in_progress 0; difference 0` (monitoring adds `recorded`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pairs = |pairs: &[(&str, u64)]| {
+            let text: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if text.is_empty() { String::new() } else { format!(" ({})", text.join(" ")) }
+        };
+        write!(f, "seen {} = compared {}", self.seen, self.compared)?;
+        if self.recorded > 0 {
+            write!(f, " + recorded {}", self.recorded)?;
+        }
+        write!(
+            f,
+            " + not_compared {}{} + lost {}{} + in_progress {}; difference {}",
+            self.not_compared_total(),
+            pairs(&self.not_compared),
+            self.lost_total(),
+            pairs(&self.lost),
+            self.in_progress,
+            self.difference()
+        )
+    }
+}
 
 /// One counted loss, as logs and metrics name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,6 +488,58 @@ mod tests {
         );
         assert_eq!(RecordDrops::reason("records_dropped_disk_full"), Some("disk_full"));
         assert_eq!(RecordDrops::reason("report_queue_full"), None);
+    }
+
+    #[test]
+    fn the_books_balance_only_in_requests() {
+        let losses = Losses {
+            kernel: KernelDrops { ringbuf_full: 40, ..KernelDrops::default() },
+            assembly: AssemblyDrops {
+                requests_seen: 20,
+                gap: 2,
+                malformed_request: 1,
+                desync_skipped_bytes: 900,
+                gap_desync_connections: 1,
+                unpaired_response: 1,
+                h2_push_promised_streams: 3,
+                ..AssemblyDrops::default()
+            },
+            dispatch: DispatchDrops {
+                join_full: 4,
+                production_missing: 1,
+                report_queue_full: 2,
+                ..DispatchDrops::default()
+            },
+            replay_queue_full: vec![("m2".into(), 5)],
+            records: RecordDrops { records_dropped_disk_full: 7, ..RecordDrops::default() },
+        };
+        let outcomes = Outcomes {
+            compared: 9,
+            recorded: 0,
+            not_compared: BTreeMap::from([("queue_full", 5), ("sampled_out", 0)]),
+        };
+        let books = Books::new(&losses, &outcomes, 1);
+        assert_eq!(books.lost, [("gap", 2), ("malformed_request", 1), ("report_queue_full", 2)]);
+        assert_eq!(books.not_compared, [("queue_full", 5)]);
+        assert_eq!(books.difference(), 0, "{books}");
+        assert_eq!(
+            books.to_string(),
+            "seen 20 = compared 9 + not_compared 5 (queue_full=5) + lost 5 (gap=2 malformed_request=1 \
+             report_queue_full=2) + in_progress 1; difference 0"
+        );
+        let short = Books::new(&losses, &Outcomes { compared: 7, ..outcomes.clone() }, 0);
+        assert_eq!(short.difference(), 3, "three requests unaccounted for");
+        let over = Books::new(&losses, &Outcomes { compared: 12, ..outcomes }, 0);
+        assert_eq!(over.difference(), -2, "counted twice");
+        for name in AssemblyDrops::NAMES.iter().chain(DispatchDrops::NAMES) {
+            let unit = ["_bytes", "_segments", "_connections", "_events", "_streams"]
+                .iter()
+                .any(|u| name.ends_with(u));
+            if unit {
+                assert!(!counts_requests(name), "{name}");
+            }
+        }
+        assert!(counts_requests("open_at_exit") && counts_requests("own_replays_ignored"));
     }
 
     #[test]

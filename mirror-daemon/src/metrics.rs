@@ -61,6 +61,14 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// What became of requests: `outcome` `seen`, `compared`, `recorded`, `not_compared` or `lost`,
+/// with the `reason` of the last two.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShadowReasonLabels {
     pub model_id: String,
@@ -109,6 +117,10 @@ pub struct Metrics {
     pub records_dropped: Family<ReasonLabels, Counter>,
     /// Replays in flight, by shadow.
     pub replays_in_flight: Family<ShadowRouteLabels, Gauge>,
+    /// The books in requests: seen, and each one's outcome (see [`crate::drops::Books`]).
+    pub requests: Family<OutcomeLabels, Counter>,
+    /// Requests seen whose outcome is not known yet.
+    pub requests_in_progress: Gauge,
     /// Interfaces carrying the capture programs.
     pub attached_interfaces: Gauge,
     /// Production pods followed on this node (with `--pod-selector`).
@@ -148,6 +160,8 @@ impl Metrics {
         let drops = Family::<ReasonLabels, Counter>::default();
         let records_dropped = Family::<ReasonLabels, Counter>::default();
         let replays_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
+        let requests = Family::<OutcomeLabels, Counter>::default();
+        let requests_in_progress = Gauge::default();
         let attached_interfaces = Gauge::default();
         let production_pods = Gauge::default();
         let pod_lookup_failures = Counter::default();
@@ -203,6 +217,16 @@ impl Metrics {
             replays_in_flight.clone(),
         );
         registry.register(
+            "requests",
+            "Requests seen (outcome=seen) and what became of each: compared, recorded, not_compared or lost, by reason",
+            requests.clone(),
+        );
+        registry.register(
+            "requests_in_progress",
+            "Requests seen whose outcome is not known yet",
+            requests_in_progress.clone(),
+        );
+        registry.register(
             "attached_interfaces",
             "Interfaces carrying the capture programs",
             attached_interfaces.clone(),
@@ -235,6 +259,8 @@ impl Metrics {
             drops,
             records_dropped,
             replays_in_flight,
+            requests,
+            requests_in_progress,
             attached_interfaces,
             production_pods,
             pod_lookup_failures,

@@ -25,12 +25,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     capture::ignore::OwnConnections,
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
-    drops::{DispatchDrops, KernelDrops, Losses, RecordDrops, Stage},
+    drops::{Books, DispatchDrops, KernelDrops, Losses, Outcomes, RecordDrops, Stage},
     exchange::{Assembled, Exchange, ReadyRequest},
     kernel::Counters,
     metrics::{
-        ComparisonLabels, Metrics, ReasonLabels, RouteLabels, ShadowReasonLabels, ShadowRouteLabels,
-        TextLabels,
+        ComparisonLabels, Metrics, OutcomeLabels, ReasonLabels, RouteLabels, ShadowReasonLabels,
+        ShadowRouteLabels, TextLabels,
     },
     replay::{
         client::{ClientLimits, Done, Job, ShadowClient},
@@ -105,6 +105,8 @@ pub struct Snapshot {
     pub losses: Losses,
     pub connections: usize,
     pub buffered_bytes: usize,
+    /// Requests seen and not ended yet: partial messages, and comparisons awaiting shadows.
+    pub requests_in_progress: u64,
     /// Per shadow: `(name, value)` replay counters.
     pub replay: Vec<(String, Vec<(&'static str, u64)>)>,
 }
@@ -296,8 +298,8 @@ impl Dispatcher {
         }
         if self.replay.is_own_replay(&ready.request) {
             // One of this daemon's replays, captured again (possible only through another path
-            // than its own connections, e.g. a proxy in front of the shadow): never replayed.
-            self.counters.own_replays_ignored += 1;
+            // than its own connections, e.g. a proxy in front of the shadow): never replayed,
+            // and counted once its exchange is in (as every request is counted once it ends).
             return;
         }
         let generation = &mut self.current;
@@ -330,8 +332,8 @@ impl Dispatcher {
     /// A production exchange was rebuilt.
     pub fn exchange(&mut self, mut exchange: Exchange) {
         if !self.current.clients.is_empty() && self.replay.is_own_replay(&exchange.request) {
-            // A replay of this daemon's, captured again: not production's traffic (counted when
-            // its request was announced).
+            // A replay of this daemon's, captured again: not production's traffic.
+            self.counters.own_replays_ignored += 1;
             return;
         }
         for generation in self.retired.iter_mut().chain(std::iter::once(&mut self.current)) {
@@ -392,6 +394,32 @@ impl Dispatcher {
     pub fn send(&mut self, item: ReportItem) {
         if self.to_report.try_send(item).is_err() {
             self.counters.report_queue_full += 1;
+        }
+    }
+
+    /// Sends a periodic summary without waiting: when the reporter is that far behind, this one
+    /// is skipped (the next one has the counts), and it is no request lost.
+    pub fn send_summary(&self, snapshot: Snapshot) {
+        let _ = self.to_report.try_send(ReportItem::Summary(Box::new(snapshot)));
+    }
+
+    /// Comparisons whose production exchange is in and whose shadow answers are awaited.
+    pub fn requests_in_progress(&self) -> u64 {
+        std::iter::once(&self.current).chain(&self.retired).map(|g| g.join.awaiting_shadows()).sum()
+    }
+
+    /// At shutdown, after the replays' grace period: every comparison still waiting for a
+    /// shadow is reported, the missing answers as `in_flight_at_exit`, so that each request has
+    /// its record. Waits for room in the reporter's queue: these must not be lost.
+    pub async fn finish(&mut self) {
+        let mut items = Vec::new();
+        for generation in std::iter::once(&mut self.current).chain(self.retired.iter_mut()) {
+            for complete in generation.join.drain_at_exit() {
+                items.push(ReportItem::Replayed(complete, generation.shadows.clone()));
+            }
+        }
+        for item in items {
+            self.send_control(item).await;
         }
     }
 
@@ -457,6 +485,9 @@ pub struct Reporter {
     pub aggregator: Aggregator,
     /// Records that could not be turned into observations (a bug if ever non-zero).
     pub unaggregated: u64,
+    /// What became of each request handed over (compared, recorded, not compared): the books'
+    /// outcomes, balanced against the capture side's counts at each summary.
+    pub outcomes: Outcomes,
     /// Where the verdict document is published for `GET /verdict`.
     pub verdict: VerdictPublisher,
 }
@@ -569,8 +600,10 @@ impl Reporter {
         let record = ExchangeRecord::new(exchange, &self.record);
         let Some(reason) = reason else {
             // Monitor mode: the exchange is the whole story.
+            self.outcomes.recorded += 1;
             return self.write(&record);
         };
+        *self.outcomes.not_compared.entry(reason).or_default() += 1;
         for shadow in self.shadows.clone().iter() {
             self.not_compared(&record, &route, shadow, reason)?;
         }
@@ -602,6 +635,18 @@ impl Reporter {
 
     fn replayed(&mut self, complete: &Complete, shadows: &[ShadowInfo]) -> Result<()> {
         let exchange = &complete.exchange;
+        let not_sent = |r: &ShadowResult| match r {
+            ShadowResult::NotSent { reason } => Some(*reason),
+            _ => None,
+        };
+        match complete.results.iter().map(not_sent).collect::<Option<Vec<_>>>() {
+            // Every shadow's answer is missing: not compared, for the first shadow's reason.
+            Some(reasons) => {
+                let reason = reasons.first().copied().unwrap_or("not_replayed");
+                *self.outcomes.not_compared.entry(reason).or_default() += 1;
+            }
+            None => self.outcomes.compared += 1,
+        }
         let route = route(&exchange.request.method, &exchange.request.target);
         self.production(exchange, &route, false);
         let record = ExchangeRecord::new(exchange, &self.record);
@@ -757,6 +802,11 @@ impl Reporter {
             };
             Metrics::advance(&self.metrics.drops.get_or_create(&ReasonLabels { reason }), loss.value);
         }
+        let books = Books::new(&losses, &self.outcomes, s.requests_in_progress);
+        self.count_requests(&books);
+        if last && books.difference() != 0 {
+            tracing::warn!(%books, "the books do not balance: some requests were not counted exactly once");
+        }
         for (model_id, counters) in &s.replay {
             if let Some((_, in_flight)) = counters.iter().find(|(n, _)| *n == "in_flight") {
                 let labels = ShadowRouteLabels { model_id: model_id.clone(), route: "all".into() };
@@ -777,6 +827,14 @@ impl Reporter {
             undecodable_records = s.losses.kernel.undecodable_records,
             kernel = %s.kernel,
             drops = %nonzero(losses.pipeline()),
+            requests = %books,
+            requests_seen = books.seen,
+            requests_compared = books.compared,
+            requests_recorded = books.recorded,
+            requests_not_compared = books.not_compared_total(),
+            requests_lost = books.lost_total(),
+            requests_in_progress = books.in_progress,
+            requests_difference = books.difference(),
             replay = ?replay,
             "{}",
             if last { "final summary" } else { "summary" }
@@ -803,6 +861,7 @@ impl Reporter {
             );
         }
         if last {
+            eprintln!("\nrequests: {books}");
             eprintln!("\n{summary}");
             for shadow in &summary.shadows {
                 let decision = evaluate(shadow, &self.criteria);
@@ -813,6 +872,22 @@ impl Reporter {
 }
 
 impl Reporter {
+    /// `mirror_requests_total{outcome,reason}` and `mirror_requests_in_progress` from the books.
+    fn count_requests(&self, books: &Books) {
+        let terms =
+            [("seen", "", books.seen), ("compared", "", books.compared), ("recorded", "", books.recorded)];
+        let not_compared = books.not_compared.iter().map(|(r, v)| ("not_compared", *r, *v));
+        let lost = books.lost.iter().map(|(r, v)| ("lost", *r, *v));
+        for (outcome, reason, value) in terms.into_iter().chain(not_compared).chain(lost) {
+            if value == 0 && outcome != "seen" {
+                continue;
+            }
+            let labels = OutcomeLabels { outcome: outcome.to_string(), reason: reason.to_string() };
+            Metrics::advance(&self.metrics.requests.get_or_create(&labels), value);
+        }
+        self.metrics.requests_in_progress.set(books.in_progress as i64);
+    }
+
     /// Publishes the verdict document for `summary` (the configured shadows included).
     fn publish_verdict(&mut self, summary: &crate::report::aggregate::Summary) {
         let configured: Vec<&str> = self.shadows.iter().map(|s| s.model.model_id.as_str()).collect();

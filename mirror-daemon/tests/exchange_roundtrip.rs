@@ -479,6 +479,7 @@ proptest! {
         }
         let drops: Vec<_> = a.drops().list().into_iter().filter(|&(_, _, v)| v > 0).collect();
         prop_assert!(drops.is_empty(), "{:?}", drops);
+        prop_assert_eq!(a.drops().requests_seen, out.len() as u64, "every request seen is rebuilt");
         prop_assert_eq!(a.memory_bytes(), 0);
         prop_assert_eq!(a.connections(), 0);
     }
@@ -508,6 +509,10 @@ proptest! {
         if out.len() < total {
             prop_assert!(drops > 0, "{} of {} exchanges missing without a counter", total - out.len(), total);
         }
+        // The books: every request seen is rebuilt or counted exactly once, in requests.
+        let d = a.drops();
+        prop_assert_eq!(a.requests_in_progress(), 0);
+        prop_assert_eq!(d.requests_seen, out.len() as u64 + d.requests_lost(), "{:?}", d);
         prop_assert_eq!(a.memory_bytes(), 0);
         prop_assert_eq!(a.connections(), 0);
     }
@@ -548,6 +553,7 @@ proptest! {
             }
         }
         prop_assert!(got.is_empty(), "exchanges of unknown clients");
+        prop_assert_eq!(stats.requests_seen, out.len() as u64 + stats.requests_lost(), "{:?}", stats);
         prop_assert_eq!(a.memory_bytes(), 0);
         prop_assert_eq!(a.connections(), 0);
     }

@@ -537,8 +537,23 @@ fn check_clean(c: &Captured, http: HttpConfig) -> Result<(), TestCaseError> {
         c.caused
     );
     prop_assert_eq!(drops.h2_push_promised_streams, c.caused.pushes as u64);
+    check_books(out.len(), &a)?;
     prop_assert_eq!(a.memory_bytes(), 0);
     prop_assert_eq!(a.connections(), 0);
+    Ok(())
+}
+
+/// The books: every stream a client header block opened became an exchange or was counted once,
+/// in requests, when every connection has ended.
+fn check_books(emitted: usize, a: &Assembler) -> Result<(), TestCaseError> {
+    let drops = a.drops();
+    prop_assert_eq!(a.requests_in_progress(), 0);
+    prop_assert_eq!(
+        drops.requests_seen,
+        emitted as u64 + drops.requests_lost(),
+        "the books do not balance: {:?}",
+        nonzero(drops)
+    );
     Ok(())
 }
 
@@ -568,6 +583,7 @@ fn check_subset(c: &Captured, http: HttpConfig, how: Capture) -> Result<(), Test
             nonzero(&drops)
         );
     }
+    check_books(out.len(), &a)?;
     prop_assert_eq!(a.memory_bytes(), 0);
     prop_assert_eq!(a.connections(), 0);
     Ok(())

@@ -105,6 +105,28 @@ impl Assembler {
         self.events = events;
     }
 
+    /// Closes every connection (the daemon is stopping): requests still in progress are counted
+    /// `open_at_exit`, exchanges completed by what was captured are appended to `out`.
+    pub fn finish(&mut self, out: &mut Vec<Assembled>) {
+        let mut events = std::mem::take(&mut self.events);
+        self.flows.close_all(&mut events);
+        self.dispatch(&mut events, out);
+        self.events = events;
+    }
+
+    /// Requests seen whose exchange is neither rebuilt nor counted lost yet (a term of the books,
+    /// [`crate::drops::Books`]). Walks the connections: for the periodic summary, not per segment.
+    pub fn requests_in_progress(&self) -> u64 {
+        self.conns
+            .values()
+            .map(|conn| match conn {
+                Conn::Detecting(_) => 0,
+                Conn::Http1(http) => http.requests_in_progress(),
+                Conn::Http2(h2) => h2.requests_in_progress(),
+            })
+            .sum()
+    }
+
     /// Losses since creation.
     pub fn drops(&self) -> &AssemblyDrops {
         &self.drops

@@ -781,6 +781,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
         stats: ExchangeStats::default(),
         aggregator: Aggregator::default(),
         unaggregated: 0,
+        outcomes: Default::default(),
         verdict: VerdictPublisher::new(verdict),
     };
     let reporter = tokio::spawn(reporter.run(report_rx));
@@ -845,6 +846,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             kernel,
             connections: assembler.connections(),
             buffered_bytes: assembler.memory_bytes(),
+            requests_in_progress: assembler.requests_in_progress() + dispatcher.requests_in_progress(),
             replay: dispatcher.replay_counters(),
         }
     };
@@ -862,8 +864,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
                 own_replay_hint(&mut own_replays_seen, assembler.drops(), &dispatcher);
             }
             _ = summary_every.tick() => {
-                let s = snapshot(&capture, &reader, &assembler, &dispatcher);
-                dispatcher.send(ReportItem::Summary(Box::new(s)));
+                dispatcher.send_summary(snapshot(&capture, &reader, &assembler, &dispatcher));
             }
             event = next_pod_event(&mut pod_events) => capture.pod_event(event, &metrics),
             err = watch_ended(&mut pod_watch) => {
@@ -884,8 +885,12 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
         dispatcher.assembled(assembled.drain(..), monotonic_now_ns());
     }
 
-    // Stop capturing, then give replays in flight up to their timeout to finish.
+    // Stop capturing: what was captured is rebuilt, and requests on connections still open are
+    // counted (`open_at_exit`; their answers will not be captured). Then replays in flight get up
+    // to their timeout to finish, and those still waiting are recorded `in_flight_at_exit`: every
+    // request seen ends in the books.
     reader.drain(|s| assembler.push(s, &mut assembled));
+    assembler.finish(&mut assembled);
     dispatcher.assembled(assembled.drain(..), monotonic_now_ns());
     let grace = tokio::time::sleep(args.mirror.shadow_timeout + Duration::from_millis(100));
     // Every live client counts, including those of shadows removed by a reload with answers due.
@@ -896,6 +901,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             () = &mut grace => break,
         }
     }
+    dispatcher.finish().await;
     let (tx, rx) = oneshot::channel();
     let last = snapshot(&capture, &reader, &assembler, &dispatcher);
     dispatcher.send_control(ReportItem::Final(Box::new(last), tx)).await;

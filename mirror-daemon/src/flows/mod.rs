@@ -15,6 +15,12 @@
 //! - treats a new SYN on a closed (or differently numbered) 4-tuple as a new connection.
 //!
 //! Time only comes from segments and from the `now_ns` given to [`FlowTable::tick`].
+//!
+//! Eviction (a full table) and the idle sweep cost O(1) per connection they touch, whatever the
+//! table's size: [`order`] keeps the connections by last activity, so a burst of new connections
+//! against a full table (a port scan, refused connects) does not scan the table per connection.
+mod order;
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
@@ -22,6 +28,7 @@ use std::{
 
 use bytes::Bytes;
 
+use self::order::{Order, Queue, Slot};
 use crate::{capture::Segment, drops::AssemblyDrops};
 
 /// Identifies one connection for its whole life; a reused 4-tuple gets a new id.
@@ -104,6 +111,8 @@ pub enum CloseReason {
     Evicted,
     /// A new SYN reused the 4-tuple.
     Reused,
+    /// The daemon stopped while the connection was open.
+    Shutdown,
 }
 
 /// How far an exchange had come when its connection ended.
@@ -128,6 +137,7 @@ impl CloseReason {
             (CloseReason::Reset, _) => &mut drops.reset_with_pending,
             (CloseReason::IdleTimeout, _) => &mut drops.idle_timeout_with_pending,
             (CloseReason::Evicted | CloseReason::Reused, _) => &mut drops.evicted_with_pending,
+            (CloseReason::Shutdown, _) => &mut drops.open_at_exit,
         };
         *counter += 1;
     }
@@ -224,7 +234,8 @@ impl Stream {
 #[derive(Debug)]
 struct Conn {
     id: ConnId,
-    key: ConnKey,
+    /// Its place in the eviction and expiry order.
+    slot: Slot,
     streams: [Stream; 2],
     last_ts: u64,
     /// Closed (FIN both ways or RST): kept until idle so that late retransmissions are not taken
@@ -244,6 +255,8 @@ pub struct FlowTable {
     server_ports: HashSet<u16>,
     limits: FlowLimits,
     conns: HashMap<ConnKey, Conn>,
+    /// Open connections by last activity, closed ones by closing time.
+    order: Order,
     next_id: ConnId,
     buffered: usize,
 }
@@ -254,6 +267,7 @@ impl FlowTable {
             server_ports: config.server_ports.into_iter().collect(),
             limits: config.limits,
             conns: HashMap::new(),
+            order: Order::new(),
             next_id: 1,
             buffered: 0,
         }
@@ -303,7 +317,8 @@ impl FlowTable {
             self.make_room(out, stats);
             let id = self.next_id;
             self.next_id += 1;
-            let conn = Conn { id, key, streams: Default::default(), last_ts: seg.ts_ns, closed: false };
+            let slot = self.order.push(key, Queue::Open);
+            let conn = Conn { id, slot, streams: Default::default(), last_ts: seg.ts_ns, closed: false };
             self.conns.insert(key, conn);
             out.push(FlowEvent::Opened { id, key });
         }
@@ -316,8 +331,10 @@ impl FlowTable {
             self.buffered -= conn.buffered();
             conn.streams = Default::default();
             conn.closed = true;
+            self.order.move_back(conn.slot, Queue::Closed);
             return;
         }
+        self.order.move_back(conn.slot, Queue::Open);
 
         let stream = &mut conn.streams[side.index()];
         if !stream.started {
@@ -386,25 +403,47 @@ impl FlowTable {
         if conn.streams.iter().all(|s| s.finished) {
             out.push(FlowEvent::Closed { id, reason: CloseReason::Finished });
             conn.closed = true;
+            self.order.move_back(conn.slot, Queue::Closed);
         }
     }
 
     /// Expires idle connections: holes become gaps, pending data is delivered, then `Closed`.
+    ///
+    /// Walks each queue from its least recently active connection and stops at the first one
+    /// still active, so a sweep costs what it expires. The queues are in arrival order while
+    /// `last_ts` is the latest segment timestamp, and the two directions come from different
+    /// hooks: a connection a few microseconds older than the one that stops the walk is expired
+    /// at the next sweep.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<FlowEvent>, stats: &mut AssemblyDrops) {
         let timeout = self.limits.idle_timeout_ns;
-        let expired: Vec<ConnKey> = self
-            .conns
-            .values()
-            .filter(|c| now_ns.saturating_sub(c.last_ts) > timeout)
-            .map(|c| c.key)
-            .collect();
-        for key in expired {
-            let Some(conn) = self.conns.get_mut(&key) else { continue };
-            if conn.closed {
-                self.conns.remove(&key);
-                continue;
+        for queue in [Queue::Closed, Queue::Open] {
+            while let Some(key) = self.order.front(queue) {
+                let Some(conn) = self.conns.get(&key) else { break };
+                if now_ns.saturating_sub(conn.last_ts) <= timeout {
+                    break;
+                }
+                if !conn.closed {
+                    stats.idle_timeout_connections += 1;
+                }
+                self.expire(&key, CloseReason::IdleTimeout, out);
             }
-            stats.idle_timeout_connections += 1;
+        }
+    }
+
+    /// Closes every open connection (the daemon is stopping): what they still held is delivered
+    /// or reported as gaps, then each one's unfinished exchanges are counted as
+    /// [`CloseReason::Shutdown`].
+    pub fn close_all(&mut self, out: &mut Vec<FlowEvent>) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.expire(&key, CloseReason::Shutdown, out);
+        }
+    }
+
+    /// Ends one connection: holes become gaps, what follows them is delivered, then `Closed`.
+    fn expire(&mut self, key: &ConnKey, reason: CloseReason, out: &mut Vec<FlowEvent>) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if !conn.closed {
             let id = conn.id;
             for side in [Side::Client, Side::Server] {
                 let stream = &mut conn.streams[side.index()];
@@ -415,12 +454,13 @@ impl FlowTable {
                 self.buffered -= before - stream.buffered;
                 self.buffered -= check_fin(stream, id, side, out);
             }
-            self.remove(&key, CloseReason::IdleTimeout, out);
         }
+        self.remove(key, reason, out);
     }
 
     fn remove(&mut self, key: &ConnKey, reason: CloseReason, out: &mut Vec<FlowEvent>) {
         if let Some(conn) = self.conns.remove(key) {
+            self.order.remove(conn.slot);
             self.buffered -= conn.buffered();
             if !conn.closed {
                 out.push(FlowEvent::Closed { id: conn.id, reason });
@@ -428,15 +468,15 @@ impl FlowTable {
         }
     }
 
-    /// Evicts one connection if the table is full: closed ones first, then the least recently
-    /// active. A linear scan, but only when the table is full.
+    /// Evicts one connection if the table is full: the earliest closed one, else the least
+    /// recently active.
     fn make_room(&mut self, out: &mut Vec<FlowEvent>, stats: &mut AssemblyDrops) {
         if self.conns.len() < self.limits.max_connections.max(1) {
             return;
         }
-        let victim = self.conns.values().min_by_key(|c| (!c.closed, c.last_ts)).map(|c| (c.key, c.closed));
-        if let Some((key, closed)) = victim {
-            if !closed {
+        let victim = self.order.front(Queue::Closed).or_else(|| self.order.front(Queue::Open));
+        if let Some(key) = victim {
+            if self.conns.get(&key).is_some_and(|c| !c.closed) {
                 stats.conn_limit_evicted_connections += 1;
             }
             self.remove(&key, CloseReason::Evicted, out);

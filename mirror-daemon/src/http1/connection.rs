@@ -53,6 +53,9 @@ pub struct Connection {
     pub(super) server: SocketAddr,
     /// Parsing stopped; further bytes are counted and ignored.
     pub(super) stopped: bool,
+    /// The client's bytes stopped being HTTP after complete requests: those are still answered,
+    /// then the connection stops; further client bytes are counted and ignored.
+    pub(super) client_stopped: bool,
     /// Stopped because the connection was first seen mid-stream.
     pub(super) mid_stream: bool,
     /// Resynchronising a connection first seen mid-stream (opt-in).
@@ -92,6 +95,7 @@ impl Connection {
             client,
             server,
             stopped: false,
+            client_stopped: false,
             mid_stream: false,
             resync: None,
             server_fin_held: false,
@@ -136,8 +140,7 @@ impl Connection {
                 if mid_stream && !self.stopped && self.resync.is_none() {
                     // Only one side lacks its SYN: what the other side already started is lost
                     // like bytes in a gap.
-                    let in_progress = u64::from(self.requests.started && self.requests.phase == Phase::Head);
-                    stats.gap += self.pending.len() as u64 + in_progress;
+                    stats.gap += self.requests_in_progress();
                     stats.mid_stream_connections += 1;
                     self.mid_stream = true;
                     self.clear();
@@ -170,7 +173,9 @@ impl Connection {
                     self.skipped(len as usize, stats);
                     stats.gap += self.restart_resync();
                 } else if side == Side::Client {
-                    if self.requests.gap(len).is_err() {
+                    if self.client_stopped {
+                        self.skipped(len as usize, stats);
+                    } else if self.requests.gap(len).is_err() {
                         self.stop(Stop::Gap, stats);
                     }
                 } else {
@@ -209,19 +214,51 @@ impl Connection {
         }
     }
 
-    /// Stops parsing: every exchange in progress is dropped and counted under `why`.
+    /// Requests seen and not ended yet: those waiting for (or receiving) their response, and
+    /// one whose head is being read.
+    pub fn requests_in_progress(&self) -> u64 {
+        let in_head = u64::from(self.requests.started && self.requests.phase == Phase::Head);
+        self.pending.len() as u64 + in_head
+    }
+
+    /// Stops parsing: every request in progress is dropped and counted under `why` (in requests,
+    /// so a stop with none in progress counts none there; the connection's own counter says it).
     pub(super) fn stop(&mut self, why: Stop, stats: &mut AssemblyDrops) {
-        let in_progress = u64::from(self.requests.started && self.requests.phase == Phase::Head);
-        let lost = (self.pending.len() as u64 + in_progress).max(1);
-        if why == Stop::Gap {
-            stats.gap_desync_connections += 1;
+        let lost = self.requests_in_progress();
+        match why {
+            Stop::Gap => stats.gap_desync_connections += 1,
+            // A response no request explains is counted once (a response); the requests it
+            // leaves unprovable are lost as responses that cannot be framed.
+            Stop::UnpairedResponse => {
+                stats.unpaired_response += 1;
+                stats.malformed_response += lost;
+            }
+            _ => {}
         }
-        *why.counter(stats) += lost;
+        if why != Stop::UnpairedResponse {
+            *why.counter(stats) += lost;
+        }
         self.stopped = true;
         self.clear();
     }
 
+    /// The client sent something that is not a request where one should start. Requests before it
+    /// were complete and are still answered in order, so they stay; the bytes are counted once as
+    /// a malformed request, the connection as a framing error, and nothing after them is parsed.
+    fn stop_client(&mut self, why: Stop, stats: &mut AssemblyDrops) {
+        if why == Stop::MalformedRequest {
+            stats.framing_error_connections += 1;
+        }
+        if why != Stop::MalformedRequest || self.pending.is_empty() {
+            return self.stop(why, stats);
+        }
+        stats.malformed_request += 1;
+        self.client_stopped = true;
+        self.requests = Reader::default();
+    }
+
     pub(super) fn clear(&mut self) {
+        self.client_stopped = false;
         self.pending.clear();
         self.pending_bytes = 0;
         self.backlog.clear();
@@ -281,7 +318,7 @@ impl Connection {
         out: &mut Vec<Assembled>,
     ) {
         while !data.is_empty() {
-            if self.stopped {
+            if self.stopped || self.client_stopped {
                 self.skipped(data.len(), stats);
                 return;
             }
@@ -293,17 +330,20 @@ impl Connection {
                 return;
             }
             if self.requests.phase == Phase::Head {
+                if !self.requests.started {
+                    stats.requests_seen += 1;
+                }
                 let head = match self.requests.take_head(&mut data, ts, cfg, Side::Client) {
                     Ok(HeadResult::Partial) => return,
                     Ok(HeadResult::Complete(head)) => head,
-                    Err(why) => return self.stop(why, stats),
+                    Err(why) => return self.stop_client(why, stats),
                 };
                 if self.pending.len() >= cfg.max_pipelined {
                     return self.stop(Stop::PipelineOverflow, stats);
                 }
                 let RequestHead { request, framing, upgrade_h2c } = match parse_request(&head, cfg) {
                     Ok(parsed) => parsed,
-                    Err(why) => return self.stop(why, stats),
+                    Err(why) => return self.stop_client(why, stats),
                 };
                 self.requests.phase = framing.phase();
                 let expect_continue = has_token(&request.headers, "expect", "100-continue");
@@ -401,6 +441,8 @@ impl Connection {
                     if !data.is_empty() && !self.stopped {
                         self.backlog_bytes += data.len();
                         self.backlog.push_front(Input::Data(data, ts));
+                    } else if self.stopped {
+                        self.skipped(data.len(), stats);
                     }
                     if blocked {
                         return;
@@ -621,6 +663,11 @@ impl Connection {
                     response_last_ns: p.response_last_ns,
                 },
             }));
+        }
+        if self.client_stopped && self.pending.is_empty() {
+            // Every request before the client's garbage is answered: nothing more can be paired.
+            self.stopped = true;
+            self.clear();
         }
     }
 }

@@ -64,7 +64,7 @@ impl Connection {
     /// Drops what a resynchronisation had put together and waits for the next request start;
     /// the requests dropped are counted by the caller.
     pub(super) fn restart_resync(&mut self) -> u64 {
-        let dropped = self.pending.len() as u64;
+        let dropped = self.requests_in_progress();
         let server_started_at = self.resync.as_ref().and_then(|r| r.server_started_at);
         self.clear();
         self.resync = Some(Box::new(Resync { server_started_at, ..Resync::default() }));
@@ -195,7 +195,7 @@ impl Connection {
             // The request will never be paired: that is what is counted. These bytes were not
             // proven to answer it, and may answer a request not delivered yet (the directions
             // arrive out of order): they are judged again at the next request.
-            stats.mid_stream_resync_failed += self.restart_resync().max(1);
+            stats.mid_stream_resync_failed += self.restart_resync();
             for (chunk, chunk_ts) in held {
                 self.resync_data(Side::Server, chunk, chunk_ts, cfg, stats, out);
             }

@@ -168,7 +168,7 @@ fn content_length_request_and_response() {
     assert_eq!(e.response.reason, "OK");
     assert_eq!(&e.response.body[..], b"ok");
     assert_eq!(e.client, addr("10.0.0.1:40000"));
-    assert_eq!(stats, AssemblyDrops::default());
+    assert_eq!(stats, AssemblyDrops { requests_seen: 1, ..AssemblyDrops::default() });
 }
 
 #[test]
@@ -466,7 +466,7 @@ fn an_event_stream_whose_done_event_was_seen_is_complete_without_its_last_chunk(
         let (out, stats) = c.run();
         assert_eq!(out.len(), 1, "{stats:?}");
         assert!(std::str::from_utf8(&out[0].response.body).unwrap().ends_with("data: [DONE]\n\n"));
-        assert_eq!(stats, AssemblyDrops::default());
+        assert_eq!(stats, AssemblyDrops { requests_seen: 1, ..AssemblyDrops::default() });
     }
 }
 
@@ -482,13 +482,13 @@ fn an_event_stream_cut_before_its_end_event_is_counted_as_cut() {
         c.push_raw(true, c.cseq, mirror_common::tcp_flags::RST, Bytes::new(), 0);
         let (out, stats) = c.run();
         assert!(out.is_empty());
-        assert_eq!(stats, AssemblyDrops { sse_stream_cut: 1, ..Default::default() });
+        assert_eq!(stats, AssemblyDrops { requests_seen: 1, sse_stream_cut: 1, ..Default::default() });
     }
     // A gzip stream is read as far as it goes (here: not gzip at all, so no end event); a coding
     // that cannot be read before its end is cut like any response.
     for (coding, drops) in [
-        ("gzip", AssemblyDrops { sse_stream_cut: 1, ..Default::default() }),
-        ("br", AssemblyDrops { reset_with_pending: 1, ..Default::default() }),
+        ("gzip", AssemblyDrops { requests_seen: 1, sse_stream_cut: 1, ..Default::default() }),
+        ("br", AssemblyDrops { requests_seen: 1, reset_with_pending: 1, ..Default::default() }),
     ] {
         let mut c = Conn::new();
         c.client("GET /s HTTP/1.1\r\n\r\n");
@@ -603,4 +603,125 @@ fn resync_gives_up_when_the_next_response_does_not_start_a_message() {
     assert_eq!(stats.mid_stream_resync_failed, 1, "/a is dropped, never mispaired");
     let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), e.response.status)).collect();
     assert_eq!(pairs, [("/b", 204)], "picked up again at the next request");
+}
+
+/// The books: every request the framing saw start is an exchange or counted once, in requests.
+fn assert_books(out: &[Exchange], stats: &AssemblyDrops) {
+    assert_eq!(stats.requests_seen, out.len() as u64 + stats.requests_lost(), "{stats:?}");
+}
+
+#[test]
+fn requests_before_garbage_are_still_paired_and_the_garbage_is_counted_once() {
+    let garbage = "\x16\x03\x01\x02 not http\r\n\r\n";
+    // The garbage is captured before the answers: the two requests wait for theirs, the server's
+    // 400 for the garbage is skipped, and so is everything the client sends after it.
+    let (out, stats) = Conn::new()
+        .client("POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+        .client("GET /b HTTP/1.1\r\n\r\n")
+        .client(garbage)
+        .client("GET /after HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+        .server("HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        .fin()
+        .run();
+    let targets: Vec<&str> = out.iter().map(|e| e.request.target.as_str()).collect();
+    assert_eq!(targets, ["/a", "/b"], "{stats:?}");
+    assert_eq!((out[0].response.status, out[1].response.status), (200, 204));
+    assert_eq!((stats.requests_seen, stats.malformed_request, stats.framing_error_connections), (3, 1, 1));
+    assert_eq!((stats.unpaired_response, stats.unanswered_request), (0, 0), "{stats:?}");
+    assert!(stats.desync_skipped_bytes > 0);
+    assert_books(&out, &stats);
+
+    // Answered before the garbage came: the same counts.
+    let (out, stats) = Conn::new()
+        .client("GET /a HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+        .client(garbage)
+        .server("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        .fin()
+        .run();
+    assert_eq!(out.len(), 1, "{stats:?}");
+    assert_eq!((stats.requests_seen, stats.malformed_request, stats.framing_error_connections), (2, 1, 1));
+    assert_eq!(stats.unpaired_response, 0);
+    assert_books(&out, &stats);
+
+    // The connection ends before the request before the garbage is answered: counted once.
+    let (out, stats) = Conn::new().client("GET /a HTTP/1.1\r\n\r\n").client(garbage).fin().run();
+    assert!(out.is_empty());
+    assert_eq!((stats.malformed_request, stats.unanswered_request), (1, 1), "{stats:?}");
+    assert_books(&out, &stats);
+}
+
+#[test]
+fn the_books_balance_whatever_ends_a_request() {
+    let cases: Vec<(&str, Conn)> = vec![
+        ("clean", {
+            let mut c = Conn::new();
+            c.client("GET /a HTTP/1.1\r\n\r\n").server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").fin();
+            c
+        }),
+        ("gap in a body", {
+            let mut c = Conn::new();
+            c.client("POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\nab");
+            c.lose(true, 8);
+            c.client("GET /b HTTP/1.1\r\n\r\n");
+            c.server(
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            );
+            c.fin();
+            c
+        }),
+        ("gap in a head", {
+            let mut c = Conn::new();
+            c.client("GET /a HTTP/1.1\r\n\r\nGET /b HT");
+            c.lose(true, 5);
+            c.client("\r\n\r\nGET /c HTTP/1.1\r\n\r\n");
+            c.fin();
+            c
+        }),
+        ("unanswered and half a head", {
+            let mut c = Conn::new();
+            c.client("GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nHo").fin();
+            c
+        }),
+        ("unpaired response", {
+            let mut c = Conn::new();
+            c.server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").fin();
+            c
+        }),
+        ("reset mid-request", {
+            let mut c = Conn::new();
+            c.client("GET /a HTTP/1.1\r\n\r\n").server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            c.client("POST /b HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc");
+            c.push_raw(true, c.cseq, mirror_common::tcp_flags::RST, Bytes::new(), 0);
+            c
+        }),
+    ];
+    for (name, c) in cases {
+        let (out, stats, a) = c.run_with(HttpConfig::default());
+        assert_eq!(a.requests_in_progress(), 0, "{name}: every connection ended");
+        assert_eq!(stats.requests_seen, out.len() as u64 + stats.requests_lost(), "{name}: {stats:?}");
+    }
+}
+
+#[test]
+fn requests_of_connections_open_at_exit_are_counted_once() {
+    let mut c = Conn::new();
+    c.client("GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let cfg = AssemblerConfig {
+        flows: FlowConfig { server_ports: vec![8080], limits: FlowLimits::default() },
+        ..AssemblerConfig::default()
+    };
+    let mut a = Assembler::new(cfg);
+    let mut out = Vec::new();
+    for s in &c.segs {
+        a.push(s.clone(), &mut out);
+    }
+    assert_eq!((out.len(), a.requests_in_progress()), (1, 1), "/b waits for its answer");
+    a.finish(&mut out);
+    assert_eq!((out.len(), a.requests_in_progress(), a.connections()), (1, 0, 0));
+    let stats = a.drops();
+    assert_eq!((stats.requests_seen, stats.open_at_exit), (2, 1), "{stats:?}");
+    assert_eq!(stats.requests_seen, out.len() as u64 + stats.requests_lost());
 }

@@ -254,6 +254,11 @@ impl Connection {
         self.announce = announce;
     }
 
+    /// Requests seen and not ended yet: the streams tracked.
+    pub fn requests_in_progress(&self) -> u64 {
+        self.streams.len() as u64
+    }
+
     /// Bytes buffered: partial frames, header blocks, HPACK tables and stream bodies.
     pub fn buffered(&self) -> usize {
         self.client_side.buffered() + self.server_side.buffered() + self.held
@@ -264,7 +269,7 @@ impl Connection {
         if self.stopped {
             return;
         }
-        drops.memory_limit += self.streams.len().max(1) as u64;
+        drops.memory_limit += self.streams.len() as u64;
         self.stop();
     }
 
@@ -477,8 +482,12 @@ impl Connection {
             // First seen mid-connection, a block without a request head is most likely the
             // trailers of a stream opened before capture began: not one of ours to count.
             Err(Drop::MalformedRequest) if self.mid_stream => return,
-            Err(why) => return why.count(ctx.drops),
+            Err(why) => {
+                ctx.drops.requests_seen += 1;
+                return why.count(ctx.drops);
+            }
         };
+        ctx.drops.requests_seen += 1;
         self.opened = true;
         let request =
             Request { method, target: path, version: HttpVersion::Http2, headers, ..Request::default() };

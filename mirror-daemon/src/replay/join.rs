@@ -27,6 +27,9 @@ pub struct ShadowAnswer {
 pub const NOT_SENT_QUEUE_FULL: &str = "queue_full";
 /// [`ShadowResult::NotSent`]: the shadow has no endpoint for the request's protocol.
 pub const NOT_SENT_NO_ENDPOINT: &str = "no_endpoint";
+/// [`ShadowResult::NotSent`] given at shutdown to a shadow whose answer had not come: the replay
+/// was queued or in flight when the daemon stopped.
+pub const IN_FLIGHT_AT_EXIT: &str = "in_flight_at_exit";
 
 /// The outcome of replaying one request to one shadow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,8 +46,9 @@ pub enum ShadowResult {
         error: String,
         latency_ns: u64,
     },
-    /// Never sent: `queue_full` (the shadow is slow or down) or `no_endpoint` (the shadow has
-    /// no endpoint for the request's protocol).
+    /// Not compared: `queue_full` (never sent: the shadow is slow or down), `no_endpoint` (the
+    /// shadow has no endpoint for the request's protocol) or `in_flight_at_exit` (its answer had
+    /// not come when the daemon stopped).
     NotSent {
         reason: &'static str,
     },
@@ -170,6 +174,36 @@ impl JoinTable {
         })
     }
 
+    /// Comparisons whose production exchange is in and whose shadow answers are awaited (the
+    /// books' requests in progress; a request whose production exchange is not in yet is still
+    /// counted by the framing).
+    pub fn awaiting_shadows(&self) -> u64 {
+        self.entries.values().filter(|e| e.production.is_some()).count() as u64
+    }
+
+    /// Empties the table at shutdown: each comparison whose production exchange is in is given
+    /// back with [`IN_FLIGHT_AT_EXIT`] for every answer still missing, so that it is recorded;
+    /// the others had their request lost before its exchange was rebuilt, which the framing
+    /// counted.
+    pub fn drain_at_exit(&mut self) -> Vec<Complete> {
+        self.deadlines.clear();
+        let mut entries: Vec<(ExchangeId, Entry)> = self.entries.drain().collect();
+        entries.sort_by_key(|(id, _)| (id.connection, id.seq));
+        entries
+            .into_iter()
+            .filter_map(|(_, entry)| {
+                Some(Complete {
+                    exchange: entry.production?,
+                    results: entry
+                        .results
+                        .into_iter()
+                        .map(|r| r.unwrap_or(ShadowResult::NotSent { reason: IN_FLIGHT_AT_EXIT }))
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
     /// Removes entries past their deadline, saying what each still lacked.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Expired>) {
         while let Some(&(deadline, id)) = self.deadlines.front() {
@@ -271,6 +305,31 @@ mod tests {
         assert!(t.shadow(id(3), 0, answered(503)).is_none(), "first result wins");
         let Joined::Complete(done) = t.production(exchange(3)) else { panic!("complete") };
         assert_eq!(done.results, vec![answered(200)]);
+    }
+
+    #[test]
+    fn at_exit_every_comparison_with_its_production_is_given_back() {
+        let mut t = JoinTable::new(2, 10, 1_000);
+        for seq in 1..=3 {
+            assert!(t.open(id(seq), 0));
+        }
+        // 1: production in, one shadow answered; 2: production in, nothing answered; 3: only
+        // the request was seen.
+        assert!(t.shadow(id(1), 0, answered(200)).is_none());
+        assert!(matches!(t.production(exchange(1)), Joined::Waiting));
+        assert!(matches!(t.production(exchange(2)), Joined::Waiting));
+        assert_eq!(t.awaiting_shadows(), 2);
+        let done = t.drain_at_exit();
+        let at_exit = ShadowResult::NotSent { reason: IN_FLIGHT_AT_EXIT };
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[0].exchange.id, id(1));
+        assert_eq!(done[0].results, vec![answered(200), at_exit.clone()]);
+        assert_eq!(done[1].results, vec![at_exit.clone(), at_exit]);
+        assert!(t.is_empty());
+        assert_eq!(t.awaiting_shadows(), 0);
+        let mut expired = Vec::new();
+        t.expire(u64::MAX, &mut expired);
+        assert!(expired.is_empty(), "nothing left to expire");
     }
 
     #[test]
