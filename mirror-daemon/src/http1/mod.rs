@@ -22,6 +22,9 @@
 //!   answered by a 101, where the connection goes on in HTTP/2 (handed over as a [`crate::framing::H2cUpgrade`]).
 //! - A limit (head size, header count, pipelining depth, buffer total) stops the connection; a body
 //!   over the body limit keeps the framing and drops only that exchange.
+//! - Client bytes that are not HTTP where a request should start (garbage after a request) stop
+//!   the client side only: the requests before them were complete and are answered in order, so
+//!   they are still paired; then the connection stops (`framing_error_connections`).
 //!
 //! Once a connection stops being parsed, its remaining bytes are counted and ignored until it ends.
 //!
