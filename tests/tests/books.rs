@@ -92,6 +92,22 @@ fn reset_mid_request(ns: &Netns, server: SocketAddr) {
     });
 }
 
+/// `GET /metrics` from inside `ns`.
+fn scrape(ns: &Netns, addr: &'static str) -> String {
+    ns.run(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect to the metrics listener");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").expect("send");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read metrics");
+        text
+    })
+}
+
+/// The value of the first sample of `series` (name and labels, as exported).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
 /// The final summary's JSON line.
 fn final_summary(stderr: &str) -> Value {
     stderr
@@ -142,7 +158,7 @@ fn every_request_seen_is_compared_or_counted_once() {
             "--summary-interval",
             "1s",
             "--metrics-addr",
-            "off",
+            "127.0.0.1:19466",
             "--shadow-max-in-flight",
             "2",
             "--shadow-queue",
@@ -165,6 +181,7 @@ fn every_request_seen_is_compared_or_counted_once() {
     // A periodic summary while replays are queued and in flight (the books' in-progress term):
     // 18 replays of 1.5 s, two at a time, take 13 s, so most are still waiting at SIGINT.
     std::thread::sleep(Duration::from_millis(1_200));
+    let metrics = scrape(&trio.production, "127.0.0.1:19466");
     let finished = daemon.stop();
     assert!(finished.success, "{}", finished.stderr);
 
@@ -196,6 +213,19 @@ fn every_request_seen_is_compared_or_counted_once() {
         "the books are printed at exit: {}",
         finished.stderr
     );
+
+    // The metrics, as of the last summary before SIGINT (replays still waiting): seen = the
+    // outcomes so far + in progress.
+    let seen = sample(&metrics, r#"mirror_requests_total{outcome="seen",reason=""}"#);
+    assert_eq!(seen, Some(started as f64), "{metrics}");
+    let outcomes: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mirror_requests_total{") && !l.contains(r#"outcome="seen""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let in_progress = sample(&metrics, "mirror_requests_in_progress").expect("the in-progress gauge");
+    assert!(in_progress > 0.0, "replays were waiting: {metrics}");
+    assert_eq!(outcomes + in_progress, started as f64, "{metrics}");
 
     // Lost before comparison: the garbage and the request cut by the reset, once each.
     let lost_by = reasons(&books, "lost");
