@@ -210,6 +210,10 @@ counters! {
             own_replays_ignored,
             /// Replays not started because the join table was full.
             join_full,
+            /// Replays not sent to a shadow (one per shadow), shadow answers not kept, and
+            /// exchanges not reported, because the bytes they hold did not fit in their share of
+            /// `--memory-limit`: shed rather than grown.
+            memory_budget,
             /// Replayed requests whose production response was never rebuilt.
             production_missing,
             /// Entries whose shadow result never came (replays time out, so this stays 0).

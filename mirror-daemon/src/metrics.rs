@@ -109,6 +109,8 @@ pub struct Metrics {
     pub records_dropped: Family<ReasonLabels, Counter>,
     /// Replays in flight, by shadow.
     pub replays_in_flight: Family<ShadowRouteLabels, Gauge>,
+    /// The limit of replays in flight, by shadow (it follows the shadow unless fixed).
+    pub replay_max_in_flight: Family<ShadowRouteLabels, Gauge>,
     /// Interfaces carrying the capture programs.
     pub attached_interfaces: Gauge,
     /// Production pods followed on this node (with `--pod-selector`).
@@ -148,6 +150,7 @@ impl Metrics {
         let drops = Family::<ReasonLabels, Counter>::default();
         let records_dropped = Family::<ReasonLabels, Counter>::default();
         let replays_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
+        let replay_max_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
         let attached_interfaces = Gauge::default();
         let production_pods = Gauge::default();
         let pod_lookup_failures = Counter::default();
@@ -203,6 +206,11 @@ impl Metrics {
             replays_in_flight.clone(),
         );
         registry.register(
+            "replay_max_in_flight",
+            "The limit of replays in flight: rate × shadow latency with headroom, unless fixed",
+            replay_max_in_flight.clone(),
+        );
+        registry.register(
             "attached_interfaces",
             "Interfaces carrying the capture programs",
             attached_interfaces.clone(),
@@ -235,6 +243,7 @@ impl Metrics {
             drops,
             records_dropped,
             replays_in_flight,
+            replay_max_in_flight,
             attached_interfaces,
             production_pods,
             pod_lookup_failures,
