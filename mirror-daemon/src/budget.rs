@@ -43,7 +43,7 @@ impl fmt::Display for Size {
         for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
             if n >= 1 << shift {
                 let value = n as f64 / (1u64 << shift) as f64;
-                return if n % (1 << shift) == 0 {
+                return if n.is_multiple_of(1 << shift) {
                     write!(f, "{}{unit}", n >> shift)
                 } else {
                     write!(f, "{value:.1}{unit}")
