@@ -210,9 +210,9 @@ counters! {
             own_replays_ignored,
             /// Replays not started because the join table was full.
             join_full,
-            /// Replays not sent to a shadow (one per shadow), shadow answers not kept, and
-            /// exchanges not reported, because the bytes they hold did not fit in their share of
-            /// `--memory-limit`: shed rather than grown.
+            /// Exchanges not reported because their bytes did not fit in the queues' share of
+            /// `--memory-limit`: shed rather than grown. (Replays not sent and answers not kept
+            /// for the same reason are `not_compared` with reason `memory_budget`, per shadow.)
             memory_budget,
             /// Replayed requests whose production response was never rebuilt.
             production_missing,

@@ -357,8 +357,9 @@ impl Dispatcher {
             };
             let outgoing = request::build(&ready.request, &endpoint, &self.replay);
             let Some(charge) = self.memory.replay.charge(outgoing_bytes(&outgoing)) else {
-                // No room for the request's bytes: shed rather than grow.
-                self.counters.memory_budget += 1;
+                // No room for the request's bytes: shed rather than grow (recorded `not_compared`,
+                // reason `memory_budget`, and counted per shadow).
+                client.counters.not_sent_memory_budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = generation.join.shadow(
                     ready.id,
                     index,
@@ -1123,7 +1124,9 @@ mod tests {
         for e in &exchanges {
             dispatcher.request(ready(e), 0);
         }
-        assert_eq!(dispatcher.counters.memory_budget, 2, "two requests did not fit");
+        let not_sent = &dispatcher.shadows()[0].counters.not_sent_memory_budget;
+        assert_eq!(not_sent.load(std::sync::atomic::Ordering::Relaxed), 2, "two requests did not fit");
+        assert_eq!(dispatcher.counters.memory_budget, 0, "not sent, but still to be reported");
         assert!(memory.replay.used() <= memory.replay.limit());
         for e in exchanges {
             dispatcher.exchange(e);
@@ -1131,7 +1134,7 @@ mod tests {
         // Exchanges 4 and 5 completed at once (not sent); 1-3 wait for the shadow, but only two
         // of the five fit in the queues' share at a time.
         assert!(memory.queues.used() <= memory.queues.limit());
-        let shed = dispatcher.counters.memory_budget - 2;
+        let shed = dispatcher.counters.memory_budget;
         assert!(shed >= 1, "exchanges beyond the queues' share are shed");
         let mut reported = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

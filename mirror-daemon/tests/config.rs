@@ -58,7 +58,7 @@ fn yaml_and_toml_examples_mean_the_same() {
     assert_eq!(shadows[0].endpoints_text(), "http://ml-inference-v2.default.svc:8080");
     assert_eq!(s.sample_percent, Some(100.0));
     assert_eq!(s.shadow_timeout, Some(Duration::from_secs(5)));
-    assert_eq!(s.shadow_max_response, Some(32 << 20));
+    assert_eq!(s.shadow_max_response, Some(16 << 20));
     assert_eq!(s.memory_limit, Some(256 << 20));
     assert!(s.standalone_problems().is_empty(), "the example fits its memory limit");
     assert_eq!(s.route_rules.len(), 1);

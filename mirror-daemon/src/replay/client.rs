@@ -119,6 +119,8 @@ pub struct ReplayCounters {
     pub retries: AtomicU64,
     /// Answers given up because the replay share of the memory budget was full.
     pub memory_budget: AtomicU64,
+    /// Replays not sent (never submitted) because the replay share was full.
+    pub not_sent_memory_budget: AtomicU64,
     /// The in-flight limit now (a gauge).
     pub max_in_flight: AtomicU64,
     /// Latencies of finished replays added up, in ns (for the in-flight limit).
@@ -152,7 +154,7 @@ impl ReplayCounters {
             ("in_flight", get(&self.in_flight)),
             ("max_in_flight", get(&self.max_in_flight)),
             ("replay_retries", get(&self.retries)),
-            ("memory_budget", get(&self.memory_budget)),
+            ("memory_budget", get(&self.memory_budget) + get(&self.not_sent_memory_budget)),
         ]
     }
 }
