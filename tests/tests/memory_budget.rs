@@ -69,10 +69,12 @@ fn paced_load(ns: &Netns, server: SocketAddr, rate: u32, seconds: u64, workers: 
                     let mut out = Vec::new();
                     let mut n = w;
                     while begin.elapsed() < Duration::from_secs(seconds) {
-                        let rows: Vec<Vec<f64>> =
-                            (0..1 + n % 3).map(|r| (0..4).map(|f| ((n + r + f) % 17) as f64).collect()).collect();
+                        let rows: Vec<Vec<f64>> = (0..1 + n % 3)
+                            .map(|r| (0..4).map(|f| ((n + r + f) % 17) as f64).collect())
+                            .collect();
                         let body = infer_request(&format!("r-{n}"), &rows);
-                        let (status, _, latency) = post_json(&mut conn, &host, "/v2/models/demo/infer", &body);
+                        let (status, _, latency) =
+                            post_json(&mut conn, &host, "/v2/models/demo/infer", &body);
                         out.push((status, latency));
                         n += workers;
                         let due = Duration::from_secs_f64(out.len() as f64 / per_worker);
@@ -96,26 +98,23 @@ fn p99(mut latencies: Vec<Duration>) -> Duration {
 /// The last value of `name=N` in the daemon's log lines (summary fields), if any.
 fn last_field(lines: &str, name: &str) -> Option<u64> {
     let needle = format!("{name}=");
-    lines
-        .lines()
-        .rev()
-        .filter(|l| l.contains("summary"))
-        .find_map(|l| {
-            let at = l.find(&needle)? + needle.len();
-            let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
+    lines.lines().rev().filter(|l| l.contains("summary")).find_map(|l| {
+        let at = l.find(&needle)? + needle.len();
+        let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
 }
 
-/// The share of records compared (not `not_compared`), and the `not_compared` reasons seen.
-fn replayed_share(record: &Path) -> (usize, f64, Vec<String>) {
+/// Records written, the share of the `sent` requests compared (replayed, answered or not, and
+/// judged), and the `not_compared` reasons seen.
+fn replayed_share(record: &Path, sent: usize) -> (usize, f64, Vec<String>) {
     let records = read_records(record);
     let not_compared: Vec<String> = records
         .iter()
         .filter(|r| r["verdict"] == "not_compared")
         .map(|r| r["reason"].as_str().unwrap_or("?").to_string())
         .collect();
-    let share = 1.0 - not_compared.len() as f64 / records.len().max(1) as f64;
+    let share = (records.len() - not_compared.len()) as f64 / sent.max(1) as f64;
     let mut reasons = not_compared;
     reasons.sort();
     reasons.dedup();
@@ -148,7 +147,7 @@ fn replay_concurrency_follows_a_slow_shadow() {
         let achieved = answers.len() as f64 / seconds as f64;
         assert!(achieved > f64::from(rate) * 0.9, "{name}: the load reached only {achieved:.0}/s");
         let with_p99 = p99(answers.iter().map(|(_, l)| *l).collect());
-        let (records, share, reasons) = replayed_share(&record);
+        let (records, share, reasons) = replayed_share(&record, answers.len());
         let limit = last_field(&finished.stderr, "max_in_flight");
         println!(
             "{name}: {} requests, {records} records, {:.1}% replayed and compared (not: {reasons:?}), \
@@ -156,7 +155,7 @@ fn replay_concurrency_follows_a_slow_shadow() {
             answers.len(),
             share * 100.0
         );
-        assert_eq!(records, answers.len(), "{name}: one record per exchange");
+        assert!(records <= answers.len(), "{name}: at most one record per exchange");
         // Production is untouched: no proxy in its path, whatever the shadow does.
         assert!(
             with_p99 <= baseline_p99 * 3 + Duration::from_millis(5),
@@ -169,7 +168,11 @@ fn replay_concurrency_follows_a_slow_shadow() {
     assert!(limit.is_some_and(|l| l >= 200), "adaptive limit {limit:?}: 1,000/s × 200 ms needs 200");
     let (_, fixed, limit) = shares[1];
     assert_eq!(limit, Some(64), "an explicit limit stays fixed");
-    assert!(fixed < 0.9, "fixed 64 in flight cannot carry 1,000/s at 200 ms, yet {:.1}% replayed", fixed * 100.0);
+    assert!(
+        fixed < 0.9,
+        "fixed 64 in flight cannot carry 1,000/s at 200 ms, yet {:.1}% replayed",
+        fixed * 100.0
+    );
 }
 
 /// Resident memory as the daemon holds it (see the module's header), in bytes.
@@ -211,7 +214,19 @@ fn memory_stays_within_a_small_budget_under_overload() {
         std::thread::spawn(move || {
             let mut peak = 0;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(held_memory(pid));
+                let now = held_memory(pid);
+                if now > peak {
+                    peak = now;
+                    if std::env::var_os("BUDGET_DEBUG").is_some() {
+                        let status =
+                            std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                        let rss: Vec<&str> = status
+                            .lines()
+                            .filter(|l| l.starts_with("Rss") || l.starts_with("VmRSS"))
+                            .collect();
+                        eprintln!("peak {} KiB: {rss:?}", now >> 10);
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             peak
@@ -250,7 +265,7 @@ fn memory_stays_within_a_small_budget_under_overload() {
             .into_iter()
             .map(|name| (name, last_field(&finished.stderr, name)))
             .collect();
-    let (records, share, reasons) = replayed_share(&record);
+    let (records, share, reasons) = replayed_share(&record, sent);
     println!(
         "{sent} requests of {} KiB in {seconds} s ({:.0}/s, {:.0} MiB/s each way); held memory peak {:.1} MiB \
          of a {} MiB budget; {records} records, {:.1}% compared (not: {reasons:?}); counted {counted:?}",
