@@ -201,6 +201,8 @@ pub struct RouteEntry {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsSection {
+    /// All the daemon holds (`--memory-limit`), split into each part's share.
+    pub memory_limit: Option<String>,
     pub max_connections: Option<usize>,
     pub max_body_size: Option<String>,
     pub max_buffered_per_connection: Option<String>,
@@ -252,6 +254,7 @@ pub struct FileSettings {
     pub route_rules: Vec<RouteRules>,
     pub criteria: Option<Criteria>,
     pub proto_descriptors: Option<Vec<PathBuf>>,
+    pub memory_limit: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_body_size: Option<u32>,
     pub max_buffered_per_connection: Option<u32>,
@@ -702,6 +705,14 @@ impl FileConfig {
         }
 
         let limits = &self.limits;
+        s.memory_limit =
+            c.convert("limits.memory_limit", limits.memory_limit.as_ref(), |t| match parse_size_u64(t)? {
+                n if n < crate::budget::MIN_MEMORY_LIMIT => Err(format!(
+                    "`{t}`: the daemon needs at least {} (e.g. 256MiB)",
+                    crate::budget::Size(crate::budget::MIN_MEMORY_LIMIT)
+                )),
+                n => Ok(n),
+            });
         s.max_connections = c.at_least_one("limits.max_connections", limits.max_connections);
         s.max_body_size = c.size("limits.max_body_size", limits.max_body_size.as_ref());
         s.max_buffered_per_connection =
@@ -750,6 +761,16 @@ impl FileSettings {
                 field: "capture.ports".into(),
                 message: "missing: name the model server's port, e.g. [8080]".into(),
             });
+        }
+        let explicit = crate::budget::Explicit {
+            ring_buffer: self.ring_buffer_size.map(u64::from),
+            buffered_total: self.max_buffered_total.map(u64::from),
+            max_body: self.max_body_size.map(u64::from),
+            max_response: self.shadow_max_response.map(u64::from),
+        };
+        let total = self.memory_limit.unwrap_or(crate::budget::DEFAULT_MEMORY_LIMIT);
+        if let Err(err) = crate::budget::Shares::with(total, explicit) {
+            problems.push(Problem { field: "limits.memory_limit".into(), message: err.to_string() });
         }
         problems
     }

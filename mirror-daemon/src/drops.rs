@@ -230,6 +230,10 @@ counters! {
             /// Replays not started because the join table was full (replays: the request itself
             /// ends as not compared, `not_replayed`).
             join_full,
+            /// Exchanges not reported because their bytes did not fit in the queues' share of
+            /// `--memory-limit`: shed rather than grown. (Replays not sent and answers not kept
+            /// for the same reason are `not_compared` with reason `memory_budget`, per shadow.)
+            memory_budget,
             /// Replays whose production response was never rebuilt (replays: the request is
             /// counted where its exchange was lost).
             production_missing,

@@ -20,9 +20,12 @@
 //! - [`metrics`], [`verdict_api`]: the HTTP listener: Prometheus metrics and the verdict as JSON.
 //!
 //! - [`config`]: the config file (`--config`), checked field by field.
+//! - [`budget`]: one memory budget (`--memory-limit`) split into each part's share, and the
+//!   accounts that hold the shares after framing.
 //!
 //! Errors are `thiserror` enums per module; the binary adds context with `anyhow`.
 pub mod assembler;
+pub mod budget;
 pub mod capture;
 pub mod compare;
 pub mod config;

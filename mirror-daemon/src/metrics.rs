@@ -121,6 +121,8 @@ pub struct Metrics {
     pub requests: Family<OutcomeLabels, Counter>,
     /// Requests seen whose outcome is not known yet.
     pub requests_in_progress: Gauge,
+    /// The limit of replays in flight, by shadow (it follows the shadow unless fixed).
+    pub replay_max_in_flight: Family<ShadowRouteLabels, Gauge>,
     /// Interfaces carrying the capture programs.
     pub attached_interfaces: Gauge,
     /// Production pods followed on this node (with `--pod-selector`).
@@ -162,6 +164,7 @@ impl Metrics {
         let replays_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
         let requests = Family::<OutcomeLabels, Counter>::default();
         let requests_in_progress = Gauge::default();
+        let replay_max_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
         let attached_interfaces = Gauge::default();
         let production_pods = Gauge::default();
         let pod_lookup_failures = Counter::default();
@@ -227,6 +230,11 @@ impl Metrics {
             requests_in_progress.clone(),
         );
         registry.register(
+            "replay_max_in_flight",
+            "The limit of replays in flight: rate × shadow latency with headroom, unless fixed",
+            replay_max_in_flight.clone(),
+        );
+        registry.register(
             "attached_interfaces",
             "Interfaces carrying the capture programs",
             attached_interfaces.clone(),
@@ -261,6 +269,7 @@ impl Metrics {
             replays_in_flight,
             requests,
             requests_in_progress,
+            replay_max_in_flight,
             attached_interfaces,
             production_pods,
             pod_lookup_failures,

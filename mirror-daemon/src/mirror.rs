@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    budget::{Account, Charge},
     capture::ignore::OwnConnections,
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
     drops::{Books, DispatchDrops, KernelDrops, Losses, Outcomes, RecordDrops, Stage},
@@ -35,7 +36,8 @@ use crate::{
     replay::{
         client::{ClientLimits, Done, Job, ShadowClient},
         join::{
-            Complete, Expired, JoinTable, Joined, NOT_SENT_NO_ENDPOINT, NOT_SENT_QUEUE_FULL, ShadowResult,
+            Complete, Expired, JoinTable, Joined, NOT_SENT_MEMORY_BUDGET, NOT_SENT_NO_ENDPOINT,
+            NOT_SENT_QUEUE_FULL, ShadowResult,
         },
         request::{self, ReplayOptions},
         sample::{Decision, RoutePattern, Sampler},
@@ -83,8 +85,9 @@ impl RuleSet {
 /// What the reporter is handed.
 #[derive(Debug)]
 pub enum ReportItem {
-    /// An exchange that was not replayed; `reason` is set when shadows are configured.
-    Exchange { exchange: Exchange, reason: Option<&'static str> },
+    /// An exchange that was not replayed; `reason` is set when shadows are configured. `held`
+    /// is its bytes' charge against the memory budget, given back once it is reported.
+    Exchange { exchange: Exchange, reason: Option<&'static str>, held: Charge },
     /// Production and every shadow's result, with the shadows the results are indexed by (those
     /// configured when the request was replayed).
     Replayed(Complete, Arc<[ShadowInfo]>),
@@ -135,6 +138,38 @@ struct Generation {
     join: JoinTable,
 }
 
+/// The shares of the memory budget the dispatcher and its clients hold bytes against.
+#[derive(Clone, Debug)]
+pub struct DispatchMemory {
+    /// Replay requests queued and in flight, and shadow answers until they are compared.
+    pub replay: Arc<Account>,
+    /// Production exchanges waiting for their shadows' answers or for the reporter.
+    pub queues: Arc<Account>,
+}
+
+impl Default for DispatchMemory {
+    /// Unlimited: only the counts bound memory.
+    fn default() -> Self {
+        Self { replay: Account::unlimited(), queues: Account::unlimited() }
+    }
+}
+
+/// Bytes an exchange holds: bodies, header fields, and the bookkeeping around them.
+fn held_bytes(exchange: &Exchange) -> usize {
+    let fields = |headers: &[crate::exchange::Header]| -> usize {
+        headers.iter().map(|h| h.name.len() + h.value.len() + 32).sum()
+    };
+    let (request, response) = (&exchange.request, &exchange.response);
+    512 + request.target.len()
+        + request.body.len()
+        + response.body.len()
+        + fields(&request.headers)
+        + fields(&response.headers)
+        + fields(&request.trailers)
+        + fields(&response.trailers)
+        + response.arrivals.pieces().len() * 16
+}
+
 /// What [`Dispatcher::reconfigure`] takes.
 #[derive(Debug)]
 pub struct DispatchSettings {
@@ -157,6 +192,7 @@ pub struct Dispatcher {
     done: mpsc::UnboundedSender<Done>,
     /// Where the clients register their connections, so that the capture skips them.
     own: Arc<OwnConnections>,
+    memory: DispatchMemory,
     max_pending: usize,
     to_report: mpsc::Sender<ReportItem>,
     pub counters: DispatchDrops,
@@ -176,10 +212,11 @@ pub fn shadow_info(target: &crate::replay::target::ShadowTarget) -> ShadowInfo {
 impl Dispatcher {
     /// Starts a client per shadow; their results come back on `done` (pass them to
     /// [`Self::shadow_done`]), their connections are registered in `own`. At most `max_pending`
-    /// comparisons wait at once.
+    /// comparisons wait at once, and the bytes held are charged to `memory`.
     pub fn new(
         settings: DispatchSettings,
         max_pending: usize,
+        memory: DispatchMemory,
         own: Arc<OwnConnections>,
         done: mpsc::UnboundedSender<Done>,
         to_report: mpsc::Sender<ReportItem>,
@@ -197,6 +234,7 @@ impl Dispatcher {
             next_client: 0,
             done,
             own,
+            memory,
             max_pending,
             to_report,
             counters: DispatchDrops::default(),
@@ -228,6 +266,7 @@ impl Dispatcher {
                     target.clone(),
                     limits.clone(),
                     self.own.clone(),
+                    self.memory.replay.clone(),
                     self.done.clone(),
                 );
                 (id, Arc::new(client))
@@ -319,7 +358,18 @@ impl Dispatcher {
                 continue;
             };
             let outgoing = request::build(&ready.request, &endpoint, &self.replay);
-            if !client.submit(Job { id: ready.id, outgoing }) {
+            let Some(charge) = self.memory.replay.charge(outgoing_bytes(&outgoing)) else {
+                // No room for the request's bytes: shed rather than grow (recorded `not_compared`,
+                // reason `memory_budget`, and counted per shadow).
+                client.counters.not_sent_memory_budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = generation.join.shadow(
+                    ready.id,
+                    index,
+                    ShadowResult::NotSent { reason: NOT_SENT_MEMORY_BUDGET },
+                );
+                continue;
+            };
+            if !client.submit(Job { id: ready.id, outgoing, charge }) {
                 let _ = generation.join.shadow(
                     ready.id,
                     index,
@@ -329,23 +379,47 @@ impl Dispatcher {
         }
     }
 
-    /// A production exchange was rebuilt.
+    /// A production exchange was rebuilt. Its bytes are charged to the queues' share until it is
+    /// reported; without room it is shed and counted (`memory_budget`).
     pub fn exchange(&mut self, mut exchange: Exchange) {
         if !self.current.clients.is_empty() && self.replay.is_own_replay(&exchange.request) {
             // A replay of this daemon's, captured again: not production's traffic.
             self.counters.own_replays_ignored += 1;
             return;
         }
+        let charge = self.memory.queues.charge(held_bytes(&exchange));
         for generation in self.retired.iter_mut().chain(std::iter::once(&mut self.current)) {
+            let id = exchange.id;
             match generation.join.production(exchange) {
-                Joined::Complete(complete) => {
+                Joined::Complete(mut complete) => {
+                    let Some(charge) = charge else {
+                        self.counters.memory_budget += 1;
+                        return;
+                    };
+                    complete.held.push(charge);
                     let item = ReportItem::Replayed(complete, generation.shadows.clone());
                     return self.send(item);
                 }
-                Joined::Waiting => return,
+                Joined::Waiting => {
+                    match charge {
+                        Some(charge) => {
+                            // The entry waits, so it takes the charge.
+                            let _ = generation.join.hold(id, charge);
+                        }
+                        None => {
+                            generation.join.abandon(id);
+                            self.counters.memory_budget += 1;
+                        }
+                    }
+                    return;
+                }
                 Joined::NotWaiting(back) => exchange = back,
             }
         }
+        let Some(held) = charge else {
+            self.counters.memory_budget += 1;
+            return;
+        };
         let reason = if self.current.clients.is_empty() {
             None
         } else {
@@ -355,19 +429,29 @@ impl Dispatcher {
                 other => other.reason(),
             })
         };
-        self.send(ReportItem::Exchange { exchange, reason });
+        self.send(ReportItem::Exchange { exchange, reason, held });
     }
 
     /// A shadow answered (or failed, or timed out).
     pub fn shadow_done(&mut self, done: Done) {
         let mut completed = Vec::new();
+        let mut charge = Some(done.charge);
         for generation in std::iter::once(&mut self.current).chain(self.retired.iter_mut()) {
             let Some(index) = generation.clients.iter().position(|(id, _)| *id == done.shadow) else {
                 continue;
             };
             // Only the generation that opened this exchange has an entry for it; the others ignore it.
-            if let Some(complete) = generation.join.shadow(done.id, index, done.result.clone()) {
-                completed.push(ReportItem::Replayed(complete, generation.shadows.clone()));
+            match generation.join.shadow(done.id, index, done.result.clone()) {
+                Some(mut complete) => {
+                    complete.held.extend(charge.take());
+                    completed.push(ReportItem::Replayed(complete, generation.shadows.clone()));
+                }
+                None => {
+                    if let Some(held) = charge.take() {
+                        // Not this generation's entry: kept for the next one.
+                        charge = generation.join.hold(done.id, held).err();
+                    }
+                }
             }
         }
         for item in completed {
@@ -447,6 +531,13 @@ impl Dispatcher {
     }
 }
 
+/// Bytes a replay request holds until it is sent.
+fn outgoing_bytes(outgoing: &request::Outgoing) -> usize {
+    256 + outgoing.uri.len()
+        + outgoing.body.len()
+        + outgoing.headers.iter().map(|(name, value)| name.len() + value.len() + 32).sum::<usize>()
+}
+
 fn limits_eq(a: &ClientLimits, b: &ClientLimits) -> bool {
     (a.timeout, a.max_in_flight, a.queue, a.max_response_bytes)
         == (b.timeout, b.max_in_flight, b.queue, b.max_response_bytes)
@@ -504,7 +595,7 @@ impl Reporter {
         self.publish_verdict(&self.aggregator.summary());
         while let Some(item) = items.recv().await {
             match item {
-                ReportItem::Exchange { exchange, reason } => self.exchange(&exchange, reason)?,
+                ReportItem::Exchange { exchange, reason, .. } => self.exchange(&exchange, reason)?,
                 ReportItem::Replayed(complete, shadows) => self.replayed(&complete, &shadows)?,
                 ReportItem::Reconfigure(settings) => {
                     let ReporterSettings { shadows, production_model, rules, criteria } = *settings;
@@ -808,9 +899,15 @@ impl Reporter {
             tracing::warn!(%books, "the books do not balance: some requests were not counted exactly once");
         }
         for (model_id, counters) in &s.replay {
-            if let Some((_, in_flight)) = counters.iter().find(|(n, _)| *n == "in_flight") {
-                let labels = ShadowRouteLabels { model_id: model_id.clone(), route: "all".into() };
-                self.metrics.replays_in_flight.get_or_create(&labels).set(*in_flight as i64);
+            let labels = ShadowRouteLabels { model_id: model_id.clone(), route: "all".into() };
+            for (name, value) in counters {
+                match *name {
+                    "in_flight" => self.metrics.replays_in_flight.get_or_create(&labels).set(*value as i64),
+                    "max_in_flight" => {
+                        self.metrics.replay_max_in_flight.get_or_create(&labels).set(*value as i64)
+                    }
+                    _ => continue,
+                };
             }
         }
         let replay: BTreeMap<&str, String> = s
@@ -1041,8 +1138,14 @@ mod tests {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let (report_tx, mut report_rx) = mpsc::channel(16);
         let own = Arc::new(OwnConnections::new());
-        let mut dispatcher =
-            Dispatcher::new(settings(&[("a", a), ("b", b)]), 16, own.clone(), done_tx, report_tx);
+        let mut dispatcher = Dispatcher::new(
+            settings(&[("a", a), ("b", b)]),
+            16,
+            DispatchMemory::default(),
+            own.clone(),
+            done_tx,
+            report_tx,
+        );
         let (first, second) = (exchange(1), exchange(2));
         dispatcher.request(ready(&first), 0);
         // Shadow `a` is removed and `c` added while the first request is still in flight at `a`.
@@ -1069,5 +1172,57 @@ mod tests {
         dispatcher.expire(0);
         assert_eq!(dispatcher.shadows().len(), 2, "the old generation is gone once nothing waits on it");
         assert_eq!(dispatcher.counters, DispatchDrops::default());
+    }
+
+    #[tokio::test]
+    async fn what_does_not_fit_in_the_memory_budget_is_shed_and_counted() {
+        let shadow = slow_shadow(Duration::from_millis(100)).await;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (report_tx, mut report_rx) = mpsc::channel(64);
+        let one = outgoing_bytes(&request::build(
+            &exchange(1).request,
+            &crate::replay::target::ShadowTarget::parse(&format!("s=http://{shadow}"))
+                .unwrap()
+                .endpoint_for(Default::default(), 80)
+                .unwrap(),
+            &ReplayOptions::default(),
+        ));
+        // Room for three replay requests, and for two exchanges waiting or queued.
+        let memory = DispatchMemory {
+            replay: Account::new(3 * one as u64 + one as u64 / 2),
+            queues: Account::new(2 * held_bytes(&exchange(1)) as u64 + 10),
+        };
+        let own = Arc::new(OwnConnections::new());
+        let mut dispatcher =
+            Dispatcher::new(settings(&[("s", shadow)]), 64, memory.clone(), own, done_tx, report_tx);
+        let exchanges: Vec<Exchange> = (1..=5).map(exchange).collect();
+        for e in &exchanges {
+            dispatcher.request(ready(e), 0);
+        }
+        let not_sent = &dispatcher.shadows()[0].counters.not_sent_memory_budget;
+        assert_eq!(not_sent.load(std::sync::atomic::Ordering::Relaxed), 2, "two requests did not fit");
+        assert_eq!(dispatcher.counters.memory_budget, 0, "not sent, but still to be reported");
+        assert!(memory.replay.used() <= memory.replay.limit());
+        for e in exchanges {
+            dispatcher.exchange(e);
+        }
+        // Exchanges 4 and 5 completed at once (not sent); 1-3 wait for the shadow, but only two
+        // of the five fit in the queues' share at a time.
+        assert!(memory.queues.used() <= memory.queues.limit());
+        let shed = dispatcher.counters.memory_budget;
+        assert!(shed >= 1, "exchanges beyond the queues' share are shed");
+        let mut reported = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for _ in 0..3 {
+            let done = tokio::time::timeout_at(deadline, done_rx.recv()).await.expect("answers within 5 s");
+            dispatcher.shadow_done(done.expect("client alive"));
+        }
+        while let Ok(item) = report_rx.try_recv() {
+            assert!(matches!(item, ReportItem::Replayed(..)), "{item:?}");
+            reported += 1;
+        }
+        assert_eq!(reported + shed, 5, "every exchange is reported or counted once");
+        assert_eq!(memory.queues.used(), 0, "everything reported gave its bytes back");
+        assert_eq!(memory.replay.used(), 0);
     }
 }

@@ -58,7 +58,9 @@ fn yaml_and_toml_examples_mean_the_same() {
     assert_eq!(shadows[0].endpoints_text(), "http://ml-inference-v2.default.svc:8080");
     assert_eq!(s.sample_percent, Some(100.0));
     assert_eq!(s.shadow_timeout, Some(Duration::from_secs(5)));
-    assert_eq!(s.shadow_max_response, Some(64 << 20));
+    assert_eq!(s.shadow_max_response, Some(16 << 20));
+    assert_eq!(s.memory_limit, Some(256 << 20));
+    assert!(s.standalone_problems().is_empty(), "the example fits its memory limit");
     assert_eq!(s.route_rules.len(), 1);
     assert_eq!(s.route_rules[0].rules.protocol, ProtocolChoice::Oip);
     assert_eq!(s.criteria.as_ref().unwrap().min_samples, 100);
@@ -306,6 +308,14 @@ fn limits_and_outputs_are_validated() {
     assert_problem("limits: {max_connections: 0}", "limits.max_connections", &["at least 1"]);
     assert_problem("limits: {idle_timeout: 0s}", "limits.idle_timeout", &["longer than 0"]);
     assert_problem("limits: {max_body_size: 5GiB}", "limits.max_body_size", &["at most 4GiB"]);
+    assert_problem("limits: {memory_limit: 16MiB}", "limits.memory_limit", &["at least 32MiB"]);
+    // Settings that do not fit in the budget: check-config says which and what to do.
+    let over = yaml("capture: {interfaces: [eth0], ports: [80]}\nlimits: {memory_limit: 64MiB, max_buffered_total: 32MiB}")
+        .unwrap()
+        .standalone_problems();
+    assert_eq!(over.len(), 1, "{over:?}");
+    assert_eq!(over[0].field, "limits.memory_limit");
+    assert!(over[0].message.contains("raise --memory-limit to at least"), "{}", over[0]);
     assert_problem("output: {metrics_addr: localhost}", "output.metrics_addr", &["IP:PORT", "off"]);
     assert_eq!(yaml("output: {metrics_addr: 'off'}").unwrap().metrics_addr, Some(None));
     assert_problem("output: {log_format: xml}", "output.log_format", &["auto, journald, json or pretty"]);

@@ -171,6 +171,24 @@ fn configmap_args(m: &Manifests) -> Vec<String> {
     split_args(data.get("MIRROR_ARGS").expect("ConfigMap key MIRROR_ARGS"))
 }
 
+/// A Kubernetes memory quantity in bytes: `320Mi`, `1Gi`, `512M`, `1048576`.
+fn quantity_bytes(text: &str) -> u64 {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().unwrap_or_else(|_| panic!("quantity {text}"));
+    let factor: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        other => panic!("quantity unit {other} in {text}"),
+    };
+    n * factor
+}
+
 /// Runs a command with a time limit (coreutils `timeout`), so a hang fails instead of blocking.
 fn run_bounded(seconds: u32, program: &Path, args: &[String]) -> Output {
     Command::new("timeout")
@@ -312,6 +330,19 @@ fn the_daemonset_has_what_the_daemon_needs_on_a_node() {
         let list = list.as_ref().unwrap_or_else(|| panic!("resources.{what}"));
         assert!(list.contains_key("cpu") && list.contains_key("memory"), "resources.{what}: {list:?}");
     }
+
+    // The container's memory limit is set from the daemon's --memory-limit, with headroom for
+    // what the budget does not count byte for byte: at least 20% above it (or the kernel kills
+    // the daemon before it sheds), at most 50% (or the budget is not what holds memory).
+    let budget = option_value(&args, "--memory-limit")
+        .map(|v| mirror_daemon::config::parse_size_u64(v).expect("--memory-limit is a size"))
+        .unwrap_or(mirror_daemon::budget::DEFAULT_MEMORY_LIMIT);
+    let limit = resources.limits.as_ref().and_then(|l| l.get("memory")).expect("limits.memory");
+    let limit = quantity_bytes(&limit.0);
+    assert!(
+        limit >= budget + budget / 5 && limit <= budget + budget / 2,
+        "limits.memory {limit} B should be --memory-limit {budget} B plus 20–50% headroom"
+    );
 
     let security = c.security_context.as_ref().expect("securityContext");
     if security.privileged != Some(true) {

@@ -26,9 +26,20 @@ pub struct AttachArgs {
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
     pub xdp_mode: XdpModeChoice,
     /// Kernel ring buffer size (power of two, e.g. 32MiB); when it is full, records are dropped
-    /// and counted, never the traffic.
-    #[arg(long, default_value = "32MiB", value_parser = parse_size)]
-    pub ring_buffer_size: u32,
+    /// and counted, never the traffic. Default: `run` takes its share of `--memory-limit`
+    /// (32MiB of the default 256MiB), `capture` 32MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_ring_size)]
+    pub ring_buffer_size: Option<u32>,
+}
+
+/// The ring buffer used when no memory budget says otherwise.
+pub const DEFAULT_RING_BUFFER: u32 = 32 << 20;
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    match parse_size(text)? {
+        n if n.is_power_of_two() && n >= 4096 => Ok(n),
+        _ => Err(format!("`{text}`: must be a power of two of at least 4KiB (e.g. 32MiB)")),
+    }
 }
 
 impl AttachArgs {
@@ -39,7 +50,7 @@ impl AttachArgs {
             server_addrs: self.server_addrs.clone(),
             filter_addrs: !self.server_addrs.is_empty(),
             xdp_mode: self.xdp_mode,
-            ring_bytes: self.ring_buffer_size,
+            ring_bytes: self.ring_buffer_size.unwrap_or(DEFAULT_RING_BUFFER),
         }
     }
 }
@@ -93,4 +104,4 @@ impl CriteriaArgs {
 }
 
 /// Sizes and durations read the same on the command line as in the config file.
-pub use mirror_daemon::config::{parse_duration, parse_size};
+pub use mirror_daemon::config::{parse_duration, parse_size, parse_size_u64};

@@ -28,6 +28,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use mirror_daemon::{
     assembler::{Assembler, AssemblerConfig},
+    budget::{self, Account, Shares},
     capture::ignore::OwnConnections,
     compare::CompareRules,
     config::{self, FileSettings},
@@ -44,8 +45,8 @@ use mirror_daemon::{
     logging::LogFormat,
     metrics::{self, Metrics},
     mirror::{
-        DispatchSettings, Dispatcher, ReportItem, Reporter, ReporterSettings, RouteRules, RuleSet, Snapshot,
-        shadow_info,
+        DispatchMemory, DispatchSettings, Dispatcher, ReportItem, Reporter, ReporterSettings, RouteRules,
+        RuleSet, Snapshot, shadow_info,
     },
     pcap::monotonic_to_realtime_offset,
     replay::{
@@ -67,7 +68,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::{AttachArgs, CriteriaArgs, parse_duration, parse_size};
+use super::{AttachArgs, CriteriaArgs, parse_duration, parse_size, parse_size_u64};
 
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct RunArgs {
@@ -178,15 +179,17 @@ pub struct MirrorArgs {
     /// A streamed (event-stream) shadow answer: longest time in all, from sending the request.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub shadow_stream_timeout: Duration,
-    /// Replays in flight per shadow at most.
-    #[arg(long, default_value_t = 64)]
-    pub shadow_max_in_flight: usize,
+    /// Replays in flight per shadow at most, fixed. Without it the limit follows the shadow:
+    /// request rate × shadow latency (Little's law) with headroom, within the memory budget.
+    #[arg(long, value_name = "N")]
+    pub shadow_max_in_flight: Option<usize>,
     /// Replays queued per shadow at most; beyond, requests are dropped and counted.
     #[arg(long, default_value_t = 1024)]
     pub shadow_queue: usize,
-    /// Largest shadow answer read (larger ones fail the comparison).
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    pub shadow_max_response: u32,
+    /// Largest shadow answer read (larger ones fail the comparison). Default: 64MiB, or the
+    /// replay share of `--memory-limit` if smaller.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub shadow_max_response: Option<u32>,
     /// Never compare this part of JSON bodies (repeatable): a JSON Pointer or glob (`/id`,
     /// `/outputs/*/name`, `**/timestamp`).
     #[arg(long, value_name = "POINTER")]
@@ -270,14 +273,14 @@ impl MirrorArgs {
         Ok(ReplayOptions { keep_host: self.keep_host, marker })
     }
 
-    fn client_limits(&self) -> ClientLimits {
+    fn client_limits(&self, shares: &Shares) -> ClientLimits {
         ClientLimits {
             timeout: self.shadow_timeout,
             stream_idle_timeout: self.shadow_stream_idle_timeout,
             stream_timeout: self.shadow_stream_timeout.max(self.shadow_timeout),
-            max_in_flight: self.shadow_max_in_flight.max(1),
+            max_in_flight: self.shadow_max_in_flight.map(|n| n.max(1)),
             queue: self.shadow_queue.max(1),
-            max_response_bytes: self.shadow_max_response as usize,
+            max_response_bytes: shares.max_response as usize,
         }
     }
 }
@@ -285,18 +288,25 @@ impl MirrorArgs {
 /// Bounds of the reassembly and framing state; hitting one drops and counts, never blocks.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct LimitArgs {
+    /// Memory the daemon holds at most, in all: the ring buffer, reassembly, partial messages,
+    /// replay bodies, and exchanges waiting to be joined or reported each get a share of it
+    /// (README: Memory). At its share a part sheds and counts (`memory_budget`) rather than grow.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size_u64)]
+    pub memory_limit: u64,
     /// Connections tracked at most (least recently active evicted first).
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
-    /// Largest request or response body kept (larger ones are counted and dropped).
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    pub max_body_size: u32,
+    /// Largest request or response body kept (larger ones are counted and dropped). Default:
+    /// 64MiB, or the partial messages' share of `--memory-limit` if smaller.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_body_size: Option<u32>,
     /// Out-of-order bytes buffered per connection.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub max_buffered_per_connection: u32,
-    /// Bytes buffered across all connections (reassembly and partial messages, each).
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
-    pub max_buffered_total: u32,
+    /// Bytes buffered across all connections (reassembly and partial messages, each). Default:
+    /// their shares of `--memory-limit`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_buffered_total: Option<u32>,
     /// A connection idle this long is forgotten.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -308,6 +318,7 @@ pub struct LimitArgs {
 impl LimitArgs {
     pub fn assembler_config(
         &self,
+        shares: &Shares,
         server_ports: &[u16],
         announce_requests: bool,
         resync_mid_stream: bool,
@@ -318,14 +329,14 @@ impl LimitArgs {
                 limits: FlowLimits {
                     max_connections: self.max_connections,
                     max_buffered_per_conn: self.max_buffered_per_connection as usize,
-                    max_buffered_total: self.max_buffered_total as usize,
+                    max_buffered_total: shares.reassembly as usize,
                     idle_timeout_ns: self.idle_timeout.as_nanos() as u64,
                     ..FlowLimits::default()
                 },
             },
             http: HttpConfig {
-                max_body_bytes: self.max_body_size as usize,
-                max_buffered_total: self.max_buffered_total as usize,
+                max_body_bytes: shares.max_body as usize,
+                max_buffered_total: shares.framing as usize,
                 resync_mid_stream,
                 ..HttpConfig::default()
             },
@@ -389,7 +400,7 @@ impl Invocation {
             "pod_selector": args.pod_selector => file.pod_selector.clone().map(Some);
             "resync_mid_stream": args.resync_mid_stream => file.resync_mid_stream;
             "xdp_mode": args.attach.xdp_mode => file.xdp_mode;
-            "ring_buffer_size": args.attach.ring_buffer_size => file.ring_buffer_size;
+            "ring_buffer_size": args.attach.ring_buffer_size => file.ring_buffer_size.map(Some);
             "record": args.record => file.record.clone().map(Some);
             "record_max_size": args.record_max_size => file.record_max_size.map(RecordMaxSize);
             "record_keep": args.record_keep => file.record_keep;
@@ -400,9 +411,10 @@ impl Invocation {
             "metrics_addr": args.metrics_addr => file.metrics_addr.map(MetricsAddr);
             "log_format": args.log_format => file.log_format.map(Some);
             "max_connections": args.limits.max_connections => file.max_connections;
-            "max_body_size": args.limits.max_body_size => file.max_body_size;
+            "memory_limit": args.limits.memory_limit => file.memory_limit;
+            "max_body_size": args.limits.max_body_size => file.max_body_size.map(Some);
             "max_buffered_per_connection": args.limits.max_buffered_per_connection => file.max_buffered_per_connection;
-            "max_buffered_total": args.limits.max_buffered_total => file.max_buffered_total;
+            "max_buffered_total": args.limits.max_buffered_total => file.max_buffered_total.map(Some);
             "idle_timeout": args.limits.idle_timeout => file.idle_timeout;
             "max_pending_comparisons": args.limits.max_pending_comparisons => file.max_pending_comparisons;
             "shadow": args.mirror.shadow => file.shadows;
@@ -413,9 +425,9 @@ impl Invocation {
             "shadow_timeout": args.mirror.shadow_timeout => file.shadow_timeout;
             "shadow_stream_idle_timeout": args.mirror.shadow_stream_idle_timeout => file.shadow_stream_idle_timeout;
             "shadow_stream_timeout": args.mirror.shadow_stream_timeout => file.shadow_stream_timeout;
-            "shadow_max_in_flight": args.mirror.shadow_max_in_flight => file.shadow_max_in_flight;
+            "shadow_max_in_flight": args.mirror.shadow_max_in_flight => file.shadow_max_in_flight.map(Some);
             "shadow_queue": args.mirror.shadow_queue => file.shadow_queue;
-            "shadow_max_response": args.mirror.shadow_max_response => file.shadow_max_response;
+            "shadow_max_response": args.mirror.shadow_max_response => file.shadow_max_response.map(Some);
             "proto_descriptor": args.mirror.proto_descriptor => file.proto_descriptors;
         }
         if !given("production_model")
@@ -467,7 +479,20 @@ impl RunArgs {
         self.mirror.rules()?;
         self.mirror.replay_options()?;
         self.criteria.criteria()?;
+        self.shares()?;
         Ok(())
+    }
+
+    /// `--memory-limit` split into each part's share, the per-part settings given explicitly
+    /// taking their place.
+    pub fn shares(&self) -> Result<Shares, budget::BudgetError> {
+        let explicit = budget::Explicit {
+            ring_buffer: self.attach.ring_buffer_size.map(u64::from),
+            buffered_total: self.limits.max_buffered_total.map(u64::from),
+            max_body: self.limits.max_body_size.map(u64::from),
+            max_response: self.mirror.shadow_max_response.map(u64::from),
+        };
+        Shares::with(self.limits.memory_limit, explicit)
     }
 }
 
@@ -617,7 +642,7 @@ fn dispatch_settings(args: &RunArgs) -> Result<DispatchSettings> {
         sampler: Sampler::new(args.mirror.sample_percent, args.mirror.route.clone()),
         replay: args.mirror.replay_options()?,
         shadows: args.mirror.shadow.clone(),
-        limits: args.mirror.client_limits(),
+        limits: args.mirror.client_limits(&args.shares()?),
     })
 }
 
@@ -746,8 +771,13 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let mut args = args;
     let targets =
         CaptureTargets::new(args.pod_selector.is_some(), &args.attach.interfaces, &args.attach.server_addrs);
+    let shares = args.shares()?;
     let mut cfg = args.attach.capture_config();
     cfg.filter_addrs = targets.filter_addresses();
+    cfg.ring_bytes = u32::try_from(shares.ring_buffer).context("ring buffer size")?;
+    let parts: Vec<String> =
+        shares.parts().iter().map(|(name, bytes)| format!("{name}={}", budget::Size(*bytes))).collect();
+    tracing::info!(memory_limit = %budget::Size(shares.total), shares = %parts.join(" "), "memory budget");
     let dispatch = dispatch_settings(&args)?;
     let reporting = reporter_settings(&args)?;
     let shadows = args.mirror.shadow.clone();
@@ -789,15 +819,22 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     // The replay clients register their connections here; the assembler skips them.
     let own = Arc::new(OwnConnections::new());
-    let mut dispatcher =
-        Dispatcher::new(dispatch, args.limits.max_pending_comparisons, own.clone(), done_tx, report_tx);
+    let memory = DispatchMemory { replay: Account::new(shares.replay), queues: Account::new(shares.queues) };
+    let mut dispatcher = Dispatcher::new(
+        dispatch,
+        args.limits.max_pending_comparisons,
+        memory,
+        own.clone(),
+        done_tx,
+        report_tx,
+    );
 
     // Requests are announced as soon as they are complete even without shadows when a config file
     // is in use: a reload may add the first shadow.
     let announce = !shadows.is_empty() || args.config.is_some();
     let mut assembler = Assembler::new(AssemblerConfig {
         own_connections: Some(own.clone()),
-        ..args.limits.assembler_config(&cfg.ports, announce, args.resync_mid_stream)
+        ..args.limits.assembler_config(&shares, &cfg.ports, announce, args.resync_mid_stream)
     });
     let (kernel, mut reader) = KernelCapture::start(&cfg)?;
     let attacher = Attacher::new(&cfg.server_addrs, cfg.filter_addrs);

@@ -2,9 +2,11 @@
 //! and multiplexed h2c — with a cap on requests in flight and a per-request timeout.
 //!
 //! Capture never waits for a shadow. [`ShadowClient::submit`] only tries to enqueue; when the
-//! queue is full (the shadow is slow or down) the replay is dropped and counted. Memory is bounded
-//! by `queue + max_in_flight` requests and `max_in_flight` responses of at most
-//! `max_response_bytes`.
+//! queue is full (the shadow is slow or down) the replay is dropped and counted. How many replays
+//! are in flight at once follows the shadow ([`super::concurrency`]) unless a fixed limit is set.
+//! Memory is bounded by the replay share of the memory budget: each queued request holds a
+//! [`Charge`] for its bytes, and an answer is charged as it is read; an answer that does not fit
+//! is given up (`memory_budget`) rather than read further.
 //!
 //! Every connection is opened by [`ReplayConnector`], which binds the socket first and registers
 //! it in [`OwnConnections`] before the SYN leaves, so the capture never rebuilds the daemon's own
@@ -39,17 +41,22 @@ use hyper_util::{
     },
     rt::{TokioExecutor, TokioIo},
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 
 use super::{
-    join::{ShadowAnswer, ShadowResult},
+    concurrency::{Controller, Observation},
+    join::{NOT_SENT_MEMORY_BUDGET, ShadowAnswer, ShadowResult},
     request::Outgoing,
     target::{ShadowTarget, Transport},
 };
 use crate::{
+    budget::{Account, Charge},
     capture::ignore::OwnConnections,
     exchange::{ExchangeId, Header},
 };
+
+/// How often an adaptive in-flight limit is updated.
+const CONTROL_EVERY: Duration = Duration::from_millis(100);
 
 /// Bounds of the replay to one shadow.
 #[derive(Clone, Debug)]
@@ -60,7 +67,9 @@ pub struct ClientLimits {
     pub stream_idle_timeout: Duration,
     /// An event-stream answer: longest time in all.
     pub stream_timeout: Duration,
-    pub max_in_flight: usize,
+    /// Replays in flight at most: a fixed limit, or `None` to follow the shadow's latency and
+    /// the request rate.
+    pub max_in_flight: Option<usize>,
     pub queue: usize,
     pub max_response_bytes: usize,
 }
@@ -71,7 +80,7 @@ impl Default for ClientLimits {
             timeout: Duration::from_secs(5),
             stream_idle_timeout: Duration::from_secs(30),
             stream_timeout: Duration::from_secs(600),
-            max_in_flight: 64,
+            max_in_flight: None,
             queue: 1024,
             max_response_bytes: 64 << 20,
         }
@@ -83,6 +92,8 @@ impl Default for ClientLimits {
 pub struct Job {
     pub id: ExchangeId,
     pub outgoing: Outgoing,
+    /// The request's bytes, held against the replay share until the replay ends.
+    pub charge: Charge,
 }
 
 /// One replay's result, sent back to the pipeline.
@@ -91,6 +102,8 @@ pub struct Done {
     pub id: ExchangeId,
     pub shadow: usize,
     pub result: ShadowResult,
+    /// The answer's bytes, held against the replay share until it is compared.
+    pub charge: Charge,
 }
 
 /// Monotonic counters of one shadow's replays (and the in-flight gauge).
@@ -104,17 +117,33 @@ pub struct ReplayCounters {
     pub in_flight: AtomicU64,
     /// Replays sent again on a fresh connection after the reused one failed before answering.
     pub retries: AtomicU64,
+    /// Answers given up because the replay share of the memory budget was full.
+    pub memory_budget: AtomicU64,
+    /// Replays not sent (never submitted) because the replay share was full.
+    pub not_sent_memory_budget: AtomicU64,
+    /// The in-flight limit now (a gauge).
+    pub max_in_flight: AtomicU64,
+    /// Latencies of finished replays added up, in ns (for the in-flight limit).
+    pub latency_ns_total: AtomicU64,
+    /// Request and answer bytes of finished replays added up (for the in-flight limit).
+    pub bytes_total: AtomicU64,
 }
 
 impl ReplayCounters {
     /// Replays submitted and not finished yet (queued or in flight).
     pub fn pending(&self) -> u64 {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        get(&self.submitted).saturating_sub(get(&self.answered) + get(&self.timed_out) + get(&self.failed))
+        get(&self.submitted).saturating_sub(self.finished())
+    }
+
+    /// Replays that finished (answered, timed out, failed, or given up for the memory budget).
+    pub fn finished(&self) -> u64 {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        get(&self.answered) + get(&self.timed_out) + get(&self.failed) + get(&self.memory_budget)
     }
 
     /// `(name, value)` pairs for logs and metrics.
-    pub fn list(&self) -> [(&'static str, u64); 7] {
+    pub fn list(&self) -> [(&'static str, u64); 9] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("submitted", get(&self.submitted)),
@@ -123,7 +152,9 @@ impl ReplayCounters {
             ("timed_out", get(&self.timed_out)),
             ("failed", get(&self.failed)),
             ("in_flight", get(&self.in_flight)),
+            ("max_in_flight", get(&self.max_in_flight)),
             ("replay_retries", get(&self.retries)),
+            ("memory_budget", get(&self.memory_budget) + get(&self.not_sent_memory_budget)),
         ]
     }
 }
@@ -253,6 +284,55 @@ impl tower_service::Service<Uri> for ReplayConnector {
 
 type HttpClient = Client<ReplayConnector, Full<Bytes>>;
 
+/// Idle keep-alive connections kept per shadow when the in-flight limit adapts.
+const MAX_IDLE: usize = 256;
+
+/// The in-flight limit and the signal that a replay finished, shared by the sending loop, the
+/// replays and the controller.
+#[derive(Debug)]
+struct Flight {
+    limit: AtomicU64,
+    finished: Notify,
+}
+
+/// Updates an adaptive limit from what the counters saw, until the sending loop ends.
+async fn control(mut controller: Controller, flight: std::sync::Weak<Flight>, counters: Arc<ReplayCounters>) {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let offered = |c: &ReplayCounters| get(&c.submitted) + get(&c.queue_full);
+    let mut last = (
+        Instant::now(),
+        offered(&counters),
+        counters.finished(),
+        get(&counters.latency_ns_total),
+        get(&counters.bytes_total),
+    );
+    let mut every = tokio::time::interval(CONTROL_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(flight) = flight.upgrade() else { return };
+        let now = (
+            Instant::now(),
+            offered(&counters),
+            counters.finished(),
+            get(&counters.latency_ns_total),
+            get(&counters.bytes_total),
+        );
+        let limit = controller.update(Observation {
+            elapsed_s: now.0.duration_since(last.0).as_secs_f64(),
+            offered: now.1 - last.1,
+            finished: now.2 - last.2,
+            latency_sum_s: (now.3 - last.3) as f64 / 1e9,
+            bytes: now.4 - last.4,
+        });
+        last = now;
+        flight.limit.store(limit as u64, Ordering::Relaxed);
+        counters.max_in_flight.store(limit as u64, Ordering::Relaxed);
+        // A higher limit may let the sending loop go on.
+        flight.finished.notify_one();
+    }
+}
+
 /// The pooled clients of one shadow: per transport, one that keeps connections and one that
 /// never reuses them (for the retry).
 #[derive(Clone, Debug)]
@@ -268,7 +348,7 @@ impl Clients {
         let build = |h2: bool, pool: bool| {
             let mut builder = Client::builder(TokioExecutor::new());
             builder
-                .pool_max_idle_per_host(if pool { limits.max_in_flight } else { 0 })
+                .pool_max_idle_per_host(if pool { limits.max_in_flight.unwrap_or(MAX_IDLE) } else { 0 })
                 .pool_idle_timeout(Duration::from_secs(30))
                 .http2_only(h2);
             builder.build(connector.clone())
@@ -301,36 +381,71 @@ pub struct ShadowClient {
 
 impl ShadowClient {
     /// Starts the dispatcher for shadow number `index`; results go to `done`. Its connections are
-    /// registered in `own`.
+    /// registered in `own`; answers are charged to `memory` (the replay share of the budget).
     pub fn spawn(
         index: usize,
         target: ShadowTarget,
         limits: ClientLimits,
         own: Arc<OwnConnections>,
+        memory: Arc<Account>,
         done: mpsc::UnboundedSender<Done>,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(limits.queue.max(1));
         let counters = Arc::new(ReplayCounters::default());
         let clients = Clients::new(ReplayConnector::new(own, limits.timeout), &limits);
-        let permits = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+        let controller = match limits.max_in_flight {
+            Some(n) => Controller::fixed(n),
+            None => Controller::adaptive(memory.limit() as u64),
+        };
+        let flight =
+            Arc::new(Flight { limit: AtomicU64::new(controller.limit() as u64), finished: Notify::new() });
+        counters.max_in_flight.store(controller.limit() as u64, Ordering::Relaxed);
+        if controller.is_adaptive() {
+            tokio::spawn(control(controller, Arc::downgrade(&flight), counters.clone()));
+        }
         let task_counters = counters.clone();
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                let (clients, done, counters, limits) =
-                    (clients.clone(), done.clone(), task_counters.clone(), limits.clone());
+                // Wait for room under the limit; a replay finishing or the limit rising wakes this.
+                while task_counters.in_flight.load(Ordering::Relaxed) >= flight.limit.load(Ordering::Relaxed)
+                {
+                    flight.finished.notified().await;
+                }
+                let (clients, done, counters, limits, flight, memory) = (
+                    clients.clone(),
+                    done.clone(),
+                    task_counters.clone(),
+                    limits.clone(),
+                    flight.clone(),
+                    memory.clone(),
+                );
                 counters.in_flight.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let result = send(&clients, job.outgoing, &limits, &counters).await;
+                    let Job { id, outgoing, charge: request_charge } = job;
+                    let request_bytes = request_charge.bytes();
+                    let mut charge = memory.charge(0).unwrap_or_default();
+                    let started = Instant::now();
+                    let result = send(&clients, outgoing, &limits, &counters, &mut charge).await;
+                    drop(request_charge);
                     let counter = match &result {
                         ShadowResult::Answered { .. } => &counters.answered,
                         ShadowResult::TimedOut { .. } => &counters.timed_out,
-                        _ => &counters.failed,
+                        ShadowResult::NotSent { .. } => &counters.memory_budget,
+                        ShadowResult::Failed { .. } => &counters.failed,
                     };
+                    let latency_ns = result.latency_ns().unwrap_or(started.elapsed().as_nanos() as u64);
+                    counters.latency_ns_total.fetch_add(latency_ns, Ordering::Relaxed);
+                    counters
+                        .bytes_total
+                        .fetch_add((request_bytes + charge.bytes()) as u64, Ordering::Relaxed);
                     counter.fetch_add(1, Ordering::Relaxed);
+                    if !matches!(result, ShadowResult::Answered { .. }) {
+                        // Nothing of the answer is kept.
+                        charge = Charge::default();
+                    }
                     counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
-                    let _ = done.send(Done { id: job.id, shadow: index, result });
+                    flight.finished.notify_one();
+                    let _ = done.send(Done { id, shadow: index, result, charge });
                 });
             }
         });
@@ -396,13 +511,21 @@ enum Attempt {
     FailedReused(String),
     Failed(String),
     TimedOut,
+    /// The answer did not fit in the replay share of the memory budget.
+    OverBudget,
 }
 
 /// One attempt, begun at `begun`: the response head within `limits.timeout`; then a plain body
 /// within the same time, an event stream (a streamed LLM answer, which may take minutes) with at
 /// most `stream_idle_timeout` between two pieces and `stream_timeout` in all. Each piece of the
-/// body is timed, as production's are by the kernel.
-async fn attempt(client: &HttpClient, outgoing: &Outgoing, limits: &ClientLimits, begun: Instant) -> Attempt {
+/// body is timed, as production's are by the kernel, and charged to `charge` as it comes.
+async fn attempt(
+    client: &HttpClient,
+    outgoing: &Outgoing,
+    limits: &ClientLimits,
+    begun: Instant,
+    charge: &mut Charge,
+) -> Attempt {
     let mut request = match build_request(outgoing) {
         Ok(request) => request,
         Err(error) => return Attempt::Failed(error),
@@ -448,7 +571,12 @@ async fn attempt(client: &HttpClient, outgoing: &Outgoing, limits: &ClientLimits
             Ok(Some(Ok(frame))) => frame,
         };
         match frame.into_data() {
-            Ok(data) => parts.push(data, begun.elapsed().as_nanos() as u64, usize::MAX),
+            Ok(data) => {
+                if !charge.grow(data.len()) {
+                    return Attempt::OverBudget;
+                }
+                parts.push(data, begun.elapsed().as_nanos() as u64, usize::MAX)
+            }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     answer.trailers = headers_of(&trailers);
@@ -465,14 +593,16 @@ async fn send(
     outgoing: Outgoing,
     limits: &ClientLimits,
     counters: &ReplayCounters,
+    charge: &mut Charge,
 ) -> ShadowResult {
     let started = Instant::now();
     let (outcome, from) =
-        match attempt(clients.get(outgoing.transport, false), &outgoing, limits, started).await {
+        match attempt(clients.get(outgoing.transport, false), &outgoing, limits, started, charge).await {
             Attempt::FailedReused(_) => {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 let retried = Instant::now();
-                (attempt(clients.get(outgoing.transport, true), &outgoing, limits, retried).await, retried)
+                let client = clients.get(outgoing.transport, true);
+                (attempt(client, &outgoing, limits, retried, charge).await, retried)
             }
             other => (other, started),
         };
@@ -484,6 +614,11 @@ async fn send(
             ShadowResult::Failed { error, latency_ns: from.elapsed().as_nanos() as u64 }
         }
         Attempt::TimedOut => ShadowResult::TimedOut { latency_ns: started.elapsed().as_nanos() as u64 },
+        Attempt::OverBudget => {
+            // What was read is given back: the answer is not kept.
+            *charge = Charge::default();
+            ShadowResult::NotSent { reason: NOT_SENT_MEMORY_BUDGET }
+        }
     }
 }
 
@@ -562,9 +697,23 @@ mod tests {
         let clients = Clients::new(ReplayConnector::new(own.clone(), Duration::from_secs(5)), &limits());
         let counters = ReplayCounters::default();
         let spec = format!("m=http://{addr}");
-        let first = send(&clients, outgoing(&spec, HttpVersion::Http11, "/1"), &limits(), &counters).await;
+        let first = send(
+            &clients,
+            outgoing(&spec, HttpVersion::Http11, "/1"),
+            &limits(),
+            &counters,
+            &mut Charge::default(),
+        )
+        .await;
         assert!(matches!(&first, ShadowResult::Answered { answer, .. } if answer.status == 500), "{first:?}");
-        let second = send(&clients, outgoing(&spec, HttpVersion::Http11, "/2"), &limits(), &counters).await;
+        let second = send(
+            &clients,
+            outgoing(&spec, HttpVersion::Http11, "/2"),
+            &limits(),
+            &counters,
+            &mut Charge::default(),
+        )
+        .await;
         assert!(
             matches!(&second, ShadowResult::Answered { answer, .. } if answer.status == 500),
             "{second:?}"
@@ -585,13 +734,8 @@ mod tests {
         let own = Arc::new(OwnConnections::new());
         let clients = Clients::new(ReplayConnector::new(own, Duration::from_secs(5)), &limits());
         let counters = ReplayCounters::default();
-        let result = send(
-            &clients,
-            outgoing(&format!("m=http://{addr}"), HttpVersion::Http11, "/"),
-            &limits(),
-            &counters,
-        )
-        .await;
+        let request = outgoing(&format!("m=http://{addr}"), HttpVersion::Http11, "/");
+        let result = send(&clients, request, &limits(), &counters, &mut Charge::default()).await;
         assert!(matches!(result, ShadowResult::Failed { .. }), "{result:?}");
         assert_eq!(counters.retries.load(Ordering::Relaxed), 0, "nothing to retry on a fresh connection");
     }
@@ -636,7 +780,9 @@ mod tests {
         let mut grpc = outgoing(&spec, HttpVersion::Http2, "/pkg.Svc/Method");
         grpc.headers.push(("te".into(), Bytes::from_static(b"trailers")));
         let limits = limits();
-        let calls = (0..8).map(|_| send(&clients, grpc.clone(), &limits, &counters));
+        let calls = (0..8).map(|_| async {
+            send(&clients, grpc.clone(), &limits, &counters, &mut Charge::default()).await
+        });
         for result in futures_util::future::join_all(calls).await {
             let ShadowResult::Answered { answer, .. } = result else { panic!("{result:?}") };
             assert_eq!(&answer.body[..], b"/pkg.Svc/Method te=Some([116, 114, 97, 105, 108, 101, 114, 115])");

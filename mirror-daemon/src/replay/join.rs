@@ -4,11 +4,16 @@
 //!
 //! Bounded: at most `max_entries` comparisons wait at once (more are refused and counted), and an
 //! entry whose production response never completes (dropped by the capture) expires after `wait`.
+//! The bytes an entry holds are charged to the memory budget by the caller; the [`Charge`]s are
+//! kept with the entry ([`JoinTable::hold`]) and handed on with the [`Complete`] comparison.
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::exchange::{Arrivals, Exchange, ExchangeId, Header};
+use crate::{
+    budget::Charge,
+    exchange::{Arrivals, Exchange, ExchangeId, Header},
+};
 
 /// What a shadow answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,6 +35,9 @@ pub const NOT_SENT_NO_ENDPOINT: &str = "no_endpoint";
 /// [`ShadowResult::NotSent`] given at shutdown to a shadow whose answer had not come: the replay
 /// was queued or in flight when the daemon stopped.
 pub const IN_FLIGHT_AT_EXIT: &str = "in_flight_at_exit";
+/// [`ShadowResult::NotSent`]: the replay share of the memory budget was full (the request was not
+/// sent, or its answer could not be kept).
+pub const NOT_SENT_MEMORY_BUDGET: &str = "memory_budget";
 
 /// The outcome of replaying one request to one shadow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,8 +55,8 @@ pub enum ShadowResult {
         latency_ns: u64,
     },
     /// Not compared: `queue_full` (never sent: the shadow is slow or down), `no_endpoint` (the
-    /// shadow has no endpoint for the request's protocol) or `in_flight_at_exit` (its answer had
-    /// not come when the daemon stopped).
+    /// shadow has no endpoint for the request's protocol), `memory_budget` (no room to hold
+    /// it) or `in_flight_at_exit` (its answer had not come when the daemon stopped).
     NotSent {
         reason: &'static str,
     },
@@ -71,6 +79,8 @@ pub struct Complete {
     pub exchange: Exchange,
     /// Indexed like the shadows.
     pub results: Vec<ShadowResult>,
+    /// The bytes held by the comparison, given back when it is dropped.
+    pub held: Vec<Charge>,
 }
 
 /// What became of a production exchange handed to the table.
@@ -98,6 +108,7 @@ struct Entry {
     production: Option<Exchange>,
     results: Vec<Option<ShadowResult>>,
     missing: usize,
+    held: Vec<Charge>,
 }
 
 /// Waiting comparisons by exchange id.
@@ -128,10 +139,32 @@ impl JoinTable {
         if self.entries.len() >= self.max_entries || self.entries.contains_key(&id) {
             return false;
         }
-        let entry = Entry { production: None, results: vec![None; self.shadows], missing: self.shadows + 1 };
+        let entry = Entry {
+            production: None,
+            results: vec![None; self.shadows],
+            missing: self.shadows + 1,
+            held: Vec::new(),
+        };
         self.entries.insert(id, entry);
         self.deadlines.push_back((now_ns.saturating_add(self.wait_ns), id));
         true
+    }
+
+    /// Keeps `charge` with the entry of `id` until it completes or expires; the charge back when
+    /// nothing waits for `id`.
+    pub fn hold(&mut self, id: ExchangeId, charge: Charge) -> Result<(), Charge> {
+        match self.entries.get_mut(&id) {
+            Some(entry) => {
+                entry.held.push(charge);
+                Ok(())
+            }
+            None => Err(charge),
+        }
+    }
+
+    /// Forgets the entry of `id` (its parts could not be held); false if there was none.
+    pub fn abandon(&mut self, id: ExchangeId) -> bool {
+        self.entries.remove(&id).is_some()
     }
 
     /// Records shadow `index`'s result; returns the comparison if it is now complete.
@@ -171,6 +204,7 @@ impl JoinTable {
                 .into_iter()
                 .map(|r| r.unwrap_or(ShadowResult::NotSent { reason: NOT_SENT_QUEUE_FULL }))
                 .collect(),
+            held: entry.held,
         })
     }
 
@@ -199,6 +233,7 @@ impl JoinTable {
                         .into_iter()
                         .map(|r| r.unwrap_or(ShadowResult::NotSent { reason: IN_FLIGHT_AT_EXIT }))
                         .collect(),
+                    held: entry.held,
                 })
             })
             .collect()
@@ -348,5 +383,32 @@ mod tests {
         assert_eq!(expired, vec![Expired::ProductionMissing, Expired::ShadowMissing]);
         assert!(t.is_empty());
         assert!(t.open(id(3), 200), "room again");
+    }
+
+    #[test]
+    fn held_bytes_follow_the_entry_and_are_given_back() {
+        let account = crate::budget::Account::new(1000);
+        let mut t = JoinTable::new(1, 10, 1_000);
+        assert!(t.open(id(1), 0));
+        assert!(t.hold(id(1), account.charge(300).unwrap()).is_ok());
+        let back = t.hold(id(9), account.charge(200).unwrap());
+        assert!(back.is_err(), "nothing waits for 9");
+        drop(back);
+        assert_eq!(account.used(), 300);
+        let done = t.shadow(id(1), 0, answered(200));
+        assert!(done.is_none());
+        let Joined::Complete(done) = t.production(exchange(1)) else { panic!("complete") };
+        assert_eq!(account.used(), 300, "held by the comparison");
+        drop(done);
+        assert_eq!(account.used(), 0);
+        assert!(t.open(id(2), 0));
+        assert!(t.hold(id(2), account.charge(100).unwrap()).is_ok());
+        assert!(t.abandon(id(2)) && t.is_empty());
+        assert_eq!(account.used(), 0, "an abandoned entry gives its bytes back");
+        assert!(t.open(id(3), 0));
+        assert!(t.hold(id(3), account.charge(100).unwrap()).is_ok());
+        let mut expired = Vec::new();
+        t.expire(2_000, &mut expired);
+        assert_eq!(account.used(), 0, "an expired entry gives its bytes back");
     }
 }
