@@ -448,7 +448,11 @@ async fn attempt(client: &HttpClient, outgoing: &Outgoing, limits: &ClientLimits
             Ok(Some(Ok(frame))) => frame,
         };
         match frame.into_data() {
-            Ok(data) => parts.push(data, begun.elapsed().as_nanos() as u64, usize::MAX),
+            // Copied out: hyper's frames are slices of its read buffer, so a stream of small
+            // events kept as frames would hold a buffer of several KiB per event.
+            Ok(data) => {
+                parts.push(Bytes::copy_from_slice(&data), begun.elapsed().as_nanos() as u64, usize::MAX)
+            }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     answer.trailers = headers_of(&trailers);
