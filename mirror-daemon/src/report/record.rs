@@ -119,12 +119,14 @@ pub struct GrpcCall {
     pub method: String,
 }
 
-/// p50, p95 and max of the inter-token latencies (ms).
+/// p50, p95 and max of the inter-token latencies (ms), and every gap to two significant digits.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ItlRecord {
     pub p50: f64,
     pub p95: f64,
     pub max: f64,
+    /// `[gap ms, how many]`, ascending: what aggregates pool over streams.
+    pub gaps: Vec<(f64, u64)>,
 }
 
 /// One choice of a streamed answer.
@@ -190,7 +192,13 @@ impl StreamRecord {
             ttft_ms: f.ttft_ns.map(ms),
             tpot_ms: f.tpot_ns.map(ms),
             e2e_ms: ms(f.e2e_ns),
-            itl_ms: f.itl.map(|s| ItlRecord { p50: ms(s.p50), p95: ms(s.p95), max: ms(s.max) }),
+            itl_ms: f.itl.map(|s| ItlRecord {
+                p50: ms(s.p50),
+                p95: ms(s.p95),
+                max: ms(s.max),
+                // Not `ms()`: that rounds to whole µs, and gaps keep two digits at any scale.
+                gaps: f.itl_gaps.iter().map(|&(ns, n)| (ns as f64 / 1e6, n)).collect(),
+            }),
             events: f.events,
             output_tokens: f.output_tokens,
             tokens_from: f.tokens_from.as_str(),
@@ -499,7 +507,10 @@ mod tests {
         let p = &json["production"];
         assert_eq!(p["ttft_ms"], 10.0);
         assert_eq!(p["e2e_ms"], 41.0);
-        assert_eq!(p["itl_ms"], serde_json::json!({"p50": 10.0, "p95": 20.0, "max": 20.0}));
+        assert_eq!(
+            p["itl_ms"],
+            serde_json::json!({"p50": 10.0, "p95": 20.0, "max": 20.0, "gaps": [[10.0, 1], [20.0, 1]]})
+        );
         assert_eq!(p["tpot_ms"], 15.5);
         assert_eq!((p["events"].as_u64(), p["output_tokens"].as_u64()), (Some(4), Some(3)));
         assert_eq!((p["tokens_from"].as_str(), p["stream_end"].as_str()), (Some("events"), Some("done")));
