@@ -163,8 +163,11 @@ pub struct StreamEndsBySide {
     pub shadow: StreamEnds,
 }
 
+/// Inter-token gaps of one value: (gap ms, how many).
+pub type Gap = (f64, u64);
+
 /// A side's `itl_ms.gaps`: `[[gap ms, count], ...]`.
-fn gaps(record: &Value, side: &'static str) -> Result<Vec<(f64, u64)>, RecordError> {
+fn gaps(record: &Value, side: &'static str) -> Result<Vec<Gap>, RecordError> {
     let (value, path) = match side {
         "production" => (record.pointer("/production/itl_ms/gaps"), "production.itl_ms.gaps"),
         _ => (record.pointer("/shadow/itl_ms/gaps"), "shadow.itl_ms.gaps"),
@@ -197,8 +200,8 @@ pub struct TextObservation {
     pub production: Option<StreamTimes>,
     pub shadow: Option<StreamTimes>,
     /// Each side's inter-token gaps, `(ms, count)` (`itl_ms.gaps`).
-    pub production_gaps: Vec<(f64, u64)>,
-    pub shadow_gaps: Vec<(f64, u64)>,
+    pub production_gaps: Vec<Gap>,
+    pub shadow_gaps: Vec<Gap>,
     pub production_end: Option<StreamEnding>,
     pub shadow_end: Option<StreamEnding>,
 }
@@ -259,14 +262,14 @@ impl PairedFigure {
 
     /// Inter-token gaps: each side's pooled (a record's median gap stands in for a side whose
     /// record has no `gaps`), the difference of the two medians paired.
-    fn add_gaps(&mut self, medians: (Option<f64>, Option<f64>), gaps: (&[(f64, u64)], &[(f64, u64)])) {
+    fn add_gaps(&mut self, medians: (Option<f64>, Option<f64>), gaps: [&[Gap]; 2]) {
         for (histogram, median, gaps) in
-            [(&mut self.production, medians.0, gaps.0), (&mut self.shadow, medians.1, gaps.1)]
+            [(&mut self.production, medians.0, gaps[0]), (&mut self.shadow, medians.1, gaps[1])]
         {
-            if gaps.is_empty() {
-                if let Some(median) = median {
-                    histogram.record_us(ms_to_us(median));
-                }
+            if gaps.is_empty()
+                && let Some(median) = median
+            {
+                histogram.record_us(ms_to_us(median));
             }
             for &(ms, count) in gaps {
                 histogram.record_us_n(ms_to_us(ms), count);
@@ -348,7 +351,7 @@ impl TextGroup {
         let (p, s) = (o.production.unwrap_or_default(), o.shadow.unwrap_or_default());
         self.ttft.add(p.ttft_ms, s.ttft_ms);
         self.tpot.add(p.tpot_ms, s.tpot_ms);
-        self.itl.add_gaps((p.itl_p50_ms, s.itl_p50_ms), (&o.production_gaps, &o.shadow_gaps));
+        self.itl.add_gaps((p.itl_p50_ms, s.itl_p50_ms), [&o.production_gaps, &o.shadow_gaps]);
         self.e2e.add(p.e2e_ms, s.e2e_ms);
         if let Some(end) = o.production_end {
             self.ends.production.add(end);
