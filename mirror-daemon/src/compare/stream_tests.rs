@@ -154,7 +154,9 @@ fn streams_read_once_compare_as_streams_read_here() {
     let read = |headers: &[Header], body: &[u8]| {
         crate::report::record::StreamRecord::read(headers, body, &Default::default(), 0)
     };
-    let cases: Vec<(Vec<Header>, Vec<u8>, Vec<Header>, Vec<u8>)> = vec![
+    /// Production's headers and body, then the shadow's.
+    type Case = (Vec<Header>, Vec<u8>, Vec<Header>, Vec<u8>);
+    let cases: Vec<Case> = vec![
         (plain.clone(), a.clone(), plain.clone(), a.clone()),
         (plain.clone(), a.clone(), plain.clone(), b.clone()),
         (gz.clone(), gzip(&a), plain.clone(), b.clone()),
