@@ -1,7 +1,10 @@
 //! Streamed LLM answers read per core (`cargo bench --bench sse`): an OpenAI chat stream of 200
 //! events, as vLLM sends one (`data: {chunk}\n\n`, one token each, a usage chunk, `[DONE]`),
-//! parsed, folded into its text and timed from its arrivals; and the same answer compared with
-//! itself by assembled content. Times are the benchmark thread's CPU time.
+//! parsed, folded into its text and timed from its arrivals; the same answer compared with
+//! itself by assembled content; and the whole of what the daemon does with one streamed exchange
+//! and its shadow's streamed answer — both sides' records and their comparison — with each stream
+//! read twice (for its record, then for the comparison) and read once. Times are the benchmark
+//! thread's CPU time.
 #[path = "support/cpu_time.rs"]
 mod cpu_time;
 
@@ -11,6 +14,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mirror_daemon::{
     compare::{self, CompareRules, Message, RequestView, Schemas, ShadowOutcome},
     exchange::{Arrivals, Header},
+    report::record::{RecordOptions, StreamRecord},
     sse::{self, StreamFigures},
 };
 
@@ -56,6 +60,43 @@ fn bench(c: &mut Criterion) {
                 let c =
                     compare::compare(&request, &message, &ShadowOutcome::Answered(message), &rules, &schemas);
                 assert_eq!(c.verdict, compare::Verdict::Match);
+            })
+        })
+    });
+    let options = RecordOptions::default();
+    let times = (999_000_000, 5_000_000_000);
+    group.bench_function("records_and_comparison_read_twice", |b| {
+        b.iter_custom(|iters| {
+            cpu_time_of(iters, || {
+                let records = [
+                    StreamRecord::of(&headers, &body, &arrivals, times, &options),
+                    StreamRecord::of(&headers, &body, &arrivals, times, &options),
+                ];
+                let c =
+                    compare::compare(&request, &message, &ShadowOutcome::Answered(message), &rules, &schemas);
+                assert!(records.iter().all(Option::is_some) && c.verdict == compare::Verdict::Match);
+            })
+        })
+    });
+    group.bench_function("records_and_comparison_read_once", |b| {
+        b.iter_custom(|iters| {
+            cpu_time_of(iters, || {
+                let read = [
+                    StreamRecord::read(&headers, &body, &arrivals, times.1),
+                    StreamRecord::read(&headers, &body, &arrivals, times.1),
+                ];
+                let records =
+                    read.each_ref().map(|r| r.as_ref().map(|a| StreamRecord::of_answer(a, times, &options)));
+                let shadow = ShadowOutcome::Answered(message);
+                let c = compare::compare_read(
+                    &request,
+                    &message,
+                    &shadow,
+                    &rules,
+                    &schemas,
+                    read.each_ref().map(Option::as_ref),
+                );
+                assert!(records.iter().all(Option::is_some) && c.verdict == compare::Verdict::Match);
             })
         })
     });

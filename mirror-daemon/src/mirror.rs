@@ -740,7 +740,8 @@ impl Reporter {
         }
         let route = route(&exchange.request.method, &exchange.request.target);
         self.production(exchange, &route, false);
-        let record = ExchangeRecord::new(exchange, &self.record);
+        // Production's event stream is read once, for the record and every comparison.
+        let (record, production_read) = ExchangeRecord::new_reading(exchange, &self.record);
         let request = RequestView {
             method: &exchange.request.method,
             path: &exchange.request.target,
@@ -782,9 +783,11 @@ impl Reporter {
                 ShadowResult::NotSent { .. } => continue,
             };
             let rules = self.rules.for_request(&exchange.request.method, &exchange.request.target);
-            let comparison = compare::compare(&request, &production, &outcome, rules, &self.rules.schemas);
-            let shadow_record =
-                ShadowRecord::from_result(&shadow.model, &shadow.endpoint, result, &self.record);
+            let (shadow_record, shadow_read) =
+                ShadowRecord::from_result_reading(&shadow.model, &shadow.endpoint, result, &self.record);
+            let read = [production_read.as_ref(), shadow_read.as_ref()];
+            let comparison =
+                compare::compare_read(&request, &production, &outcome, rules, &self.rules.schemas, read);
             let production_model = self.production_model.clone();
             let compared = ComparisonRecord::compared(
                 &record,

@@ -56,20 +56,22 @@ def _stream(label, prompt):
         counter += 1
 
 
-def words(prompt, choice=0):
-    """The production model's full answer (before max_tokens) to `prompt` for choice `choice`."""
+def words(prompt, choice=0, count=None):
+    """The production model's full answer (before max_tokens) to `prompt` for choice `choice`:
+    MIN_WORDS to MAX_WORDS words, or exactly `count` (the servers' --words, for load tests)."""
     numbers = _stream(f"words/{choice}", prompt)
-    count = MIN_WORDS + next(numbers) % (MAX_WORDS - MIN_WORDS + 1)
+    drawn = MIN_WORDS + next(numbers) % (MAX_WORDS - MIN_WORDS + 1)
+    count = drawn if count is None else count
     return [VOCABULARY[next(numbers) % len(VOCABULARY)] for _ in range(count)]
 
 
-def candidate_words(prompt, choice, differ_percent):
+def candidate_words(prompt, choice, differ_percent, count=None):
     """The candidate's answer: production's, with one word replaced for the prompts `differs` picks.
 
     The replacement is another vocabulary word, so the texts differ in exactly one token: their
     token-level F1 is (n - 1) / n for n words.
     """
-    out = words(prompt, choice)
+    out = words(prompt, choice, count)
     if not differs(prompt, differ_percent):
         return out
     numbers = _stream(f"variant/{choice}", prompt)

@@ -6,7 +6,7 @@ OpenAI's. The text comes from llm_model.py: deterministic words of the prompt, o
 
 Options (see README.md beside this script): --listen ADDR (repeatable, port 0 picks one),
 --ttft-ms, --token-delay-ms, --variant --differ-percent P, --stall-after N [--stall-percent P],
---error-midstream-percent P, --gzip, --never-stream, --model-name NAME.
+--error-midstream-percent P, --gzip, --never-stream, --model-name NAME, --words N.
 """
 
 import argparse
@@ -30,8 +30,8 @@ class Model:
 
     def choice_words(self, prompt, choice):
         if self.args.variant:
-            return llm_model.candidate_words(prompt, choice, self.args.differ_percent)
-        return llm_model.words(prompt, choice)
+            return llm_model.candidate_words(prompt, choice, self.args.differ_percent, self.args.words)
+        return llm_model.words(prompt, choice, self.args.words)
 
 
 def tool_calls_of(body, prompt, tokens):
@@ -253,6 +253,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", action="append", required=True, help="ADDR:PORT, [V6]:PORT; repeatable; port 0 picks one")
     p.add_argument("--model-name", default=None, help="the `model` of answers (default: the request's)")
+    p.add_argument("--words", type=int, default=None, help="every answer exactly this many words (tokens), for load tests")
     p.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first token")
     p.add_argument("--token-delay-ms", type=float, default=0.0, help="delay before each later token")
     p.add_argument("--variant", action="store_true", help="answer as the candidate model (see --differ-percent)")
@@ -267,6 +268,8 @@ def parse_args():
         value = getattr(args, name)
         if not 0 <= value <= 100:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 100, not {value}")
+    if args.words is not None and not 1 <= args.words <= 100_000:
+        p.error(f"--words must be between 1 and 100000, not {args.words}")
     if args.stall_after is not None and args.stall_after < 0:
         p.error("--stall-after must be 0 or more")
     return args

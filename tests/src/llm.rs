@@ -40,6 +40,8 @@ pub struct ServerOptions {
     pub never_stream: bool,
     /// The `model` of answers (the request's when `None`).
     pub model_name: Option<String>,
+    /// Every answer exactly this many words (tokens) instead of 8–24 (load tests).
+    pub words: Option<u32>,
 }
 
 /// A running LLM server (killed on drop) and the addresses it listens on.
@@ -75,6 +77,9 @@ pub fn start_server(ns: &Netns, addrs: &[SocketAddr], options: &ServerOptions) -
     }
     if let Some(name) = &options.model_name {
         cmd.args(["--model-name", name]);
+    }
+    if let Some(words) = options.words {
+        cmd.args(["--words", &words.to_string()]);
     }
     let (child, addrs) = python::spawn_listening(cmd, addrs.len(), "llm_server.py")?;
     Ok(LlmServer { child, addrs })

@@ -35,6 +35,7 @@ use mirror_tests::{
     client::{connect, post_json},
     daemon::Daemon,
     gate::kernel_tests_allowed,
+    llm,
     model_server::{self, ServerOptions, flips, infer_request},
     netns::{Netns, Trio, ip},
     read_records, scratch_file,
@@ -259,27 +260,7 @@ struct Node {
 impl Node {
     fn new(name: &'static str, monitor: &Netns, subnet: u8, shadow_options: ServerOptions) -> Self {
         let trio = Trio::new();
-        // production ↔ monitoring: 198.18.<subnet>.1 on the monitoring side, .2 on the node.
-        let (node_if, monitor_if) = (format!("smn{subnet}"), format!("smm{subnet}"));
-        ip(&[
-            "link",
-            "add",
-            &node_if,
-            "netns",
-            &trio.production.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &monitor_if,
-            "netns",
-            &monitor.name,
-        ]);
-        for (ns, ifname, host) in [(&trio.production, &node_if, 2), (monitor, &monitor_if, 1)] {
-            ip(&["-n", &ns.name, "addr", "add", &format!("198.18.{subnet}.{host}/24"), "dev", ifname]);
-            ip(&["-n", &ns.name, "link", "set", ifname, "up"]);
-        }
-        let metrics = SocketAddr::from((Ipv4Addr::new(198, 18, subnet, 2), METRICS_PORT));
+        let metrics = monitor_link(&trio, monitor, subnet);
         let production_options = ServerOptions { version: "1".into(), disagree_percent: 0.0, delay_ms: 1 };
         let production = model_server::start_test_build(
             &trio.production,
@@ -341,6 +322,31 @@ impl Node {
     fn instance(&self) -> String {
         self.metrics.to_string()
     }
+}
+
+/// A link from production's namespace to the monitoring one: 198.18.<subnet>.1 on the monitoring
+/// side, .2 on the node, where the daemon's metrics listener goes (the returned address).
+fn monitor_link(trio: &Trio, monitor: &Netns, subnet: u8) -> SocketAddr {
+    let (node_if, monitor_if) = (format!("smn{subnet}"), format!("smm{subnet}"));
+    ip(&[
+        "link",
+        "add",
+        &node_if,
+        "netns",
+        &trio.production.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &monitor_if,
+        "netns",
+        &monitor.name,
+    ]);
+    for (ns, ifname, host) in [(&trio.production, &node_if, 2), (monitor, &monitor_if, 1)] {
+        ip(&["-n", &ns.name, "addr", "add", &format!("198.18.{subnet}.{host}/24"), "dev", ifname]);
+        ip(&["-n", &ns.name, "link", "set", ifname, "up"]);
+    }
+    SocketAddr::from((Ipv4Addr::new(198, 18, subnet, 2), METRICS_PORT))
 }
 
 /// Sends `bodies` to `trio`'s production over 4 keep-alive connections, `pace` apart; every answer
@@ -706,6 +712,8 @@ fn readme_queries_match_report_on_a_real_prometheus() {
                 let total = prometheus.one(&totals, at, &model);
                 p99.insert(q.key.clone(), (written, total, 0.0));
             }
+            // Streamed answers: checked by readme_stream_queries_match_report_on_a_real_prometheus.
+            "TTFT p99 ratio" | "TPOT p99 ratio" => {}
             other => panic!("README query `{other}` has no check here: add one ({})", q.promql),
         }
     }
@@ -800,6 +808,221 @@ fn readme_queries_match_report_on_a_real_prometheus() {
             "{:<22} {:<20} {:>12.4} {:>12.4} {:>12.4}  {}",
             r.query, r.scope, r.as_written, r.totals, r.report, r.allowed
         );
+    }
+    drop(prometheus);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streamed answers.
+
+/// The LLM port of both nodes' servers.
+const LLM_PORT: u16 = 8000;
+/// Streams per node.
+const STREAMS: usize = 120;
+
+/// A node whose production and candidate are streaming LLM servers (`tests/python/llm_server.py`),
+/// driven by the official `openai` client; its daemon's metrics reach the monitoring namespace.
+struct LlmNode {
+    name: &'static str,
+    daemon: Option<Daemon>,
+    _production: llm::LlmServer,
+    _shadow: llm::LlmServer,
+    record: PathBuf,
+    metrics: SocketAddr,
+    /// Last: the namespaces go after everything running in them.
+    trio: Trio,
+}
+
+impl LlmNode {
+    fn new(name: &'static str, monitor: &Netns, subnet: u8, shadow: llm::ServerOptions) -> Self {
+        let trio = Trio::new();
+        let metrics = monitor_link(&trio, monitor, subnet);
+        let at = |addr| [SocketAddr::from((addr, LLM_PORT))];
+        let paced = llm::ServerOptions { ttft_ms: 8.0, token_delay_ms: 2.0, ..Default::default() };
+        let production = llm::start_server(&trio.production, &at(trio.production_addr), &paced)
+            .expect("start the production LLM server");
+        let shadow = llm::start_server(&trio.shadow, &at(trio.shadow_addr), &shadow)
+            .expect("start the candidate LLM server");
+        let record = scratch_file(&format!("prometheus-{name}.jsonl"));
+        let _ = std::fs::remove_file(&record);
+        let shadow_spec = format!("model-v2@2=http://{}:{LLM_PORT}", trio.shadow_addr);
+        let (port, metrics_addr) = (LLM_PORT.to_string(), metrics.to_string());
+        let args = [
+            "run",
+            "-i",
+            &trio.production_if,
+            "-p",
+            &port,
+            "--shadow",
+            &shadow_spec,
+            "--production-model",
+            "model-v1@1",
+            "--record",
+            record.to_str().expect("utf-8 path"),
+            "--metrics-addr",
+            &metrics_addr,
+        ];
+        let daemon = Some(Daemon::start(&trio.production, &args));
+        Self { name, daemon, _production: production, _shadow: shadow, record, metrics, trio }
+    }
+
+    fn drive(&self, id_prefix: &str, seed: &str, count: usize) {
+        drive_streams(&self.trio, self.name, id_prefix, seed, count);
+    }
+
+    fn comparison_records(&self) -> usize {
+        read_records(&self.record).iter().filter(|r| r.get("verdict").is_some()).count()
+    }
+}
+
+/// `count` streamed requests (chat and completions, a third with the usage chunk) through
+/// `trio`'s capture, 4 at a time; none may fail.
+fn drive_streams(trio: &Trio, name: &str, id_prefix: &str, seed: &str, count: usize) {
+    let options = llm::ClientOptions {
+        concurrency: 4,
+        usage_every: 3,
+        id_prefix: id_prefix.into(),
+        seed: seed.into(),
+        ..llm::ClientOptions::new(SocketAddr::from((trio.production_addr, LLM_PORT)), count)
+    };
+    let truth = llm::run_client(
+        &trio.client,
+        &options,
+        &scratch_file(&format!("prometheus-{name}-{id_prefix}truth.jsonl")),
+    );
+    assert!(truth.iter().all(|t| t.error.is_none()), "{name}: a request failed");
+}
+
+/// The README's streamed-answer ratios (`TTFT p99 ratio`, `TPOT p99 ratio`) on a real Prometheus
+/// scraping two nodes whose candidates are slower to start and to stream than production, each
+/// by its own margin, checked against `report` over both nodes' records: the sample counts behind
+/// each histogram equal report's exactly; report's p99 of each side lies in the bucket of
+/// Prometheus's estimate (the numerator and denominator of the README's query, evaluated alone);
+/// the README's ratio is their quotient, and report's ratio lies between the ratios of those
+/// buckets' bounds.
+#[test]
+fn readme_stream_queries_match_report_on_a_real_prometheus() {
+    if !kernel_tests_allowed("readme_stream_queries_match_report_on_a_real_prometheus") {
+        return;
+    }
+    let queries: Vec<Query> = readme_queries()
+        .into_iter()
+        .filter(|q| q.key == "TTFT p99 ratio" || q.key == "TPOT p99 ratio")
+        .collect();
+    assert_eq!(queries.len(), 2, "README lost its streamed-answer ratio queries");
+    let monitor = Netns::new("promllm");
+    let candidate = |ttft_ms, token_delay_ms| llm::ServerOptions {
+        ttft_ms,
+        token_delay_ms,
+        variant: true,
+        differ_percent: 5.0,
+        ..Default::default()
+    };
+    let mut c = LlmNode::new("node-c", &monitor, 248, candidate(30.0, 3.5));
+    let mut d = LlmNode::new("node-d", &monitor, 249, candidate(60.0, 6.0));
+    let prometheus = Prometheus::start(&monitor, &[c.metrics, d.metrics]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while prometheus.query("up == 1", now()).len() < 2 {
+        assert!(Instant::now() < deadline, "prometheus does not scrape both daemons");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Warm-up: every series born before the traffic.
+    c.drive("warm-", "warm-c", 2);
+    d.drive("warm-", "warm-d", 2);
+    std::thread::sleep(Duration::from_millis(2_500));
+    std::thread::scope(|scope| {
+        let (c_trio, c_name) = (&c.trio, c.name);
+        scope.spawn(move || drive_streams(c_trio, c_name, "req-", "c", STREAMS));
+        d.drive("req-", "d", STREAMS);
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in [&c, &d] {
+        let count = STREAMS + 2;
+        loop {
+            let recorded = node.comparison_records();
+            let scraped = prometheus
+                .query(&format!("sum(mirror_comparisons_total{{instance=\"{}\"}})", node.metrics), now());
+            if recorded == count && scraped.first().map(|s| s.value) == Some(count as f64) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {recorded} records, {scraped:?} scraped of {count}",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    for node in [&mut c, &mut d] {
+        let finished = node.daemon.take().expect("running").stop();
+        assert!(finished.success, "{}: {}", node.name, finished.stderr);
+    }
+    std::thread::sleep(Duration::from_millis(3_000));
+    let at = now();
+    let both = report(&[&c.record, &d.record]);
+
+    let model = [("model_id", "model-v2")];
+    let mut rows = Vec::new();
+    for q in &queries {
+        let (figure, metric) =
+            if q.key.starts_with("TTFT") { ("ttft_ms", "ttft") } else { ("tpot_ms", "tpot") };
+        let (shadow_q, production_q) = q
+            .promql
+            .split_once(" / ignoring(model_id) group_left ")
+            .unwrap_or_else(|| panic!("{}: not a quotient of two quantiles: {}", q.key, q.promql));
+        let mut estimates = BTreeMap::new();
+        for (side, promql, labels) in
+            [("shadow", shadow_q, &model[..]), ("production", production_q, &[][..])]
+        {
+            let series = format!("mirror_{side}_{metric}_seconds");
+            // The samples behind the histogram are exactly the records' figures.
+            let count = prometheus.one(&format!("sum(last_over_time({series}_count[10m]))"), at, &[]);
+            let exact_count = number(&both, &format!("/text/{figure}/{side}/count"));
+            assert_eq!(count, exact_count, "{}: {series} holds {count} samples, report {exact_count}", q.key);
+            let mut bounds: Vec<f64> = prometheus
+                .query(&format!("count by (le) (last_over_time({series}_bucket[10m]))"), at)
+                .iter()
+                .filter_map(|s| s.labels["le"].parse().ok())
+                .filter(|b: &f64| b.is_finite())
+                .collect();
+            bounds.sort_by(f64::total_cmp);
+            let estimate = prometheus.one(promql, at, labels);
+            let exact = number(&both, &format!("/text/{figure}/{side}/p99")) / 1_000.0;
+            let (low, high) = bucket(&bounds, estimate);
+            assert!(
+                low / 1.01 - 1e-6 <= exact && exact <= high * 1.01 + 1e-6,
+                "{}: report's {side} p99 {exact} s is outside the bucket ({low}, {high}] of Prometheus's {estimate}",
+                q.key
+            );
+            estimates.insert(side, (estimate, low, high));
+        }
+        let (shadow, s_low, s_high) = estimates["shadow"];
+        let (production, p_low, p_high) = estimates["production"];
+        let ratio = prometheus.one(&q.promql, at, &model);
+        assert!(
+            (ratio - shadow / production).abs() <= 1e-9 * ratio,
+            "{}: {ratio} vs {shadow} / {production}",
+            q.key
+        );
+        let exact = number(&both, &format!("/text/{figure}/p99_ratio"));
+        let (low, high) = (s_low / 1.01 / (p_high * 1.01), s_high * 1.01 / (p_low / 1.01));
+        assert!(low <= exact && exact <= high, "{}: report's ratio {exact} outside [{low}, {high}]", q.key);
+        // The candidates are slower by construction: a ratio at or below 1 means the figures are
+        // not the ones the servers were told to produce.
+        assert!(exact > 1.2 && ratio > 1.0, "{}: report {exact}, PromQL {ratio}", q.key);
+        rows.push((
+            q.key.clone(),
+            ratio,
+            prometheus.one(&over_totals(&q.promql), at, &model),
+            exact,
+            low,
+            high,
+        ));
+    }
+    println!("\n{:<16} {:>12} {:>12} {:>12}  allowed", "query", "PromQL", "over totals", "report");
+    for (key, ratio, totals, exact, low, high) in rows {
+        println!("{key:<16} {ratio:>12.4} {totals:>12.4} {exact:>12.4}  [{low:.2}, {high:.2}]");
     }
     drop(prometheus);
 }

@@ -24,6 +24,9 @@
 //!   checks HTTP statuses only. `--grpc-client python` runs `tests/python/grpc_client.py` instead:
 //!   a distinct request of 1–4 rows per call, each call's gRPC status checked.
 //!
+//! - `mirror-llm` (needs root, `bench_llm.rs`): 1,000 streamed LLM answers of 200 events open at
+//!   once through the same topology: daemon CPU and RSS, the share of streams compared, and
+//!   production's TTFT with and without the daemon.
 //! - `verdict` (needs root): `GET /verdict` latency on the daemon's metrics listener, each request
 //!   on a new connection as an analysis tool makes it: idle, then while the daemon mirrors
 //!   `--verdict-rate` requests/s, first one client asking in a loop, then `--verdict-clients` at
@@ -36,8 +39,8 @@
 //! and at least 95% of the asked rate achieved is the headline. Nothing is expected: every number
 //! is what was measured on this machine, whose cores client, servers and daemon share.
 //!
-//! Flags: `--which pipeline|pipeline-h2|records|mirror|mirror-grpc|all`, `--seconds S` (load per rate and
-//! mode, default 5), `--rates R,...` (HTTP/1.1 requests/s, default 250,500,1000,2000,3000),
+//! Flags: `--which pipeline|pipeline-h2|records|mirror|mirror-grpc|mirror-llm|verdict|all`,
+//! `--seconds S` (load per rate and mode, default 5), `--rates R,...` (HTTP/1.1 requests/s, default 250,500,1000,2000,3000),
 //! `--grpc-rates R,...` (calls/s, default the same as `--rates`), `--grpc-connections N,...`
 //! (default 1,4), `--grpc-concurrency C` (calls in flight at most, across the connections, default
 //! 64: the pacing is open-loop until that many are waiting), `--grpc-client h2load|python`
@@ -79,6 +82,8 @@ pub enum Which {
     MirrorGrpc,
     /// `GET /verdict` latency while the daemon mirrors load (root).
     Verdict,
+    /// Streamed LLM answers mirrored, 1,000 open at once (root).
+    MirrorLlm,
     /// Every part.
     All,
 }
@@ -127,6 +132,8 @@ pub struct BenchArgs {
     /// Clients asking `/verdict` at once in the concurrent phase of the verdict benchmark.
     #[arg(long, default_value_t = 8)]
     pub verdict_clients: usize,
+    #[command(flatten)]
+    pub llm: crate::bench_llm::LlmBenchArgs,
 }
 
 /// Runs one criterion benchmark of the daemon crate.
@@ -154,7 +161,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.which.includes(Which::Records) {
         criterion_bench("records")?;
     }
-    let mirror_parts = [Which::Mirror, Which::MirrorGrpc, Which::Verdict];
+    let mirror_parts = [Which::Mirror, Which::MirrorGrpc, Which::Verdict, Which::MirrorLlm];
     if mirror_parts.iter().any(|&part| args.which.includes(part)) {
         if !is_root() {
             bail!("the mirror benchmarks create network namespaces and load eBPF programs: run them as root");
@@ -168,6 +175,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if args.which.includes(Which::Verdict) {
             verdict(args, &daemon_bin)?;
+        }
+        if args.which.includes(Which::MirrorLlm) {
+            crate::bench_llm::run(&args.llm, &daemon_bin)?;
         }
     }
     Ok(())

@@ -65,7 +65,7 @@ pub use self::{
     verdict::Verdict,
 };
 use self::{json_diff::Collector, pointer::IgnoreSet};
-use crate::exchange::Header;
+use crate::{exchange::Header, sse::StreamedAnswer};
 
 /// An HTTP response as compared: production's from the wire, or the shadow's.
 #[derive(Clone, Copy, Debug)]
@@ -187,6 +187,21 @@ pub fn compare(
     rules: &CompareRules,
     schemas: &Schemas,
 ) -> Comparison {
+    compare_read(request, production, shadow, rules, schemas, [None, None])
+}
+
+/// [`compare`], with each side's event stream as already read for its record
+/// (`report::record::StreamRecord::read`), so that a streamed answer is parsed once. A side's
+/// answer is taken only when its body is sent as is or gzip-compressed (what its decoding here
+/// would give too); otherwise, and for a side without one, the body is read here.
+pub fn compare_read(
+    request: &RequestView<'_>,
+    production: &Message<'_>,
+    shadow: &ShadowOutcome<'_>,
+    rules: &CompareRules,
+    schemas: &Schemas,
+    read: [Option<&StreamedAnswer>; 2],
+) -> Comparison {
     let codec = crate::grpc::codec(request.headers).or_else(|| crate::grpc::codec(production.headers));
     let hinted = match codec {
         Some(_) => grpc::hinted(request.path, rules, schemas),
@@ -223,6 +238,17 @@ pub fn compare(
 
     if let Some(codec) = &codec {
         return grpc::compare(request, production, shadow, rules, schemas, codec);
+    }
+    let codings = [
+        crate::sse::readable_while_open(production.headers),
+        crate::sse::readable_while_open(shadow.headers),
+    ];
+    let read = [read[0].filter(|_| codings[0].is_some()), read[1].filter(|_| codings[1].is_some())];
+    // Both streams read and sent as is: their bodies are what decoding would give, so neither is
+    // decoded again.
+    let identity = codings.iter().all(|c| *c == Some(crate::sse::StreamCoding::Identity));
+    if identity && read.iter().all(Option::is_some) && rules.protocol != ProtocolChoice::Bytes {
+        return streams([production.body, shadow.body], [true, true], read, rules);
     }
 
     let decoded = (
@@ -263,7 +289,8 @@ pub fn compare(
         streamed = [streamed[0] || unlabelled[0], streamed[1] || unlabelled[1]];
     }
     if streamed[0] || streamed[1] {
-        return streams([&prod_body.body, &shadow_body.body], streamed, rules);
+        let read = [read[0].filter(|_| streamed[0]), read[1].filter(|_| streamed[1])];
+        return streams([&prod_body.body, &shadow_body.body], streamed, read, rules);
     }
 
     let parsed = (json::parse(&prod_body.body), json::parse(&shadow_body.body));
@@ -362,12 +389,22 @@ fn unlabelled_stream(headers: &[crate::exchange::Header], body: &[u8]) -> bool {
     body.trim_ascii_start().starts_with(b"data:") && !crate::sse::is_json(headers)
 }
 
-/// Answers of which at least one is an event stream, compared by what they assembled.
-fn streams(bodies: [&[u8]; 2], streamed: [bool; 2], rules: &CompareRules) -> Comparison {
+/// Answers of which at least one is an event stream (`streamed`), compared by what they
+/// assembled; `bodies` decoded, and the sides whose stream was already read (`read`) not read again.
+fn streams(
+    bodies: [&[u8]; 2],
+    streamed: [bool; 2],
+    read: [Option<&StreamedAnswer>; 2],
+    rules: &CompareRules,
+) -> Comparison {
     let mut notes = Vec::new();
     let mut sides = Vec::with_capacity(2);
-    for ((side, body), streamed) in ["production", "shadow"].into_iter().zip(bodies).zip(streamed) {
-        let assembled = if streamed {
+    for (((side, body), streamed), read) in
+        ["production", "shadow"].into_iter().zip(bodies).zip(streamed).zip(read)
+    {
+        let assembled = if let Some(answer) = read {
+            Ok(stream::from_stream(answer))
+        } else if streamed {
             crate::sse::read(body, &Default::default(), 0)
                 .map(|answer| stream::from_stream(&answer))
                 .map_err(|e| format!("{side} event stream is unreadable ({e})"))

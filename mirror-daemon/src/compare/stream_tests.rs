@@ -140,3 +140,54 @@ fn a_stream_is_recognised_without_its_content_type_when_the_request_asked_for_on
     let forced = CompareRules { protocol: ProtocolChoice::OpenAi, ..CompareRules::default() };
     assert_eq!(run_with(br#"{"messages": []}"#, &forced), Verdict::Match);
 }
+
+/// Streams already read for their records compare exactly as when the comparison reads them:
+/// sent as is, gzip-compressed, against a whole answer, equal or not, with one side unread.
+#[test]
+fn streams_read_once_compare_as_streams_read_here() {
+    let (plain, gz) = (sse_headers(false), sse_headers(true));
+    let a = chat_stream(1, &["Hel", "lo", " world"], "stop", None);
+    let b = chat_stream(2, &["Hello", " there"], "length", None);
+    let json_headers = vec![Header { name: "content-type".into(), value: "application/json".into() }];
+    let whole =
+        br#"{"choices": [{"index": 0, "message": {"content": "Hello world"}, "finish_reason": "stop"}]}"#;
+    let read = |headers: &[Header], body: &[u8]| {
+        crate::report::record::StreamRecord::read(headers, body, &Default::default(), 0)
+    };
+    /// Production's headers and body, then the shadow's.
+    type Case = (Vec<Header>, Vec<u8>, Vec<Header>, Vec<u8>);
+    let cases: Vec<Case> = vec![
+        (plain.clone(), a.clone(), plain.clone(), a.clone()),
+        (plain.clone(), a.clone(), plain.clone(), b.clone()),
+        (gz.clone(), gzip(&a), plain.clone(), b.clone()),
+        (gz.clone(), gzip(&a), gz.clone(), gzip(&a)),
+        (plain.clone(), a.clone(), json_headers.clone(), whole.to_vec()),
+        (json_headers, whole.to_vec(), plain.clone(), b.clone()),
+    ];
+    let request = RequestView { method: "POST", path: "/v1/chat/completions", headers: &[], body: b"{}" };
+    let rules = CompareRules::default();
+    let mut verdicts = Vec::new();
+    for (ph, pb, sh, sb) in &cases {
+        let production = Message { status: 200, headers: ph, body: pb, trailers: &[] };
+        let shadow = ShadowOutcome::Answered(Message { status: 200, headers: sh, body: sb, trailers: &[] });
+        let expected = compare(&request, &production, &shadow, &rules, builtin());
+        let (p, s) = (read(ph, pb), read(sh, sb));
+        for sides in [[p.as_ref(), s.as_ref()], [p.as_ref(), None], [None, s.as_ref()]] {
+            let got = compare_read(&request, &production, &shadow, &rules, builtin(), sides);
+            assert_eq!(
+                (got.verdict, got.protocol, got.diff_count, &got.note, got.metrics.similarity),
+                (
+                    expected.verdict,
+                    expected.protocol,
+                    expected.diff_count,
+                    &expected.note,
+                    expected.metrics.similarity
+                ),
+                "{sides:?}"
+            );
+        }
+        verdicts.push(expected.verdict);
+    }
+    // The cases are not all alike: a pass means something.
+    assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Match).count(), 3, "{verdicts:?}");
+}

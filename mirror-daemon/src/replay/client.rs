@@ -571,11 +571,14 @@ async fn attempt(
             Ok(Some(Ok(frame))) => frame,
         };
         match frame.into_data() {
+            // Copied out: hyper's frames are slices of its read buffer, so a stream of small
+            // events kept as frames would hold a buffer of several KiB per event (and the budget
+            // would be charged a fraction of what is held).
             Ok(data) => {
                 if !charge.grow(data.len()) {
                     return Attempt::OverBudget;
                 }
-                parts.push(data, begun.elapsed().as_nanos() as u64, usize::MAX)
+                parts.push(Bytes::copy_from_slice(&data), begun.elapsed().as_nanos() as u64, usize::MAX)
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {

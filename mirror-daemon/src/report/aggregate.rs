@@ -304,6 +304,11 @@ impl LatencyHistogram {
         self.0.saturating_record(us.min(MAX_LATENCY_US));
     }
 
+    /// `count` values of `us` at once.
+    pub(super) fn record_us_n(&mut self, us: u64, count: u64) {
+        self.0.saturating_record_n(us.min(MAX_LATENCY_US), count);
+    }
+
     fn count(&self) -> u64 {
         self.0.len()
     }
@@ -802,7 +807,11 @@ fn write_text(f: &mut fmt::Formatter<'_>, t: &TextStats) -> fmt::Result {
         Some(s) => writeln!(f, "   similarity mean {:.3} p10 {:.2} p50 {:.2}", s.mean, s.p10, s.p50)?,
         None => writeln!(f)?,
     }
-    for (name, figure) in [("ttft", &t.ttft_ms), ("tpot", &t.tpot_ms), ("itl", &t.itl_ms)] {
+    if let Some(cut) = t.cut_short() {
+        writeln!(f, "  streams     cut short or failed: {cut}")?;
+    }
+    for (name, figure) in [("ttft", &t.ttft_ms), ("tpot", &t.tpot_ms), ("itl", &t.itl_ms), ("e2e", &t.e2e_ms)]
+    {
         if figure.production.is_none() && figure.shadow.is_none() {
             continue;
         }

@@ -425,13 +425,20 @@ mod tests {
         let mut agg = Aggregator::default();
         for i in 0..n {
             let mut o = shadow_observation();
-            let times =
-                |ttft| Some(StreamTimes { ttft_ms: Some(ttft), tpot_ms: Some(5.0), itl_p50_ms: Some(5.0) });
+            let times = |ttft| {
+                Some(StreamTimes {
+                    ttft_ms: Some(ttft),
+                    tpot_ms: Some(5.0),
+                    itl_p50_ms: Some(5.0),
+                    e2e_ms: None,
+                })
+            };
             o.text = TextObservation {
                 text_equal: Some(i < exact),
                 similarity: Some(1.0),
                 production: times(prod_ttft),
                 shadow: times(shadow_ttft),
+                ..Default::default()
             };
             agg.add(&o);
         }

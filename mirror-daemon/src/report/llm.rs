@@ -1,10 +1,11 @@
 //! The aggregates of generated text (OpenAI-compatible answers, streamed or not): how often the
-//! shadow wrote exactly production's text, how close it came otherwise, and the streaming figures
-//! an LLM user measures — TTFT, TPOT and ITL — for production, the shadow, and their paired
-//! differences.
+//! shadow wrote exactly production's text, how close it came otherwise, the streaming figures an
+//! LLM user measures — TTFT, TPOT, ITL and E2E — for production, the shadow, and their paired
+//! differences, and how the streams ended.
 //!
-//! ITL is aggregated as one value per stream, its median gap (records keep p50/p95/max per
-//! stream, not every gap); E2E is the exchange's latency, aggregated with it.
+//! ITL quantiles are over every gap of every stream, pooled, as vLLM's serving benchmark reports
+//! them: records keep each stream's gaps to two significant digits (`itl_ms.gaps`), so `report`
+//! and the daemon pool the same values. Its paired difference is per stream, of the median gaps.
 use serde::Serialize;
 use serde_json::Value;
 
@@ -12,12 +13,17 @@ use super::aggregate::{
     LatencyHistogram, Proportion, Quantiles, RecordError, SignedHistogram, ms_to_us, opt_measure,
 };
 
+/// Most `itl_ms.gaps` entries read from one side of a record (a stream's gaps take a few distinct
+/// values; a record with more is not one the daemon wrote).
+const MAX_GAP_ENTRIES: usize = 10_000;
+
 /// The figures of one side's streamed answer, from a record.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StreamTimes {
     pub ttft_ms: Option<f64>,
     pub tpot_ms: Option<f64>,
     pub itl_p50_ms: Option<f64>,
+    pub e2e_ms: Option<f64>,
 }
 
 impl StreamTimes {
@@ -28,17 +34,160 @@ impl StreamTimes {
                 match (side, name) {
                     ("production", "ttft_ms") => "production.ttft_ms",
                     ("production", "tpot_ms") => "production.tpot_ms",
+                    ("production", "e2e_ms") => "production.e2e_ms",
                     ("production", _) => "production.itl_ms.p50",
                     (_, "ttft_ms") => "shadow.ttft_ms",
                     (_, "tpot_ms") => "shadow.tpot_ms",
+                    (_, "e2e_ms") => "shadow.e2e_ms",
                     _ => "shadow.itl_ms.p50",
                 },
             )
         };
-        let times =
-            Self { ttft_ms: field("ttft_ms")?, tpot_ms: field("tpot_ms")?, itl_p50_ms: field("itl_ms")? };
+        let times = Self {
+            ttft_ms: field("ttft_ms")?,
+            tpot_ms: field("tpot_ms")?,
+            itl_p50_ms: field("itl_ms")?,
+            e2e_ms: field("e2e_ms")?,
+        };
         Ok((times != Self::default()).then_some(times))
     }
+}
+
+/// How a side's stream ended: its `stream_end`, or for a shadow that answered no stream to a
+/// streamed production answer, why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnding {
+    /// `[DONE]`.
+    Done,
+    /// A native stream's final event.
+    Final,
+    /// An error event.
+    Error,
+    /// The body ended without an end event.
+    Open,
+    /// The shadow stalled or ran out of time (`shadow.error` `timeout`).
+    Timeout,
+    /// The shadow's replay failed (any other `shadow.error`).
+    Failed,
+    /// A `stream_end` this version does not know.
+    Other,
+}
+
+impl StreamEnding {
+    fn of(stream_end: &str) -> Self {
+        match stream_end {
+            "done" => Self::Done,
+            "final" => Self::Final,
+            "error" => Self::Error,
+            "open" => Self::Open,
+            _ => Self::Other,
+        }
+    }
+
+    fn from_record(record: &Value, side: &'static str) -> Result<Option<Self>, RecordError> {
+        let (end, path) = match side {
+            "production" => (record.pointer("/production/stream_end"), "production.stream_end"),
+            _ => (record.pointer("/shadow/stream_end"), "shadow.stream_end"),
+        };
+        match end {
+            None | Some(Value::Null) => {}
+            Some(Value::String(end)) => return Ok(Some(Self::of(end))),
+            Some(other) => {
+                return Err(RecordError::Invalid {
+                    field: path,
+                    problem: format!("is {other}, not a string"),
+                });
+            }
+        }
+        // A shadow without a stream of its own, answering a streamed production request.
+        let production_streamed = record.pointer("/production/stream_end").is_some_and(|v| !v.is_null());
+        Ok(match record.pointer("/shadow/error").and_then(Value::as_str) {
+            Some("timeout") if side == "shadow" && production_streamed => Some(Self::Timeout),
+            Some(_) if side == "shadow" && production_streamed => Some(Self::Failed),
+            _ => None,
+        })
+    }
+}
+
+/// Streams by how they ended, for one side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StreamEnds {
+    pub done: u64,
+    #[serde(rename = "final")]
+    pub final_event: u64,
+    pub error: u64,
+    /// Cut before an end event (a production stream cut this way is not compared: it is counted
+    /// `sse_stream_cut` among the drops, not here).
+    pub open: u64,
+    pub timeout: u64,
+    pub failed: u64,
+    pub other: u64,
+}
+
+impl StreamEnds {
+    fn add(&mut self, end: StreamEnding) {
+        *match end {
+            StreamEnding::Done => &mut self.done,
+            StreamEnding::Final => &mut self.final_event,
+            StreamEnding::Error => &mut self.error,
+            StreamEnding::Open => &mut self.open,
+            StreamEnding::Timeout => &mut self.timeout,
+            StreamEnding::Failed => &mut self.failed,
+            StreamEnding::Other => &mut self.other,
+        } += 1;
+    }
+
+    fn total(&self) -> u64 {
+        self.done + self.final_event + self.error + self.open + self.timeout + self.failed + self.other
+    }
+
+    /// `name=count` for the ends that are not whole answers (`done`, `final`), or `none`.
+    fn cut_short(&self) -> String {
+        let pairs = [
+            ("error", self.error),
+            ("open", self.open),
+            ("timeout", self.timeout),
+            ("failed", self.failed),
+            ("other", self.other),
+        ];
+        let text: Vec<String> =
+            pairs.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+        if text.is_empty() { "none".into() } else { text.join(" ") }
+    }
+}
+
+/// Both sides' stream ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StreamEndsBySide {
+    pub production: StreamEnds,
+    pub shadow: StreamEnds,
+}
+
+/// Inter-token gaps of one value: (gap ms, how many).
+pub type Gap = (f64, u64);
+
+/// A side's `itl_ms.gaps`: `[[gap ms, count], ...]`.
+fn gaps(record: &Value, side: &'static str) -> Result<Vec<Gap>, RecordError> {
+    let (value, path) = match side {
+        "production" => (record.pointer("/production/itl_ms/gaps"), "production.itl_ms.gaps"),
+        _ => (record.pointer("/shadow/itl_ms/gaps"), "shadow.itl_ms.gaps"),
+    };
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
+    let invalid = |problem: String| RecordError::Invalid { field: path, problem };
+    let entries = value.as_array().ok_or_else(|| invalid(format!("is {value}, not an array")))?;
+    if entries.len() > MAX_GAP_ENTRIES {
+        return Err(invalid(format!("has {} entries, more than {MAX_GAP_ENTRIES}", entries.len())));
+    }
+    entries
+        .iter()
+        .map(|entry| match entry.as_array().map(Vec::as_slice) {
+            Some([ms, count]) => match (ms.as_f64().filter(|m| m.is_finite() && *m >= 0.0), count.as_u64()) {
+                (Some(ms), Some(count)) => Ok((ms, count)),
+                _ => Err(invalid(format!("entry {entry} is not [gap ms, count]"))),
+            },
+            _ => Err(invalid(format!("entry {entry} is not [gap ms, count]"))),
+        })
+        .collect()
 }
 
 /// The generated-text part of a comparison record.
@@ -50,6 +199,11 @@ pub struct TextObservation {
     pub similarity: Option<f64>,
     pub production: Option<StreamTimes>,
     pub shadow: Option<StreamTimes>,
+    /// Each side's inter-token gaps, `(ms, count)` (`itl_ms.gaps`).
+    pub production_gaps: Vec<Gap>,
+    pub shadow_gaps: Vec<Gap>,
+    pub production_end: Option<StreamEnding>,
+    pub shadow_end: Option<StreamEnding>,
 }
 
 impl TextObservation {
@@ -69,6 +223,10 @@ impl TextObservation {
             similarity: opt_measure(record, "metrics.similarity")?,
             production: StreamTimes::from_record(record, "production")?,
             shadow: StreamTimes::from_record(record, "shadow")?,
+            production_gaps: gaps(record, "production")?,
+            shadow_gaps: gaps(record, "shadow")?,
+            production_end: StreamEnding::from_record(record, "production")?,
+            shadow_end: StreamEnding::from_record(record, "shadow")?,
         })
     }
 }
@@ -98,6 +256,26 @@ impl PairedFigure {
             self.shadow.record_us(ms_to_us(s));
         }
         if let (Some(p), Some(s)) = (production, shadow) {
+            self.difference.record_ms(s - p);
+        }
+    }
+
+    /// Inter-token gaps: each side's pooled (a record's median gap stands in for a side whose
+    /// record has no `gaps`), the difference of the two medians paired.
+    fn add_gaps(&mut self, medians: (Option<f64>, Option<f64>), gaps: [&[Gap]; 2]) {
+        for (histogram, median, gaps) in
+            [(&mut self.production, medians.0, gaps[0]), (&mut self.shadow, medians.1, gaps[1])]
+        {
+            if gaps.is_empty()
+                && let Some(median) = median
+            {
+                histogram.record_us(ms_to_us(median));
+            }
+            for &(ms, count) in gaps {
+                histogram.record_us_n(ms_to_us(ms), count);
+            }
+        }
+        if let (Some(p), Some(s)) = medians {
             self.difference.record_ms(s - p);
         }
     }
@@ -140,6 +318,8 @@ pub(super) struct TextGroup {
     ttft: PairedFigure,
     tpot: PairedFigure,
     itl: PairedFigure,
+    e2e: PairedFigure,
+    ends: StreamEndsBySide,
 }
 
 impl TextGroup {
@@ -152,6 +332,8 @@ impl TextGroup {
             ttft: PairedFigure::new(),
             tpot: PairedFigure::new(),
             itl: PairedFigure::new(),
+            e2e: PairedFigure::new(),
+            ends: StreamEndsBySide::default(),
         }
     }
 
@@ -169,11 +351,18 @@ impl TextGroup {
         let (p, s) = (o.production.unwrap_or_default(), o.shadow.unwrap_or_default());
         self.ttft.add(p.ttft_ms, s.ttft_ms);
         self.tpot.add(p.tpot_ms, s.tpot_ms);
-        self.itl.add(p.itl_p50_ms, s.itl_p50_ms);
+        self.itl.add_gaps((p.itl_p50_ms, s.itl_p50_ms), [&o.production_gaps, &o.shadow_gaps]);
+        self.e2e.add(p.e2e_ms, s.e2e_ms);
+        if let Some(end) = o.production_end {
+            self.ends.production.add(end);
+        }
+        if let Some(end) = o.shadow_end {
+            self.ends.shadow.add(end);
+        }
     }
 
     pub(super) fn bytes(&self) -> usize {
-        size_of::<Self>() + self.ttft.bytes() + self.tpot.bytes() + self.itl.bytes()
+        size_of::<Self>() + self.ttft.bytes() + self.tpot.bytes() + self.itl.bytes() + self.e2e.bytes()
     }
 
     /// `None` when the group saw no generated text and no stream.
@@ -208,6 +397,8 @@ impl TextGroup {
             ttft_ms: ttft,
             tpot_ms: self.tpot.stats(),
             itl_ms: self.itl.stats(),
+            e2e_ms: self.e2e.stats(),
+            stream_ends: (self.ends.production.total() + self.ends.shadow.total() > 0).then_some(self.ends),
         })
     }
 }
@@ -229,8 +420,20 @@ pub struct TextStats {
     pub similarity: Option<Similarity>,
     pub ttft_ms: PairedStats,
     pub tpot_ms: PairedStats,
-    /// One value per stream: its median inter-token gap.
+    /// Every gap of every stream, pooled, for each side; the difference pairs each stream's median
+    /// gaps.
     pub itl_ms: PairedStats,
+    pub e2e_ms: PairedStats,
+    /// Streams by how they ended, each side (`null` without streams).
+    pub stream_ends: Option<StreamEndsBySide>,
+}
+
+impl TextStats {
+    /// The ends of the streams that were not whole answers, per side, for the summary.
+    pub fn cut_short(&self) -> Option<String> {
+        let ends = self.stream_ends?;
+        Some(format!("production {}, shadow {}", ends.production.cut_short(), ends.shadow.cut_short()))
+    }
 }
 
 #[cfg(test)]
@@ -263,10 +466,69 @@ mod tests {
         assert!((ttft.difference.unwrap().p50 - 50.0).abs() < 0.5);
         assert!((ttft.p99_ratio.unwrap() - 1.5).abs() < 0.02);
         assert!(s.itl_ms.shadow.is_none() && s.itl_ms.production.is_some());
+        assert!(s.e2e_ms.production.is_none() && s.stream_ends.is_none());
         let bad = json!({"metrics": {"text_equal": "yes"}});
         assert!(matches!(
             TextObservation::from_record(&bad),
             Err(RecordError::Invalid { field: "metrics.text_equal", .. })
         ));
+    }
+
+    #[test]
+    fn itl_pools_every_gap_and_ends_are_counted() {
+        let mut g = TextGroup::new();
+        // Production: 90 gaps of 10 ms and 10 of 50 ms in one stream, 100 of 20 ms in another: the
+        // pooled p50 is 20 ms and the p95 50 ms, which no per-stream median shows.
+        let records = [
+            json!({
+                "production": {"ttft_ms": 5.0, "e2e_ms": 1000.0, "stream_end": "done",
+                               "itl_ms": {"p50": 10.0, "p95": 50.0, "max": 50.0, "gaps": [[10.0, 90], [50.0, 10]]}},
+                "shadow": {"ttft_ms": 7.0, "e2e_ms": 1500.0, "stream_end": "error",
+                           "itl_ms": {"p50": 12.0, "p95": 12.0, "max": 12.0, "gaps": [[12.0, 100]]}},
+            }),
+            json!({
+                "production": {"ttft_ms": 5.0, "e2e_ms": 2000.0, "stream_end": "done",
+                               "itl_ms": {"p50": 20.0, "p95": 20.0, "max": 20.0, "gaps": [[20.0, 100]]}},
+                "shadow": {"error": "timeout"},
+            }),
+        ];
+        for r in &records {
+            g.add(&TextObservation::from_record(r).unwrap());
+        }
+        let s = g.stats().unwrap();
+        let itl = s.itl_ms.production.unwrap();
+        assert_eq!(itl.count, 200);
+        assert!((itl.p50 - 20.0).abs() < 0.1, "{itl:?}");
+        assert!((itl.p95 - 20.0).abs() < 0.1, "{itl:?}");
+        assert!((itl.p99 - 50.0).abs() < 0.5, "{itl:?}");
+        assert_eq!(s.itl_ms.shadow.unwrap().count, 100);
+        // Paired per stream, by median: only the first record has both.
+        let d = s.itl_ms.difference.unwrap();
+        assert_eq!(d.count, 1);
+        assert!((d.p50 - 2.0).abs() < 0.05, "{d:?}");
+        let e2e = s.e2e_ms;
+        assert_eq!((e2e.production.unwrap().count, e2e.shadow.unwrap().count), (2, 1));
+        assert!((e2e.difference.unwrap().p50 - 500.0).abs() < 5.0, "{e2e:?}");
+        let ends = s.stream_ends.unwrap();
+        assert_eq!(ends.production, StreamEnds { done: 2, ..Default::default() });
+        assert_eq!(ends.shadow, StreamEnds { error: 1, timeout: 1, ..Default::default() });
+        assert_eq!(s.cut_short().unwrap(), "production none, shadow error=1 timeout=1");
+        // A record written before gaps were kept: its median stands in.
+        let old = json!({"production": {"ttft_ms": 5.0, "itl_ms": {"p50": 30.0, "p95": 40.0, "max": 41.0}}});
+        let mut g = TextGroup::new();
+        g.add(&TextObservation::from_record(&old).unwrap());
+        let itl = g.stats().unwrap().itl_ms.production.unwrap();
+        assert_eq!(itl.count, 1);
+        assert!((itl.p50 - 30.0).abs() < 0.1);
+        for bad in [json!([[1.0]]), json!([[-1.0, 2]]), json!("10"), json!([[1.0, 0.5]])] {
+            let record = json!({"production": {"itl_ms": {"p50": 1.0, "gaps": bad}}});
+            assert!(
+                matches!(
+                    TextObservation::from_record(&record),
+                    Err(RecordError::Invalid { field: "production.itl_ms.gaps", .. })
+                ),
+                "{record}"
+            );
+        }
     }
 }

@@ -119,12 +119,14 @@ pub struct GrpcCall {
     pub method: String,
 }
 
-/// p50, p95 and max of the inter-token latencies (ms).
+/// p50, p95 and max of the inter-token latencies (ms), and every gap to two significant digits.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ItlRecord {
     pub p50: f64,
     pub p95: f64,
     pub max: f64,
+    /// `[gap ms, how many]`, ascending: what aggregates pool over streams.
+    pub gaps: Vec<(f64, u64)>,
 }
 
 /// One choice of a streamed answer.
@@ -161,7 +163,34 @@ pub struct StreamRecord {
     pub choices: Vec<ChoiceRecord>,
 }
 
+/// An event-stream answer read once, for its record and its comparison alike.
+pub type ReadStream = Option<crate::sse::StreamedAnswer>;
+
 impl StreamRecord {
+    /// The answer's events folded, when it is an event stream (`text/event-stream`) that can be
+    /// read. `arrivals` time the body's pieces; `end_ns` times what they do not cover.
+    pub fn read(
+        headers: &[Header],
+        body: &[u8],
+        arrivals: &crate::exchange::Arrivals,
+        end_ns: u64,
+    ) -> ReadStream {
+        if !crate::sse::is_event_stream(headers) {
+            return None;
+        }
+        const LIMIT: usize = 64 << 20;
+        match crate::compare::body::decode_gzip_timed(headers, body, arrivals, LIMIT) {
+            Some((decoded, timed)) => crate::sse::read(&decoded, &timed, end_ns),
+            None => {
+                let decoded = crate::compare::body::decode(headers, body, LIMIT).ok()?;
+                let timed =
+                    if decoded.body.len() == body.len() { arrivals.clone() } else { Default::default() };
+                crate::sse::read(&decoded.body, &timed, end_ns)
+            }
+        }
+        .ok()
+    }
+
     /// The stream record of an answer, when it is an event stream that can be read. `arrivals`
     /// time the body's pieces on the clock of `request_last_ns` and `end_ns`.
     pub fn of(
@@ -171,40 +200,42 @@ impl StreamRecord {
         (request_last_ns, end_ns): (u64, u64),
         options: &RecordOptions,
     ) -> Option<Self> {
-        if !crate::sse::is_event_stream(headers) {
-            return None;
-        }
-        const LIMIT: usize = 64 << 20;
-        let answer = match crate::compare::body::decode_gzip_timed(headers, body, arrivals, LIMIT) {
-            Some((decoded, timed)) => crate::sse::read(&decoded, &timed, end_ns),
-            None => {
-                let decoded = crate::compare::body::decode(headers, body, LIMIT).ok()?;
-                let timed =
-                    if decoded.body.len() == body.len() { arrivals.clone() } else { Default::default() };
-                crate::sse::read(&decoded.body, &timed, end_ns)
-            }
-        }
-        .ok()?;
-        let f = crate::sse::StreamFigures::of(&answer, request_last_ns, end_ns);
-        Some(Self {
+        let answer = Self::read(headers, body, arrivals, end_ns)?;
+        Some(Self::of_answer(&answer, (request_last_ns, end_ns), options))
+    }
+
+    /// The record of an answer already read ([`Self::read`]).
+    pub fn of_answer(
+        answer: &crate::sse::StreamedAnswer,
+        (request_last_ns, end_ns): (u64, u64),
+        options: &RecordOptions,
+    ) -> Self {
+        let f = crate::sse::StreamFigures::of(answer, request_last_ns, end_ns);
+        Self {
             ttft_ms: f.ttft_ns.map(ms),
             tpot_ms: f.tpot_ns.map(ms),
             e2e_ms: ms(f.e2e_ns),
-            itl_ms: f.itl.map(|s| ItlRecord { p50: ms(s.p50), p95: ms(s.p95), max: ms(s.max) }),
+            itl_ms: f.itl.map(|s| ItlRecord {
+                p50: ms(s.p50),
+                p95: ms(s.p95),
+                max: ms(s.max),
+                // Not `ms()`: that rounds to whole µs, and gaps keep two digits at any scale.
+                gaps: f.itl_gaps.iter().map(|&(ns, n)| (ns as f64 / 1e6, n)).collect(),
+            }),
             events: f.events,
             output_tokens: f.output_tokens,
             tokens_from: f.tokens_from.as_str(),
             stream_end: answer.end.as_str(),
             choices: answer
                 .choices
-                .into_iter()
+                .iter()
                 .map(|c| ChoiceRecord {
                     index: c.index,
-                    finish_reason: c.finish_reason,
-                    text: options.bodies.then_some(c.text),
+                    finish_reason: c.finish_reason.clone(),
+                    text: options.bodies.then(|| c.text.clone()),
                 })
                 .collect(),
-        })
+        }
     }
 }
 
@@ -294,6 +325,20 @@ pub fn wall_time(ts_ns: u64, realtime_offset_ns: i128) -> String {
 
 impl ExchangeRecord {
     pub fn new(exchange: &Exchange, options: &RecordOptions) -> Self {
+        Self::new_reading(exchange, options).0
+    }
+
+    /// The record, and production's event stream as read for it (for the comparisons, so that
+    /// the stream is read once).
+    pub fn new_reading(exchange: &Exchange, options: &RecordOptions) -> (Self, ReadStream) {
+        let response = &exchange.response;
+        let timing = (exchange.timing.request_last_ns, exchange.timing.response_last_ns);
+        let answer = StreamRecord::read(&response.headers, &response.body, &response.arrivals, timing.1);
+        let stream = answer.as_ref().map(|a| StreamRecord::of_answer(a, timing, options));
+        (Self::with_stream(exchange, options, stream), answer)
+    }
+
+    fn with_stream(exchange: &Exchange, options: &RecordOptions, stream: Option<StreamRecord>) -> Self {
         let target = &exchange.request.target;
         let path = target.split_once('?').map_or(target.as_str(), |(path, _)| path).to_string();
         let grpc = crate::grpc::codec(&exchange.request.headers)
@@ -315,13 +360,7 @@ impl ExchangeRecord {
                 latency_ms: ms(exchange.production_latency_ns()),
                 ttfb_ms: ms(exchange.time_to_first_byte_ns()),
                 message: message(&exchange.response.headers, &exchange.response.body, options),
-                stream: StreamRecord::of(
-                    &exchange.response.headers,
-                    &exchange.response.body,
-                    &exchange.response.arrivals,
-                    (exchange.timing.request_last_ns, exchange.timing.response_last_ns),
-                    options,
-                ),
+                stream,
             },
         }
     }
@@ -499,7 +538,10 @@ mod tests {
         let p = &json["production"];
         assert_eq!(p["ttft_ms"], 10.0);
         assert_eq!(p["e2e_ms"], 41.0);
-        assert_eq!(p["itl_ms"], serde_json::json!({"p50": 10.0, "p95": 20.0, "max": 20.0}));
+        assert_eq!(
+            p["itl_ms"],
+            serde_json::json!({"p50": 10.0, "p95": 20.0, "max": 20.0, "gaps": [[10.0, 1], [20.0, 1]]})
+        );
         assert_eq!(p["tpot_ms"], 15.5);
         assert_eq!((p["events"].as_u64(), p["output_tokens"].as_u64()), (Some(4), Some(3)));
         assert_eq!((p["tokens_from"].as_str(), p["stream_end"].as_str()), (Some("events"), Some("done")));
@@ -570,18 +612,24 @@ impl ShadowRecord {
         result: &crate::replay::join::ShadowResult,
         options: &RecordOptions,
     ) -> Self {
+        Self::from_result_reading(model, endpoint, result, options).0
+    }
+
+    /// The record, and the shadow's event stream as read for it (for the comparison).
+    pub fn from_result_reading(
+        model: &crate::replay::target::ModelInfo,
+        endpoint: &str,
+        result: &crate::replay::join::ShadowResult,
+        options: &RecordOptions,
+    ) -> (Self, ReadStream) {
         use crate::replay::join::ShadowResult;
         let mut record = Self::absent(model, endpoint);
+        let mut read = None;
         record.latency_ms = result.latency_ns().map(ms);
         match result {
             ShadowResult::Answered { answer, latency_ns } => {
-                record.stream = StreamRecord::of(
-                    &answer.headers,
-                    &answer.body,
-                    &answer.arrivals,
-                    (0, *latency_ns),
-                    options,
-                );
+                read = StreamRecord::read(&answer.headers, &answer.body, &answer.arrivals, *latency_ns);
+                record.stream = read.as_ref().map(|a| StreamRecord::of_answer(a, (0, *latency_ns), options));
                 let message = message(&answer.headers, &answer.body, options);
                 record.status = Some(answer.status);
                 record.grpc = GrpcStatus::of(&answer.headers, &answer.trailers);
@@ -597,7 +645,7 @@ impl ShadowRecord {
                 record.error = Some(format!("not sent: {}", reason.replace('_', " ")))
             }
         }
-        record
+        (record, read)
     }
 }
 

@@ -50,13 +50,26 @@ impl Spread {
     }
 }
 
+/// `ns` rounded to two significant digits (within 5%): how inter-token gaps are kept, so that a
+/// stream's gaps take a few distinct values however many there are.
+pub fn two_digits(ns: u64) -> u64 {
+    let mut scale = 1u64;
+    while ns / scale >= 100 {
+        scale *= 10;
+    }
+    (ns + scale / 2) / scale * scale
+}
+
 /// The timing of one streamed answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamFigures {
     /// `None` when no event carried content.
     pub ttft_ns: Option<u64>,
     /// `None` with fewer than two content events.
     pub itl: Option<Spread>,
+    /// Every inter-token gap, rounded by [`two_digits`], as (gap ns, how many), ascending: what
+    /// aggregates pool across streams (vLLM's ITL percentiles are over all gaps of all requests).
+    pub itl_gaps: Vec<(u64, u64)>,
     /// `None` unless there were at least two output tokens and a first token.
     pub tpot_ns: Option<u64>,
     pub e2e_ns: u64,
@@ -80,15 +93,16 @@ impl StreamFigures {
         let tpot_ns = ttft_ns
             .filter(|_| output_tokens > 1)
             .map(|ttft| e2e_ns.saturating_sub(ttft) / (output_tokens - 1));
-        Self {
-            ttft_ns,
-            itl: Spread::of(&mut gaps),
-            tpot_ns,
-            e2e_ns,
-            output_tokens,
-            tokens_from,
-            events: answer.events,
+        let itl = Spread::of(&mut gaps);
+        // Sorted by `Spread::of`; rounding keeps the order.
+        let mut itl_gaps: Vec<(u64, u64)> = Vec::new();
+        for gap in gaps.into_iter().map(two_digits) {
+            match itl_gaps.last_mut() {
+                Some((value, count)) if *value == gap => *count += 1,
+                _ => itl_gaps.push((gap, 1)),
+            }
         }
+        Self { ttft_ns, itl, itl_gaps, tpot_ns, e2e_ns, output_tokens, tokens_from, events: answer.events }
     }
 }
 
@@ -103,6 +117,7 @@ mod tests {
         let f = StreamFigures::of(&answer, 100, 200);
         assert_eq!(f.ttft_ns, Some(50));
         assert_eq!(f.itl, Some(Spread { p50: 10, p95: 20, max: 20 }));
+        assert_eq!(f.itl_gaps, vec![(10, 2), (20, 1)]);
         assert_eq!(f.e2e_ns, 100);
         assert_eq!((f.output_tokens, f.tokens_from), (4, TokensFrom::Events));
         assert_eq!(f.tpot_ns, Some((100 - 50) / 3));
@@ -111,6 +126,18 @@ mod tests {
         assert_eq!((f.output_tokens, f.tokens_from, f.tpot_ns), (11, TokensFrom::Usage, Some(5)));
         let nothing = StreamFigures::of(&StreamedAnswer::default(), 100, 120);
         assert_eq!((nothing.ttft_ns, nothing.itl, nothing.tpot_ns, nothing.e2e_ns), (None, None, None, 20));
+    }
+
+    #[test]
+    fn gaps_keep_two_significant_digits() {
+        assert_eq!(
+            [0, 7, 99, 104, 105, 20_499_000, 20_500_000].map(two_digits),
+            [0, 7, 99, 100, 110, 20_000_000, 21_000_000]
+        );
+        let times: Vec<u64> = [0, 20_100_000, 40_000_000, 60_400_000, 60_400_000].to_vec();
+        let answer = StreamedAnswer { content_times: times, ..Default::default() };
+        let f = StreamFigures::of(&answer, 0, 70_000_000);
+        assert_eq!(f.itl_gaps, vec![(0, 1), (20_000_000, 3)]);
     }
 
     #[test]
