@@ -47,7 +47,9 @@ pub const PORT_BITMAP_WORDS: u32 = 65536 / 64;
 
 /// Metadata written before the payload bytes of every ring-buffer record.
 ///
-/// A record is exactly `size_of::<SegmentHeader>() + captured_len` bytes.
+/// A record is `size_of::<SegmentHeader>()` bytes, then `captured_len` payload bytes, then possibly
+/// unused room: the kernel reserves records in a few size classes (the verifier wants constant
+/// sizes), so a record may be longer than its payload.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -92,20 +94,6 @@ pub struct SegmentHeader {
 pub const HEADER_SIZE: usize = core::mem::size_of::<SegmentHeader>();
 const _: () = assert!(HEADER_SIZE == 80);
 const _: () = assert!(HEADER_SIZE.is_multiple_of(8));
-
-/// Per-CPU scratch area the kernel fills before copying it into the ring buffer in one call.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Scratch {
-    pub header: SegmentHeader,
-    pub data: [u8; CHUNK_SIZE],
-}
-
-impl core::fmt::Debug for Scratch {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Scratch").field("header", &self.header).finish_non_exhaustive()
-    }
-}
 
 /// Indices of the kernel's per-CPU counters (`COUNTERS` map).
 pub mod counter {
