@@ -59,6 +59,9 @@ pub struct Connection {
     pub(super) resync: Option<Box<Resync>>,
     /// The server's FIN came while resynchronising: it ends the stream once its bytes are framed.
     pub(super) server_fin_held: bool,
+    /// Parsing stopped at a gap: with `--resync-mid-stream`, the connection is picked up again at
+    /// its next request, as one first seen mid-stream is.
+    pub(super) gap_stopped: bool,
     pub(super) requests: Reader,
     pub(super) responses: Reader,
     pub(super) pending: VecDeque<Pending>,
@@ -95,6 +98,7 @@ impl Connection {
             mid_stream: false,
             resync: None,
             server_fin_held: false,
+            gap_stopped: false,
             requests: Reader::default(),
             responses: Reader { body: BodyBuilder::timed(), ..Reader::default() },
             pending: VecDeque::new(),
@@ -189,6 +193,9 @@ impl Connection {
             FlowEvent::Fin { side: Side::Client, .. } => {}
             FlowEvent::Closed { reason, .. } => self.close(reason, stats, out),
         }
+        if self.gap_stopped && self.stopped && cfg.resync_mid_stream {
+            self.resync_after_gap();
+        }
         if self.upgrade_declined {
             self.resume_after_declined_upgrade(cfg, stats, out);
         }
@@ -218,7 +225,21 @@ impl Connection {
         }
         *why.counter(stats) += lost;
         self.stopped = true;
+        self.gap_stopped = why == Stop::Gap;
         self.clear();
+    }
+
+    /// After a gap stopped parsing (`--resync-mid-stream`): wait for the next request start and
+    /// resynchronise there, under the same rules as a connection first seen mid-stream
+    /// ([`Resync`]). What the gap cost is already counted. The server stream was captured from its
+    /// start (or from an earlier resynchronisation), so it is known to have begun before any later
+    /// request.
+    fn resync_after_gap(&mut self) {
+        self.gap_stopped = false;
+        self.stopped = false;
+        self.server_fin_held = false;
+        self.clear();
+        self.resync = Some(Box::new(Resync { server_started_at: Some(0), ..Resync::default() }));
     }
 
     pub(super) fn clear(&mut self) {

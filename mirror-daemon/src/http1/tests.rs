@@ -604,3 +604,72 @@ fn resync_gives_up_when_the_next_response_does_not_start_a_message() {
     let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), e.response.status)).collect();
     assert_eq!(pairs, [("/b", 204)], "picked up again at the next request");
 }
+
+#[test]
+fn resync_resumes_a_keep_alive_connection_after_a_client_gap() {
+    let traffic = || {
+        let mut c = Conn::new();
+        c.client("GET /a HTTP/1.1\r\n\r\n")
+            .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+            .client("GET /b HT")
+            .lose(true, 8)
+            .client("\r\n\r\n")
+            .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+            .client("POST /c HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+            .server("HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nc")
+            .client("GET /d HTTP/1.1\r\n\r\n")
+            .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd")
+            .fin();
+        c
+    };
+    let pairs = |out: &[Exchange]| -> Vec<(String, u16, Vec<u8>)> {
+        out.iter().map(|e| (e.request.target.clone(), e.response.status, e.response.body.to_vec())).collect()
+    };
+    let (out, stats, a) = traffic().run_with(resync());
+    assert_eq!(
+        pairs(&out),
+        [("/a".into(), 200, b"a".to_vec()), ("/c".into(), 201, b"c".to_vec()), ("/d".into(), 200, b"d".to_vec())],
+        "{stats:?}"
+    );
+    assert_eq!(out[1].request.body, "hi");
+    assert_eq!(stats.gap, 1, "only /b, cut by the gap");
+    assert_eq!(stats.gap_desync_connections, 1);
+    assert_eq!(stats.mid_stream_resync_failed, 0);
+    assert_eq!(a.memory_bytes(), 0);
+    // Off by default: nothing after the gap is parsed.
+    let (out, stats, _) = traffic().run_with(HttpConfig::default());
+    assert_eq!(pairs(&out), [("/a".into(), 200, b"a".to_vec())]);
+    assert_eq!(stats.gap, 1);
+}
+
+#[test]
+fn resync_resumes_after_a_gap_in_a_response_head_and_never_mispairs() {
+    let mut c = Conn::new();
+    c.client("GET /a HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nCont")
+        .lose(false, 6)
+        .server("Length: 3\r\n\r\naaa")
+        .client("GET /b HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        .fin();
+    let (out, stats, _) = c.run_with(resync());
+    let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), &e.response.body[..])).collect();
+    assert_eq!(pairs, [("/b", &b"b"[..])], "/a's answer was cut; /b pairs with its own");
+    assert_eq!(stats.gap, 1);
+}
+
+#[test]
+fn a_second_gap_after_resuming_is_resumed_from_too() {
+    let mut c = Conn::new();
+    c.client("GET /a HT").lose(true, 4).client("\r\n\r\n");
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    c.client("GET /b HTTP/1.1\r\n\r\n").server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb");
+    c.client("GET /c HT").lose(true, 4).client("\r\n\r\n");
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    c.client("GET /d HTTP/1.1\r\n\r\n").server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd").fin();
+    let (out, stats, _) = c.run_with(resync());
+    let targets: Vec<_> = out.iter().map(|e| e.request.target.as_str()).collect();
+    assert_eq!(targets, ["/b", "/d"], "{stats:?}");
+    assert_eq!(stats.gap, 2);
+    assert_eq!(stats.gap_desync_connections, 2);
+}
