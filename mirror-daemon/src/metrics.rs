@@ -111,6 +111,8 @@ pub struct Metrics {
     pub replays_in_flight: Family<ShadowRouteLabels, Gauge>,
     /// Interfaces carrying the capture programs.
     pub attached_interfaces: Gauge,
+    /// The share of connections captured (1: all; less while overload sheds connections).
+    pub mirrored_share: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Production pods followed on this node (with `--pod-selector`).
     pub production_pods: Gauge,
     /// Failed lookups of a production pod's interface (each retry counts).
@@ -149,6 +151,8 @@ impl Metrics {
         let records_dropped = Family::<ReasonLabels, Counter>::default();
         let replays_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
         let attached_interfaces = Gauge::default();
+        let mirrored_share = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        mirrored_share.set(1.0);
         let production_pods = Gauge::default();
         let pod_lookup_failures = Counter::default();
         registry.register("exchanges", "HTTP exchanges rebuilt from the wire", exchanges.clone());
@@ -208,6 +212,11 @@ impl Metrics {
             attached_interfaces.clone(),
         );
         registry.register(
+            "mirrored_share",
+            "Share of connections captured: below 1 while overload sheds whole connections",
+            mirrored_share.clone(),
+        );
+        registry.register(
             "production_pods",
             "Production pods followed on this node",
             production_pods.clone(),
@@ -236,6 +245,7 @@ impl Metrics {
             records_dropped,
             replays_in_flight,
             attached_interfaces,
+            mirrored_share,
             production_pods,
             pod_lookup_failures,
         }

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    capture::ignore::OwnConnections,
+    capture::{ignore::OwnConnections, shed::mirrored_share},
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
     drops::{DispatchDrops, KernelDrops, Losses, RecordDrops, Stage},
     exchange::{Assembled, Exchange, ReadyRequest},
@@ -105,6 +105,8 @@ pub struct Snapshot {
     pub losses: Losses,
     pub connections: usize,
     pub buffered_bytes: usize,
+    /// Connection buckets the kernel sheds now (`capture::shed`; 0: every connection captured).
+    pub shed_level: u32,
     /// Per shadow: `(name, value)` replay counters.
     pub replay: Vec<(String, Vec<(&'static str, u64)>)>,
 }
@@ -120,6 +122,8 @@ impl Snapshot {
             marker_lost: get("marker_lost"),
             unparsed: get("unparsed"),
             undecodable_records,
+            shed_segments: get("shed_segments"),
+            shed_bytes: get("shed_bytes"),
         }
     }
 }
@@ -757,6 +761,7 @@ impl Reporter {
             };
             Metrics::advance(&self.metrics.drops.get_or_create(&ReasonLabels { reason }), loss.value);
         }
+        self.metrics.mirrored_share.set(mirrored_share(s.shed_level));
         for (model_id, counters) in &s.replay {
             if let Some((_, in_flight)) = counters.iter().find(|(n, _)| *n == "in_flight") {
                 let labels = ShadowRouteLabels { model_id: model_id.clone(), route: "all".into() };
@@ -774,6 +779,7 @@ impl Reporter {
             prod_latency_p99_ms = self.stats.latency_ms(0.99),
             connections = s.connections,
             buffered_bytes = s.buffered_bytes,
+            mirrored_share = mirrored_share(s.shed_level),
             undecodable_records = s.losses.kernel.undecodable_records,
             kernel = %s.kernel,
             drops = %nonzero(losses.pipeline()),

@@ -27,7 +27,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use mirror_common::{
     CHUNK_SIZE, MAX_ADDRS, MAX_CHUNKS, PORT_BITMAP_WORDS, SegmentHeader, config, counter, direction,
-    record_flags, tcp_flags,
+    record_flags, shed_bucket, tcp_flags,
 };
 
 /// Captured records. Userspace sets the real size at load time.
@@ -260,6 +260,14 @@ fn observe<P: Packet>(p: &P, ifindex: u32, dir: u8) {
     let payload_len = ip_end.saturating_sub(payload_off);
     if payload_len == 0 && tcp.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
         return; // a bare ACK: nothing for userspace
+    }
+    // Shed whole connections, never bytes inside one: both directions of a connection fall in the
+    // same bucket, and the daemon computes the same bucket to know which connections are cut.
+    let shed_level = CONFIG.get(config::SHED_LEVEL).copied().unwrap_or(0);
+    if shed_level > 0 && shed_bucket(&src_addr, src_port, &dst_addr, dst_port) < shed_level {
+        count(counter::SHED_SEGMENTS, 1);
+        count(counter::SHED_BYTES, u64::from(payload_len));
+        return;
     }
 
     let header = SegmentHeader {

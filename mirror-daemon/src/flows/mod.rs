@@ -104,6 +104,8 @@ pub enum CloseReason {
     Evicted,
     /// A new SYN reused the 4-tuple.
     Reused,
+    /// The kernel stopped capturing it (overload shedding, `capture::shed`).
+    Shed,
 }
 
 /// How far an exchange had come when its connection ended.
@@ -128,6 +130,7 @@ impl CloseReason {
             (CloseReason::Reset, _) => &mut drops.reset_with_pending,
             (CloseReason::IdleTimeout, _) => &mut drops.idle_timeout_with_pending,
             (CloseReason::Evicted | CloseReason::Reused, _) => &mut drops.evicted_with_pending,
+            (CloseReason::Shed, _) => &mut drops.shed_with_pending,
         };
         *counter += 1;
     }
@@ -417,6 +420,17 @@ impl FlowTable {
             }
             self.remove(&key, CloseReason::IdleTimeout, out);
         }
+    }
+
+    /// Ends every connection `cut` selects (its capture stopped: overload shedding) with
+    /// [`CloseReason::Shed`]; returns how many were open.
+    pub fn shed_where(&mut self, cut: impl Fn(&ConnKey) -> bool, out: &mut Vec<FlowEvent>) -> u64 {
+        let keys: Vec<(ConnKey, bool)> =
+            self.conns.values().filter(|c| cut(&c.key)).map(|c| (c.key, c.closed)).collect();
+        for (key, _) in &keys {
+            self.remove(key, CloseReason::Shed, out);
+        }
+        keys.iter().filter(|(_, closed)| !closed).count() as u64
     }
 
     fn remove(&mut self, key: &ConnKey, reason: CloseReason, out: &mut Vec<FlowEvent>) {
