@@ -166,6 +166,15 @@ fn overload_sheds_whole_connections_and_recovers() {
     assert_eq!(fresh, 20);
     let resumed = drops.get("shed_resumed_connections").copied().unwrap_or(0) as usize;
     let minimum = LONG_LIVED + long_after - resumed + fresh;
+    eprintln!(
+        "burst exchanges {burst_exchanges}, records {}, kernel shed_segments {shed} ringbuf_full {}, \
+         shed_cut_connections {}, shed_resumed_connections {resumed}, small exchanges rebuilt \
+         {long_records} of {}",
+        records.len(),
+        kernel_counter(&summary, "ringbuf_full"),
+        drops.get("shed_cut_connections").copied().unwrap_or(0),
+        LONG_LIVED + long_after + fresh
+    );
     assert!(
         long_records >= minimum,
         "{long_records} small exchanges rebuilt, at least {minimum} expected (resumed {resumed}):\n{}",
