@@ -59,9 +59,6 @@ pub struct Connection {
     pub(super) resync: Option<Box<Resync>>,
     /// The server's FIN came while resynchronising: it ends the stream once its bytes are framed.
     pub(super) server_fin_held: bool,
-    /// Parsing stopped at a gap: with `--resync-mid-stream`, the connection is picked up again at
-    /// its next request, as one first seen mid-stream is.
-    pub(super) gap_stopped: bool,
     pub(super) requests: Reader,
     pub(super) responses: Reader,
     pub(super) pending: VecDeque<Pending>,
@@ -98,7 +95,6 @@ impl Connection {
             mid_stream: false,
             resync: None,
             server_fin_held: false,
-            gap_stopped: false,
             requests: Reader::default(),
             responses: Reader { body: BodyBuilder::timed(), ..Reader::default() },
             pending: VecDeque::new(),
@@ -173,6 +169,14 @@ impl Connection {
                     // Whatever was being put together around the hole is no longer provable.
                     self.skipped(len as usize, stats);
                     stats.gap += self.restart_resync();
+                    if side == Side::Server
+                        && let Some(resync) = self.resync.as_mut()
+                    {
+                        // The hole may hold the answer to a request yet to be delivered (the
+                        // directions arrive out of order): only a request after the first server
+                        // byte past the hole is provably answered by the next status line.
+                        resync.server_started_at = None;
+                    }
                 } else if side == Side::Client {
                     if self.requests.gap(len).is_err() {
                         self.stop(Stop::Gap, stats);
@@ -192,9 +196,6 @@ impl Connection {
             // The client's half-close ends requests only; what is unfinished is counted at close.
             FlowEvent::Fin { side: Side::Client, .. } => {}
             FlowEvent::Closed { reason, .. } => self.close(reason, stats, out),
-        }
-        if self.gap_stopped && self.stopped && cfg.resync_mid_stream {
-            self.resync_after_gap();
         }
         if self.upgrade_declined {
             self.resume_after_declined_upgrade(cfg, stats, out);
@@ -225,21 +226,7 @@ impl Connection {
         }
         *why.counter(stats) += lost;
         self.stopped = true;
-        self.gap_stopped = why == Stop::Gap;
         self.clear();
-    }
-
-    /// After a gap stopped parsing (`--resync-mid-stream`): wait for the next request start and
-    /// resynchronise there, under the same rules as a connection first seen mid-stream
-    /// ([`Resync`]). What the gap cost is already counted. The server stream was captured from its
-    /// start (or from an earlier resynchronisation), so it is known to have begun before any later
-    /// request.
-    fn resync_after_gap(&mut self) {
-        self.gap_stopped = false;
-        self.stopped = false;
-        self.server_fin_held = false;
-        self.clear();
-        self.resync = Some(Box::new(Resync { server_started_at: Some(0), ..Resync::default() }));
     }
 
     pub(super) fn clear(&mut self) {
