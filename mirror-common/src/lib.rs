@@ -47,7 +47,9 @@ pub const PORT_BITMAP_WORDS: u32 = 65536 / 64;
 
 /// Metadata written before the payload bytes of every ring-buffer record.
 ///
-/// A record is exactly `size_of::<SegmentHeader>() + captured_len` bytes.
+/// A record is `size_of::<SegmentHeader>()` bytes, then `captured_len` payload bytes, then possibly
+/// unused room: the kernel reserves records in a few size classes (the verifier wants constant
+/// sizes), so a record may be longer than its payload.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -93,20 +95,6 @@ pub const HEADER_SIZE: usize = core::mem::size_of::<SegmentHeader>();
 const _: () = assert!(HEADER_SIZE == 80);
 const _: () = assert!(HEADER_SIZE.is_multiple_of(8));
 
-/// Per-CPU scratch area the kernel fills before copying it into the ring buffer in one call.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Scratch {
-    pub header: SegmentHeader,
-    pub data: [u8; CHUNK_SIZE],
-}
-
-impl core::fmt::Debug for Scratch {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Scratch").field("header", &self.header).finish_non_exhaustive()
-    }
-}
-
 /// Indices of the kernel's per-CPU counters (`COUNTERS` map).
 pub mod counter {
     /// Packets the programs ran on.
@@ -126,12 +114,27 @@ pub mod counter {
     pub const MARKER_LOST: u32 = 6;
     /// Matching-port packets that could not be parsed (IPv4 fragments, IPv6 extension headers).
     pub const UNPARSED: u32 = 7;
+    /// Matching packets not copied because their connection's bucket is shed
+    /// ([`crate::config::SHED_LEVEL`]).
+    pub const SHED_SEGMENTS: u32 = 8;
+    /// Payload bytes of those packets.
+    pub const SHED_BYTES: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
 
     /// Names for logs and metrics, indexed like the counters.
-    pub const NAMES: [&str; COUNT as usize] =
-        ["seen", "matched", "emitted", "bytes", "ringbuf_full", "truncated", "marker_lost", "unparsed"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "seen",
+        "matched",
+        "emitted",
+        "bytes",
+        "ringbuf_full",
+        "truncated",
+        "marker_lost",
+        "unparsed",
+        "shed_segments",
+        "shed_bytes",
+    ];
 }
 
 /// The `CONFIG` map: words set by userspace before attaching.
@@ -142,10 +145,47 @@ pub mod config {
     /// waiting in the ring buffer (the reader also polls on a short timer). Waking it for every
     /// record costs more than copying a small one.
     pub const WAKEUP_BYTES: u32 = 1;
+    /// Index of the shed level: connections whose [`crate::shed_bucket`] is below it are not
+    /// captured (0 captures every connection, [`crate::SHED_BUCKETS`] none). Userspace moves it
+    /// when the ring buffer or the pipeline falls behind.
+    pub const SHED_LEVEL: u32 = 2;
     /// Number of words.
-    pub const WORDS: u32 = 2;
+    pub const WORDS: u32 = 3;
     /// Flag: only packets from or to an address in `SERVER_ADDRS` match.
     pub const FILTER_ADDRS: u32 = 1;
+}
+
+/// Connections are shed in this many buckets: the shed level moves in steps of 1/1024 of them.
+pub const SHED_BUCKETS: u32 = 1024;
+
+/// The shed bucket of a connection, from its two endpoints (address in the 16-byte layout of
+/// [`SegmentHeader::src_addr`], port in host order), whichever way the packet goes: both halves of a
+/// connection always fall in the same bucket. The kernel and the daemon compute it with this same
+/// code, so the daemon knows exactly which connections a shed level cuts.
+#[inline(always)]
+pub fn shed_bucket(a_addr: &[u8; 16], a_port: u16, b_addr: &[u8; 16], b_port: u16) -> u32 {
+    let a = endpoint_key(a_addr, a_port);
+    let b = endpoint_key(b_addr, b_port);
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    (mix64(mix64(lo) ^ hi) % SHED_BUCKETS as u64) as u32
+}
+
+/// An endpoint folded into 64 bits: the address's four words xor-ed, and the port.
+#[inline(always)]
+fn endpoint_key(addr: &[u8; 16], port: u16) -> u64 {
+    let word = |i: usize| u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let folded = word(0) ^ word(4).rotate_left(8) ^ word(8).rotate_left(16) ^ word(12).rotate_left(24);
+    (u64::from(folded) << 16) | u64::from(port)
+}
+
+/// The 64-bit finaliser of MurmurHash3: every input bit affects every output bit.
+#[inline(always)]
+fn mix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
 }
 
 #[cfg(feature = "user")]

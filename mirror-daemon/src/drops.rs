@@ -99,6 +99,11 @@ counters! {
             unparsed,
             /// Ring-buffer records userspace could not decode (records).
             undecodable_records,
+            /// Packets not copied because their connection was shed (`capture::shed`): the
+            /// connection is left out whole, never cut inside an exchange.
+            shed_segments,
+            /// Payload bytes of those packets.
+            shed_bytes,
         }
     }
 }
@@ -126,6 +131,14 @@ counters! {
             conn_limit_evicted_connections,
             /// Open connections that timed out while idle.
             idle_timeout_connections,
+            /// Records of shed connections copied before the kernel took the new shed level:
+            /// dropped before reassembly.
+            shed_late_segments,
+            /// Open connections ended because the shed level rose over their bucket.
+            shed_cut_connections,
+            /// Connections first seen without their SYN in a bucket shed in the recent past:
+            /// shedding had cut their start (also counted in `mid_stream_connections`).
+            shed_resumed_connections,
         }
         Framing: {
             /// Exchanges lost to missing bytes (a gap inside a message).
@@ -182,6 +195,8 @@ counters! {
             /// request followed by garbage): the requests before are still paired, the garbage is
             /// counted once as `malformed_request`, and nothing after it is parsed.
             framing_error_connections,
+            /// Exchanges in progress when the connection was shed.
+            shed_with_pending,
             /// Exchanges dropped because the total HTTP buffer limit was hit.
             memory_limit,
             /// Connections stopped because a final response to `Expect: 100-continue` came before the

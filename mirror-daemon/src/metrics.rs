@@ -125,6 +125,8 @@ pub struct Metrics {
     pub replay_max_in_flight: Family<ShadowRouteLabels, Gauge>,
     /// Interfaces carrying the capture programs.
     pub attached_interfaces: Gauge,
+    /// The share of connections captured (1: all; less while overload sheds connections).
+    pub mirrored_share: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Production pods followed on this node (with `--pod-selector`).
     pub production_pods: Gauge,
     /// Failed lookups of a production pod's interface (each retry counts).
@@ -166,6 +168,8 @@ impl Metrics {
         let requests_in_progress = Gauge::default();
         let replay_max_in_flight = Family::<ShadowRouteLabels, Gauge>::default();
         let attached_interfaces = Gauge::default();
+        let mirrored_share = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        mirrored_share.set(1.0);
         let production_pods = Gauge::default();
         let pod_lookup_failures = Counter::default();
         registry.register("exchanges", "HTTP exchanges rebuilt from the wire", exchanges.clone());
@@ -240,6 +244,11 @@ impl Metrics {
             attached_interfaces.clone(),
         );
         registry.register(
+            "mirrored_share",
+            "Share of connections captured: below 1 while overload sheds whole connections",
+            mirrored_share.clone(),
+        );
+        registry.register(
             "production_pods",
             "Production pods followed on this node",
             production_pods.clone(),
@@ -271,6 +280,7 @@ impl Metrics {
             requests_in_progress,
             replay_max_in_flight,
             attached_interfaces,
+            mirrored_share,
             production_pods,
             pod_lookup_failures,
         }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     budget::{Account, Charge},
-    capture::ignore::OwnConnections,
+    capture::{ignore::OwnConnections, shed::mirrored_share},
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
     drops::{Books, DispatchDrops, KernelDrops, Losses, Outcomes, RecordDrops, Stage},
     exchange::{Assembled, Exchange, ReadyRequest},
@@ -110,6 +110,8 @@ pub struct Snapshot {
     pub buffered_bytes: usize,
     /// Requests seen and not ended yet: partial messages, and comparisons awaiting shadows.
     pub requests_in_progress: u64,
+    /// Connection buckets the kernel sheds now (`capture::shed`; 0: every connection captured).
+    pub shed_level: u32,
     /// Per shadow: `(name, value)` replay counters.
     pub replay: Vec<(String, Vec<(&'static str, u64)>)>,
 }
@@ -125,6 +127,8 @@ impl Snapshot {
             marker_lost: get("marker_lost"),
             unparsed: get("unparsed"),
             undecodable_records,
+            shed_segments: get("shed_segments"),
+            shed_bytes: get("shed_bytes"),
         }
     }
 }
@@ -901,6 +905,7 @@ impl Reporter {
         if last && books.difference() != 0 {
             tracing::warn!(%books, "the books do not balance: some requests were not counted exactly once");
         }
+        self.metrics.mirrored_share.set(mirrored_share(s.shed_level));
         for (model_id, counters) in &s.replay {
             let labels = ShadowRouteLabels { model_id: model_id.clone(), route: "all".into() };
             for (name, value) in counters {
@@ -924,6 +929,7 @@ impl Reporter {
             prod_latency_p99_ms = self.stats.latency_ms(0.99),
             connections = s.connections,
             buffered_bytes = s.buffered_bytes,
+            mirrored_share = mirrored_share(s.shed_level),
             undecodable_records = s.losses.kernel.undecodable_records,
             kernel = %s.kernel,
             drops = %nonzero(losses.pipeline()),

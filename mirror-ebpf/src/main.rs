@@ -7,9 +7,12 @@
 //! with the next program or the default action), whatever happens here: a full ring buffer or a
 //! malformed packet costs a counter, never a packet.
 //!
-//! Payloads are copied in chunks of at most `CHUNK_SIZE` bytes through a per-CPU scratch area and
-//! `bpf_ringbuf_output`, which lets each record be exactly as long as its payload; a chunk that cannot
-//! be copied becomes a small `LOST` marker record so userspace sees the gap instead of guessing.
+//! Payloads are copied once, straight from the packet into a record reserved in the ring buffer
+//! (`bpf_ringbuf_reserve`, load, `bpf_ringbuf_submit`), in chunks of at most `CHUNK_SIZE` bytes. The
+//! verifier wants a constant reservation size, so a chunk goes into the smallest of a few size
+//! classes that holds it (`copy_tail`); classes are spaced so that a full-sized Ethernet segment
+//! wastes little ring space. A chunk that cannot be copied becomes a small `LOST` marker record so
+//! userspace sees the gap instead of guessing.
 #![no_std]
 #![no_main]
 
@@ -23,8 +26,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use mirror_common::{
-    CHUNK_SIZE, HEADER_SIZE, MAX_ADDRS, MAX_CHUNKS, PORT_BITMAP_WORDS, Scratch, SegmentHeader, config,
-    counter, direction, record_flags, tcp_flags,
+    CHUNK_SIZE, MAX_ADDRS, MAX_CHUNKS, PORT_BITMAP_WORDS, SegmentHeader, config, counter, direction,
+    record_flags, shed_bucket, tcp_flags,
 };
 
 /// Captured records. Userspace sets the real size at load time.
@@ -46,8 +49,13 @@ static CONFIG: Array<u32> = Array::with_max_entries(config::WORDS, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-#[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// One ring-buffer record of size class `N`: the header, then room for up to `N` payload bytes
+/// (`header.captured_len` of them are used).
+#[repr(C)]
+struct Record<const N: usize> {
+    header: SegmentHeader,
+    data: [u8; N],
+}
 
 const ETH_HLEN: u32 = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -62,7 +70,7 @@ trait Packet: EbpfContext {
     fn len(&self) -> u32;
     /// Copies a small fixed-size header field.
     fn load<T: Copy>(&self, offset: u32) -> Option<T>;
-    /// Copies `len` bytes (1..=CHUNK_SIZE, already proven to the verifier) into `dst`.
+    /// Copies `len` bytes (already proven to the verifier to fit `dst`) into `dst`.
     fn load_into(&self, offset: u32, dst: *mut u8, len: u32) -> i64;
 }
 
@@ -88,7 +96,7 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn load_into(&self, offset: u32, dst: *mut u8, len: u32) -> i64 {
-        // SAFETY: dst points into the scratch map value, which holds CHUNK_SIZE bytes >= len.
+        // SAFETY: dst points into a reserved ring-buffer record with room for len bytes.
         unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst.cast(), len) }
     }
 }
@@ -253,13 +261,16 @@ fn observe<P: Packet>(p: &P, ifindex: u32, dir: u8) {
     if payload_len == 0 && tcp.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
         return; // a bare ACK: nothing for userspace
     }
-
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    // Shed whole connections, never bytes inside one: both directions of a connection fall in the
+    // same bucket, and the daemon computes the same bucket to know which connections are cut.
+    let shed_level = CONFIG.get(config::SHED_LEVEL).copied().unwrap_or(0);
+    if shed_level > 0 && shed_bucket(&src_addr, src_port, &dst_addr, dst_port) < shed_level {
+        count(counter::SHED_SEGMENTS, 1);
+        count(counter::SHED_BYTES, u64::from(payload_len));
         return;
-    };
-    // SAFETY: the per-CPU scratch value is ours for the duration of this program run.
-    let scratch = unsafe { &mut *scratch };
-    scratch.header = SegmentHeader {
+    }
+
+    let header = SegmentHeader {
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         seq: u32::from_be_bytes(tcp.seq),
@@ -282,72 +293,124 @@ fn observe<P: Packet>(p: &P, ifindex: u32, dir: u8) {
     };
 
     if payload_len == 0 {
-        output(scratch, 0);
+        emit_header(&header);
         return;
     }
 
+    // Full chunks first (a constant size: no class to choose), then the tail in its size class.
     let mut done: u32 = 0;
-    let mut load_error: i64 = 0;
-    for _ in 0..MAX_CHUNKS {
-        if done >= payload_len {
+    for _ in 0..MAX_CHUNKS - 1 {
+        if payload_len - done <= CHUNK_SIZE as u32 {
             break;
         }
-        let remaining = payload_len - done;
-        let n = if remaining > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { remaining };
-        scratch.header.chunk_offset = done;
-        scratch.header.chunk_len = n;
-        done += n;
-        // Make the verifier see n in [1, CHUNK_SIZE]: LLVM must forget its own range first.
-        // SAFETY: reading a local.
-        let n = unsafe { core::ptr::read_volatile(&n) };
-        let n = (n.wrapping_sub(1) & (CHUNK_SIZE as u32 - 1)) + 1;
-        let loaded = p.load_into(payload_off + scratch.header.chunk_offset, scratch.data.as_mut_ptr(), n);
-        if loaded != 0 {
-            load_error = loaded;
-            count(counter::TRUNCATED, 1);
-            lost(scratch);
-        } else if output(scratch, n) {
-            count(counter::BYTES, u64::from(n));
-        } else {
-            count(counter::RINGBUF_FULL, 1);
-            lost(scratch);
-        }
+        copy::<P, 0, CHUNK_SIZE>(p, &header, payload_off, done, CHUNK_SIZE as u32);
+        done += CHUNK_SIZE as u32;
     }
-    if load_error != 0 {
-        // Rare (a malformed length): one log line per affected packet, never per healthy one.
-        warn!(p, "mirror: payload load failed: {}", load_error);
-    }
+    let remaining = payload_len - done;
+    let n = if remaining > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { remaining };
+    copy_tail(p, &header, payload_off, done, n);
+    done += n;
     if done < payload_len {
         // Beyond the per-packet copy limit: say so rather than cut silently.
-        scratch.header.chunk_offset = done;
-        scratch.header.chunk_len = payload_len - done;
         count(counter::TRUNCATED, 1);
-        lost(scratch);
+        lost(&header, done, payload_len - done);
     }
 }
 
-/// Writes the scratch header plus `captured` payload bytes as one record.
+/// Copies the last chunk (`n` in 1..=CHUNK_SIZE bytes at `chunk_offset`) into the smallest size
+/// class that holds it. Each class `(LO, N]` spans a power of two, which is what lets `copy` prove
+/// the length to the verifier with one mask.
 #[inline(always)]
-fn output(scratch: &mut Scratch, captured: u32) -> bool {
-    scratch.header.captured_len = captured;
-    scratch.header.flags = 0;
-    if EVENTS.output::<[u8]>(scratch_bytes(scratch, HEADER_SIZE + captured as usize), wakeup_flags()).is_ok()
-    {
-        count(counter::EMITTED, 1);
-        true
+fn copy_tail<P: Packet>(p: &P, header: &SegmentHeader, payload_off: u32, chunk_offset: u32, n: u32) {
+    if n <= 128 {
+        copy::<P, 0, 128>(p, header, payload_off, chunk_offset, n)
+    } else if n <= 256 {
+        copy::<P, 128, 256>(p, header, payload_off, chunk_offset, n)
+    } else if n <= 512 {
+        copy::<P, 256, 512>(p, header, payload_off, chunk_offset, n)
+    } else if n <= 1024 {
+        copy::<P, 512, 1024>(p, header, payload_off, chunk_offset, n)
+    } else if n <= 1536 {
+        // A full-sized segment of a 1500-byte MTU (1448 or 1460 bytes) fits here.
+        copy::<P, 1024, 1536>(p, header, payload_off, chunk_offset, n)
+    } else if n <= 2048 {
+        copy::<P, 1536, 2048>(p, header, payload_off, chunk_offset, n)
+    } else if n <= 4096 {
+        copy::<P, 2048, 4096>(p, header, payload_off, chunk_offset, n)
+    } else if n <= 8192 {
+        copy::<P, 4096, 8192>(p, header, payload_off, chunk_offset, n)
     } else {
-        false
+        copy::<P, 8192, CHUNK_SIZE>(p, header, payload_off, chunk_offset, n)
     }
 }
 
-/// Writes a header-only `LOST` record for the current chunk range.
+/// Copies payload bytes `[chunk_offset, chunk_offset + n)` (`LO < n <= N`, `N - LO` a power of
+/// two) from the packet straight into a reserved record of class `N`, and submits it. A full ring
+/// buffer or a failed load leaves a `LOST` marker for the range instead.
 #[inline(always)]
-fn lost(scratch: &mut Scratch) {
-    scratch.header.captured_len = 0;
-    scratch.header.flags = record_flags::LOST;
-    if EVENTS.output::<[u8]>(scratch_bytes(scratch, HEADER_SIZE), wakeup_flags()).is_ok() {
-        count(counter::EMITTED, 1);
-    } else {
+fn copy<P: Packet, const LO: u32, const N: usize>(
+    p: &P,
+    header: &SegmentHeader,
+    payload_off: u32,
+    chunk_offset: u32,
+    n: u32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
+        count(counter::RINGBUF_FULL, 1);
+        lost(header, chunk_offset, n);
+        return;
+    };
+    // Make the verifier see the length in [LO + 1, N]: LLVM must forget what the class choice
+    // told it first, or it drops the mask.
+    // SAFETY: reading a local.
+    let len = unsafe { core::ptr::read_volatile(&n) };
+    let len = LO + (len.wrapping_sub(LO + 1) & (N as u32 - LO - 1)) + 1;
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved, writable record of `size_of::<Record<N>>()` bytes;
+    // only raw pointers are formed into it (its contents are uninitialised).
+    let loaded = unsafe {
+        let mut h = *header;
+        h.chunk_offset = chunk_offset;
+        h.chunk_len = len;
+        h.captured_len = len;
+        core::ptr::addr_of_mut!((*record).header).write(h);
+        let data = core::ptr::addr_of_mut!((*record).data).cast::<u8>();
+        p.load_into(payload_off + chunk_offset, data, len)
+    };
+    if loaded != 0 {
+        entry.discard(0);
+        count(counter::TRUNCATED, 1);
+        // Rare (a malformed length): one log line per affected packet, never per healthy one.
+        warn!(p, "mirror: payload load failed: {}", loaded);
+        lost(header, chunk_offset, n);
+        return;
+    }
+    entry.submit(wakeup_flags());
+    count(counter::EMITTED, 1);
+    count(counter::BYTES, u64::from(len));
+}
+
+/// Writes a header-only record (a SYN, FIN or RST without payload).
+#[inline(always)]
+fn emit_header(header: &SegmentHeader) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<SegmentHeader>(0) else {
+        return false;
+    };
+    entry.write(*header);
+    entry.submit(wakeup_flags());
+    count(counter::EMITTED, 1);
+    true
+}
+
+/// Writes a header-only `LOST` record for `len` payload bytes at `chunk_offset`.
+#[inline(always)]
+fn lost(header: &SegmentHeader, chunk_offset: u32, len: u32) {
+    let mut marker = *header;
+    marker.chunk_offset = chunk_offset;
+    marker.chunk_len = len;
+    marker.captured_len = 0;
+    marker.flags = record_flags::LOST;
+    if !emit_header(&marker) {
         count(counter::MARKER_LOST, 1);
     }
 }
@@ -361,14 +424,6 @@ fn wakeup_flags() -> u64 {
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
     }
-}
-
-/// The first `len` bytes of the scratch value (`len <= size_of::<Scratch>()`).
-#[inline(always)]
-fn scratch_bytes(scratch: &Scratch, len: usize) -> &[u8] {
-    // SAFETY: a map value is zero-initialised memory of `size_of::<Scratch>()` bytes, and every
-    // caller passes HEADER_SIZE + at most CHUNK_SIZE.
-    unsafe { core::slice::from_raw_parts((scratch as *const Scratch).cast::<u8>(), len) }
 }
 
 #[cfg(not(test))]

@@ -32,6 +32,9 @@
 //!   `--verdict-rate` requests/s, first one client asking in a loop, then `--verdict-clients` at
 //!   once; p50/p99/max of each phase, and production's p99 and the share compared meanwhile.
 //!
+//! - `kernel` (needs root, `bench_kernel.rs`): the kernel programs' ns per packet from bpf_stats,
+//!   under bounded loads of small exchanges and of 64 KiB bodies (GSO super-packets on TC).
+//!
 //! Both mirror parts run each rate once without the daemon and once with it mirroring every
 //! request (100% sampling) to the shadow, and report production p50/p99 latency with and without
 //! (as the client measured it), the daemon's CPU (user + system, % of one core, over the load) and
@@ -39,7 +42,7 @@
 //! and at least 95% of the asked rate achieved is the headline. Nothing is expected: every number
 //! is what was measured on this machine, whose cores client, servers and daemon share.
 //!
-//! Flags: `--which pipeline|pipeline-h2|records|mirror|mirror-grpc|mirror-llm|verdict|all`,
+//! Flags: `--which pipeline|pipeline-h2|records|mirror|mirror-grpc|mirror-llm|verdict|kernel|all`,
 //! `--seconds S` (load per rate and mode, default 5), `--rates R,...` (HTTP/1.1 requests/s, default 250,500,1000,2000,3000),
 //! `--grpc-rates R,...` (calls/s, default the same as `--rates`), `--grpc-connections N,...`
 //! (default 1,4), `--grpc-concurrency C` (calls in flight at most, across the connections, default
@@ -84,6 +87,8 @@ pub enum Which {
     Verdict,
     /// Streamed LLM answers mirrored, 1,000 open at once (root).
     MirrorLlm,
+    /// The kernel programs' ns per packet, from bpf_stats (root).
+    Kernel,
     /// Every part.
     All,
 }
@@ -179,6 +184,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if args.which.includes(Which::MirrorLlm) {
             crate::bench_llm::run(&args.llm, &daemon_bin)?;
         }
+    }
+    if args.which.includes(Which::Kernel) {
+        crate::bench_kernel::run()?;
     }
     Ok(())
 }

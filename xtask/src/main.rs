@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_kernel;
 mod bench_llm;
 mod build;
 mod demo;

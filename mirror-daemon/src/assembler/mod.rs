@@ -18,7 +18,11 @@ use std::{collections::HashMap, sync::Arc};
 
 use self::detect::{Detect, Detected};
 use crate::{
-    capture::{Segment, ignore::OwnConnections},
+    capture::{
+        Segment,
+        ignore::OwnConnections,
+        shed::{ShedFilter, connection_bucket},
+    },
     drops::AssemblyDrops,
     exchange::Assembled,
     flows::{ConnId, FlowConfig, FlowEvent, FlowTable},
@@ -68,10 +72,13 @@ pub struct Assembler {
     buffered: usize,
     announce_requests: bool,
     own_connections: Option<Arc<OwnConnections>>,
+    /// Which connections the kernel is told to shed, and which it shed recently.
+    shed: ShedFilter,
 }
 
 impl Assembler {
     pub fn new(config: AssemblerConfig) -> Self {
+        let shed = ShedFilter::new(config.flows.limits.idle_timeout_ns);
         Self {
             flows: FlowTable::new(config.flows),
             conns: HashMap::new(),
@@ -80,6 +87,7 @@ impl Assembler {
             drops: AssemblyDrops::default(),
             buffered: 0,
             announce_requests: config.announce_requests,
+            shed,
             own_connections: config.own_connections,
         }
     }
@@ -90,8 +98,18 @@ impl Assembler {
             self.drops.own_replay_segments += 1;
             return;
         }
+        if self.shed.is_shed(&segment) {
+            self.drops.shed_late_segments += 1;
+            return;
+        }
         let mut events = std::mem::take(&mut self.events);
         self.flows.push(&segment, &mut events, &mut self.drops);
+        if !segment.is_syn()
+            && events.iter().any(|e| matches!(e, FlowEvent::Opened { .. }))
+            && self.shed.was_shed(&segment)
+        {
+            self.drops.shed_resumed_connections += 1;
+        }
         self.dispatch(&mut events, out);
         self.events = events;
     }
@@ -114,6 +132,18 @@ impl Assembler {
         self.events = events;
     }
 
+    /// Follows the shed level the kernel was given at `now_ns` (same clock as `ts_ns`). When it
+    /// rose, the connections in the newly shed buckets are ended now and counted as shed: the
+    /// kernel copies none of their later bytes.
+    pub fn set_shed_level(&mut self, level: u32, now_ns: u64, out: &mut Vec<Assembled>) {
+        let Some(cut) = self.shed.set_level(level, now_ns) else { return };
+        let mut events = std::mem::take(&mut self.events);
+        self.drops.shed_cut_connections +=
+            self.flows.shed_where(|key| cut.contains(&connection_bucket(key)), &mut events);
+        self.dispatch(&mut events, out);
+        self.events = events;
+    }
+
     /// Requests seen whose exchange is neither rebuilt nor counted lost yet (a term of the books,
     /// [`crate::drops::Books`]). Walks the connections: for the periodic summary, not per segment.
     pub fn requests_in_progress(&self) -> u64 {
@@ -125,6 +155,11 @@ impl Assembler {
                 Conn::Http2(h2) => h2.requests_in_progress(),
             })
             .sum()
+    }
+
+    /// Buckets shed now (see [`crate::capture::shed`]).
+    pub fn shed_level(&self) -> u32 {
+        self.shed.level()
     }
 
     /// Losses since creation.

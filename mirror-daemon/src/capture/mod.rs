@@ -2,11 +2,12 @@
 //!
 //! [`record`] decodes the kernel's ring-buffer records (pure, unit-tested); [`ring`] reads them from
 //! the ring buffer asynchronously; [`ignore`] knows the daemon's own replay connections, which are
-//! never rebuilt. The rest of the daemon only ever sees [`Segment`]s, so flow
+//! never rebuilt; [`shed`] decides which connections the kernel stops copying under overload. The rest of the daemon only ever sees [`Segment`]s, so flow
 //! tracking, HTTP framing and pcap export can be tested with segments built in memory.
 pub mod ignore;
 pub mod record;
 pub mod ring;
+pub mod shed;
 
 use std::net::SocketAddr;
 

@@ -16,6 +16,18 @@ pub struct RingReader {
     fd: AsyncFd<RingBuf<MapData>>,
     /// Records that did not decode (kernel/daemon mismatch); counted, never fatal.
     pub undecodable: u64,
+    /// Since [`Self::take_load`]: the most record bytes one drain found, and the longest drain.
+    peak_drained_bytes: usize,
+    longest_drain: std::time::Duration,
+}
+
+/// How hard the reader worked since it was last asked ([`RingReader::take_load`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderLoad {
+    /// The most record bytes (headers included) one drain took out of the ring.
+    pub peak_drained_bytes: usize,
+    /// The longest drain, decoding and everything the sink did with the segments included.
+    pub longest_drain: std::time::Duration,
 }
 
 impl std::fmt::Debug for RingReader {
@@ -26,7 +38,12 @@ impl std::fmt::Debug for RingReader {
 
 impl RingReader {
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
-        Ok(Self { fd: register_readable(ring)?, undecodable: 0 })
+        Ok(Self {
+            fd: register_readable(ring)?,
+            undecodable: 0,
+            peak_drained_bytes: 0,
+            longest_drain: std::time::Duration::ZERO,
+        })
     }
 
     /// Waits for records (a kernel wake-up, or at most [`POLL_INTERVAL`]), then passes every
@@ -42,9 +59,12 @@ impl RingReader {
 
     /// Drains what is in the ring right now without waiting.
     pub fn drain(&mut self, mut sink: impl FnMut(Segment)) -> usize {
+        let started = std::time::Instant::now();
         let ring = self.fd.get_mut();
         let mut delivered = 0;
+        let mut drained = 0;
         while let Some(item) = ring.next() {
+            drained += item.len();
             match record::decode(&item) {
                 Ok(segment) => {
                     delivered += 1;
@@ -58,7 +78,18 @@ impl RingReader {
                 }
             }
         }
+        self.peak_drained_bytes = self.peak_drained_bytes.max(drained);
+        self.longest_drain = self.longest_drain.max(started.elapsed());
         delivered
+    }
+
+    /// What the drains found since the last call, and starts over.
+    pub fn take_load(&mut self) -> ReaderLoad {
+        let load =
+            ReaderLoad { peak_drained_bytes: self.peak_drained_bytes, longest_drain: self.longest_drain };
+        self.peak_drained_bytes = 0;
+        self.longest_drain = std::time::Duration::ZERO;
+        load
     }
 }
 

@@ -29,7 +29,10 @@ use clap::Args;
 use mirror_daemon::{
     assembler::{Assembler, AssemblerConfig},
     budget::{self, Account, Shares},
-    capture::ignore::OwnConnections,
+    capture::{
+        ignore::OwnConnections,
+        shed::{Pressure, ShedController, ShedPolicy, mirrored_share},
+    },
     compare::CompareRules,
     config::{self, FileSettings},
     discovery::{
@@ -92,6 +95,10 @@ pub struct RunArgs {
     /// not); a request pipelined behind one whose response has not started could be mispaired.
     #[arg(long)]
     pub resync_mid_stream: bool,
+    /// Never shed connections: when capture falls behind, the full ring buffer drops records of
+    /// every connection alike (counted `ringbuf_full`) instead of whole connections being left out.
+    #[arg(long)]
+    pub no_shed: bool,
     /// Append one JSON object per exchange (per exchange and shadow, with shadows) to this file
     /// (`-` for stdout). Schema: README. SIGUSR1 (and SIGHUP) reopen it, for logrotate.
     #[arg(long, value_name = "FILE.jsonl")]
@@ -723,6 +730,58 @@ fn own_replay_hint(said: &mut bool, drops: &mirror_daemon::drops::AssemblyDrops,
     );
 }
 
+/// How often the shed controller looks at the ring buffer.
+const SHED_TICK: Duration = Duration::from_millis(200);
+
+/// The shed controller wired to the kernel and the assembler (`capture::shed`).
+struct Shedding {
+    controller: ShedController,
+    ring_bytes: u32,
+    ringbuf_full: u64,
+}
+
+impl Shedding {
+    fn new(ring_bytes: u32) -> Self {
+        Self { controller: ShedController::new(ShedPolicy::default()), ring_bytes, ringbuf_full: 0 }
+    }
+
+    /// One controller tick: measures, decides, and moves the kernel's level and the assembler's.
+    fn tick(
+        &mut self,
+        kernel: &mut KernelCapture,
+        reader: &mut mirror_daemon::capture::ring::RingReader,
+        assembler: &mut Assembler,
+        out: &mut Vec<mirror_daemon::exchange::Assembled>,
+    ) {
+        let full =
+            kernel.counters().map_or(self.ringbuf_full, |c| c.get(mirror_common::counter::RINGBUF_FULL));
+        let load = reader.take_load();
+        let pressure = Pressure {
+            ringbuf_full: full.saturating_sub(self.ringbuf_full),
+            peak_fill: load.peak_drained_bytes as f64 / f64::from(self.ring_bytes.max(1)),
+            longest_drain: load.longest_drain,
+        };
+        self.ringbuf_full = full;
+        let Some(change) = self.controller.update(pressure) else { return };
+        if let Err(err) = kernel.set_shed_level(change.to) {
+            tracing::warn!(%err, "could not move the shed level");
+            return;
+        }
+        assembler.set_shed_level(change.to, monotonic_now_ns(), out);
+        tracing::info!(
+            reason = change.reason.as_str(),
+            mirrored_share = mirrored_share(change.to),
+            shed_buckets = change.to,
+            "{}",
+            if change.to == 0 {
+                "capture recovered: every connection mirrored"
+            } else {
+                "shedding connections"
+            }
+        );
+    }
+}
+
 /// Kernel CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
 fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -866,6 +925,8 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let mut failure = None;
     let mut own_replays_seen = false;
     let mut assembled = Vec::new();
+    let mut shed = (!args.no_shed).then(|| Shedding::new(cfg.ring_bytes));
+    let mut shed_every = tokio::time::interval(SHED_TICK);
     let snapshot = |capture: &Capture,
                     reader: &mirror_daemon::capture::ring::RingReader,
                     assembler: &Assembler,
@@ -884,6 +945,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             connections: assembler.connections(),
             buffered_bytes: assembler.memory_bytes(),
             requests_in_progress: assembler.requests_in_progress() + dispatcher.requests_in_progress(),
+            shed_level: assembler.shed_level(),
             replay: dispatcher.replay_counters(),
         }
     };
@@ -899,6 +961,11 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
                 dispatcher.expire(now);
                 own.expire(std::time::Instant::now());
                 own_replay_hint(&mut own_replays_seen, assembler.drops(), &dispatcher);
+            }
+            _ = shed_every.tick(), if shed.is_some() => {
+                if let Some(shed) = shed.as_mut() {
+                    shed.tick(&mut capture.kernel, &mut reader, &mut assembler, &mut assembled);
+                }
             }
             _ = summary_every.tick() => {
                 dispatcher.send_summary(snapshot(&capture, &reader, &assembler, &dispatcher));

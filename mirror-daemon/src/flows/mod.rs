@@ -113,6 +113,8 @@ pub enum CloseReason {
     Reused,
     /// The daemon stopped while the connection was open.
     Shutdown,
+    /// The kernel stopped capturing it (overload shedding, `capture::shed`).
+    Shed,
 }
 
 /// How far an exchange had come when its connection ended.
@@ -138,6 +140,7 @@ impl CloseReason {
             (CloseReason::IdleTimeout, _) => &mut drops.idle_timeout_with_pending,
             (CloseReason::Evicted | CloseReason::Reused, _) => &mut drops.evicted_with_pending,
             (CloseReason::Shutdown, _) => &mut drops.open_at_exit,
+            (CloseReason::Shed, _) => &mut drops.shed_with_pending,
         };
         *counter += 1;
     }
@@ -456,6 +459,17 @@ impl FlowTable {
             }
         }
         self.remove(key, reason, out);
+    }
+
+    /// Ends every connection `cut` selects (its capture stopped: overload shedding) with
+    /// [`CloseReason::Shed`]; returns how many were open.
+    pub fn shed_where(&mut self, cut: impl Fn(&ConnKey) -> bool, out: &mut Vec<FlowEvent>) -> u64 {
+        let keys: Vec<(ConnKey, bool)> =
+            self.conns.iter().filter(|(key, _)| cut(key)).map(|(key, c)| (*key, c.closed)).collect();
+        for (key, _) in &keys {
+            self.remove(key, CloseReason::Shed, out);
+        }
+        keys.iter().filter(|(_, closed)| !closed).count() as u64
     }
 
     fn remove(&mut self, key: &ConnKey, reason: CloseReason, out: &mut Vec<FlowEvent>) {

@@ -172,6 +172,14 @@ impl Connection {
                     // Whatever was being put together around the hole is no longer provable.
                     self.skipped(len as usize, stats);
                     stats.gap += self.restart_resync();
+                    if side == Side::Server
+                        && let Some(resync) = self.resync.as_mut()
+                    {
+                        // The hole may hold the answer to a request yet to be delivered (the
+                        // directions arrive out of order): only a request after the first server
+                        // byte past the hole is provably answered by the next status line.
+                        resync.server_started_at = None;
+                    }
                 } else if side == Side::Client {
                     if self.client_stopped {
                         self.skipped(len as usize, stats);

@@ -725,3 +725,49 @@ fn requests_of_connections_open_at_exit_are_counted_once() {
     assert_eq!((stats.requests_seen, stats.open_at_exit), (2, 1), "{stats:?}");
     assert_eq!(stats.requests_seen, out.len() as u64 + stats.requests_lost());
 }
+
+#[test]
+fn a_shed_connection_is_ended_counted_and_picked_up_again_once_unshed() {
+    use crate::capture::shed::segment_bucket;
+    let cfg = AssemblerConfig {
+        flows: FlowConfig { server_ports: vec![8080], limits: FlowLimits::default() },
+        http: resync(),
+        ..AssemblerConfig::default()
+    };
+    let mut a = Assembler::new(cfg);
+    let mut out = Vec::new();
+    let mut c = Conn::new();
+    c.client("GET /a HTTP/1.1\r\n\r\n");
+    for s in c.segs.drain(..) {
+        a.push(s, &mut out);
+    }
+    let bucket = segment_bucket(&Segment::new(c.client, c.server, 0, 0, Bytes::new(), 0));
+    // The level rises over the connection's bucket: it ends now, its request counted as shed.
+    a.set_shed_level(bucket + 1, c.ts, &mut out);
+    assert_eq!((a.drops().shed_cut_connections, a.drops().shed_with_pending), (1, 1));
+    assert_eq!(a.connections(), 0);
+    // Its answer was already in the ring: dropped before reassembly, not a new connection.
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na");
+    for s in c.segs.drain(..) {
+        a.push(s, &mut out);
+    }
+    assert_eq!(a.drops().shed_late_segments, 1);
+    assert_eq!(a.connections(), 0);
+    // Unshed: the connection comes back mid-stream, counted as one shedding had cut, and is
+    // picked up at a request whose answer provably follows it.
+    a.set_shed_level(0, c.ts, &mut out);
+    c.client("GET /b HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        .client("GET /c HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc")
+        .fin();
+    for s in c.segs.drain(..) {
+        a.push(s, &mut out);
+    }
+    assert_eq!(a.drops().shed_resumed_connections, 1);
+    let exchanges: Vec<Exchange> = out.into_iter().filter_map(Assembled::into_exchange).collect();
+    let pairs: Vec<_> = exchanges.iter().map(|e| (e.request.target.as_str(), &e.response.body[..])).collect();
+    // /b's answer is the first server byte seen again: it cannot be proven to follow /b.
+    assert_eq!(pairs, [("/c", &b"c"[..])], "{:?}", a.drops());
+    assert_eq!(a.drops().mid_stream_resync_failed, 1);
+}

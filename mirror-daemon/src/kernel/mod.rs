@@ -329,6 +329,16 @@ impl KernelCapture {
         config_map.set(config::FLAGS, flags, 0).map_err(map_error("CONFIG"))
     }
 
+    /// Sets the shed level (`mirror_common::config::SHED_LEVEL`): connections whose bucket is
+    /// below it are no longer copied. Takes effect for the next packet.
+    pub fn set_shed_level(&mut self, level: u32) -> Result<(), KernelError> {
+        let mut config_map: Array<_, u32> =
+            Array::try_from(self.map_mut("CONFIG")?).map_err(map_error("CONFIG"))?;
+        config_map
+            .set(config::SHED_LEVEL, level.min(mirror_common::SHED_BUCKETS), 0)
+            .map_err(map_error("CONFIG"))
+    }
+
     /// Sums the kernel's per-CPU counters.
     pub fn counters(&self) -> Result<Counters, KernelError> {
         let map = self.ebpf.map("COUNTERS").ok_or(KernelError::Missing("COUNTERS"))?;
