@@ -255,15 +255,21 @@ impl<'a> Bench<'a> {
         // As many workers as cores, nginx's `auto`.
         let inline = Nginx::start(&trio.production, "mirror", 2, &inline_http, inline_addr)
             .context("start nginx mirror")?;
-        // Short connections: thousands per second for many seconds, from more ports than the default range.
-        let sysctl = trio
-            .client
-            .command("sysctl")
-            .args(["-qw", "net.ipv4.ip_local_port_range=1024 65000"])
-            .status()
-            .context("run sysctl in the client's namespace")?;
-        if !sysctl.success() {
-            bail!("could not widen the client's port range (sysctl net.ipv4.ip_local_port_range)");
+        // Short connections: thousands per second for many seconds, from more ports than the
+        // default range. nginx `mirror` reads only the head of the shadow's answer, so it cannot
+        // keep its shadow connections alive: one new connection per mirrored request, which at
+        // these rates exhausts production's ports within seconds unless TIME_WAIT ports are
+        // reused (the usual tuning of a proxy host). Both settings are per namespace.
+        for (ns, settings) in [
+            (&trio.client, &["net.ipv4.ip_local_port_range=1024 65000"][..]),
+            (&trio.production, &["net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1"][..]),
+        ] {
+            for setting in settings {
+                let status = ns.command("sysctl").args(["-qw", setting]).status().context("run sysctl")?;
+                if !status.success() {
+                    bail!("sysctl -w {setting} failed in namespace {}", ns.name);
+                }
+            }
         }
         let bodies = (0..16)
             .map(|n| {
@@ -319,7 +325,8 @@ impl<'a> Bench<'a> {
                 let spec =
                     format!("model-v2=http://{}", SocketAddr::from((self.trio.shadow_addr, shadow_port)));
                 let plan = self.plan(production, rate, shape);
-                let (load, tool, compared, losses) = self.with_daemon(port, &spec, plan)?;
+                let (load, tool, compared, losses) =
+                    self.with_daemon(port, &spec, plan, &format!("{rate}-{}", repeat + 1))?;
                 (load, Some(tool), Some(compared), losses)
             }
             Mode::NginxMirror => {
@@ -361,6 +368,7 @@ impl<'a> Bench<'a> {
         port: u16,
         shadow_spec: &str,
         plan: Plan,
+        label: &str,
     ) -> Result<(Outcome, ToolUse, usize, Option<String>)> {
         let _ = std::fs::remove_file(&self.record);
         let mut child = self
@@ -388,9 +396,13 @@ impl<'a> Bench<'a> {
         let pid = daemon.0.id();
         // Attached when the kernel programs show up; the JSON log is quiet at warn.
         std::thread::sleep(Duration::from_millis(1500));
+        let perf = self.args.perf_record.as_ref().map(|dir| perf_record(dir, label, pid)).transpose()?;
         let cpu_before = cpu_seconds(pid);
         let load = load::run(&self.trio.client, plan);
         let over_load = cpu_seconds(pid) - cpu_before;
+        if let Some(perf) = perf {
+            stop_perf(perf)?;
+        }
         let (rss_now, _) = rss_mib(pid);
         // Replays still in flight finish; their CPU belongs to the requests just sent.
         std::thread::sleep(Duration::from_millis(1500));
@@ -415,6 +427,31 @@ impl<'a> Bench<'a> {
             (compared < load.answered).then(|| format!("records: {verdicts}; {}", final_summary(&log)));
         Ok((load, tool, compared, losses))
     }
+}
+
+/// `perf record` on the daemon (`pid`) into `dir/perf-LABEL.data`, DWARF call graphs (the
+/// release build keeps line tables and has no frame pointers).
+fn perf_record(dir: &Path, label: &str, pid: u32) -> Result<ChildGuard> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let out = dir.join(format!("perf-{}.data", label.replace('/', "")));
+    let child = std::process::Command::new("perf")
+        .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-p", &pid.to_string(), "-o"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("run perf (Debian: linux-perf)")?;
+    println!("      perf: recording the daemon into {}", out.display());
+    Ok(ChildGuard(child))
+}
+
+/// Stops `perf record` so that it writes its file out.
+fn stop_perf(mut perf: ChildGuard) -> Result<()> {
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(perf.0.id() as i32, libc::SIGINT) };
+    perf.0.wait().context("wait for perf")?;
+    Ok(())
 }
 
 fn percent(share: Option<f64>) -> String {
