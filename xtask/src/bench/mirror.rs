@@ -513,11 +513,14 @@ fn print_run(run: &Run, base: Option<&Run>) {
         tool(|t| format!("{:.0}", t.peak_mib)),
     );
     if run.load.failed + run.load.unsent > 0 {
+        let cause = match (&run.load.first_error, run.load.failed) {
+            (Some(error), _) => format!(" (first error: {error})"),
+            (None, 0) => String::new(),
+            (None, _) => " (non-200 answers)".into(),
+        };
         println!(
-            "      production: {} failed, {} never sent ({})",
-            run.load.failed,
-            run.load.unsent,
-            run.load.first_error.as_deref().unwrap_or("non-200 answers")
+            "      production: {} failed{cause}, {} due but never sent (production fell behind the schedule)",
+            run.load.failed, run.load.unsent
         );
     }
     if let Some(losses) = &run.losses {
