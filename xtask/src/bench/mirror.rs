@@ -101,19 +101,23 @@ const GOREPLAY_LOSSLESS: f64 = 6_000.0;
 /// At most this many short connections open at once on the client.
 const SHORT_IN_FLIGHT: usize = 4_096;
 
+/// What carries production's traffic in a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
+    /// Client straight to production.
     NoMirror,
-    ShadowMirror,
-    NginxMirror,
+    /// Client straight to production, shadow mirror's daemon capturing and replaying.
+    Daemon,
+    /// Client to nginx `mirror`, inline in front of production.
+    Nginx,
 }
 
 impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::NoMirror => "no mirror",
-            Mode::ShadowMirror => "shadow mirror",
-            Mode::NginxMirror => "nginx mirror",
+            Mode::Daemon => "shadow mirror",
+            Mode::Nginx => "nginx mirror",
         }
     }
 }
@@ -163,8 +167,8 @@ impl Run {
     fn mirrored(&self) -> Option<f64> {
         match self.mode {
             Mode::NoMirror => None,
-            Mode::ShadowMirror => Self::share(self.compared.map(|c| c as f64), self.load.answered),
-            Mode::NginxMirror => Self::share(self.at_shadow.map(|c| c as f64), self.load.answered),
+            Mode::Daemon => Self::share(self.compared.map(|c| c as f64), self.load.answered),
+            Mode::Nginx => Self::share(self.at_shadow.map(|c| c as f64), self.load.answered),
         }
     }
 
@@ -317,7 +321,7 @@ impl<'a> Bench<'a> {
             Mode::NoMirror => {
                 (load::run(&self.trio.client, self.plan(production, rate, shape)), None, None, None)
             }
-            Mode::ShadowMirror => {
+            Mode::Daemon => {
                 let (port, shadow_port) = match shadow {
                     Shadow::Fast => (PORT, PORT),
                     Shadow::Slow => (PORT, SLOW_PORT),
@@ -329,7 +333,7 @@ impl<'a> Bench<'a> {
                     self.with_daemon(port, &spec, plan, &format!("{rate}-{}", repeat + 1))?;
                 (load, Some(tool), Some(compared), losses)
             }
-            Mode::NginxMirror => {
+            Mode::Nginx => {
                 let port = match shadow {
                     Shadow::Fast => INLINE_PORT,
                     Shadow::Slow => SLOW_INLINE_PORT,
@@ -602,7 +606,7 @@ pub(super) fn run(args: &BenchArgs, daemon_bin: &Path) -> Result<()> {
     println!(
         "cores = the tool's CPU over the load; core/1k = its CPU-seconds until drained per 1,000 requests."
     );
-    let modes = [Mode::NoMirror, Mode::ShadowMirror, Mode::NginxMirror];
+    let modes = [Mode::NoMirror, Mode::Daemon, Mode::Nginx];
     let keep_alive = Shape::KeepAlive { connections: CONNECTIONS };
     let mut sweep = Vec::new();
     for &rate in &args.rates {
@@ -621,7 +625,7 @@ pub(super) fn run(args: &BenchArgs, daemon_bin: &Path) -> Result<()> {
         println!("  offered {rate}/s:");
         shorts.extend(interleaved(
             &bench,
-            &[Mode::NoMirror, Mode::ShadowMirror],
+            &[Mode::NoMirror, Mode::Daemon],
             Rate::PerSecond(rate),
             short,
             Shadow::Fast,
@@ -646,10 +650,10 @@ pub(super) fn run(args: &BenchArgs, daemon_bin: &Path) -> Result<()> {
         for factor in [2u32, 5] {
             let offered = Rate::PerSecond((rate * f64::from(factor)) as u32);
             let measured: Vec<&Run> =
-                sweep.iter().filter(|r| r.rate == offered && r.mode == Mode::ShadowMirror).collect();
+                sweep.iter().filter(|r| r.rate == offered && r.mode == Mode::Daemon).collect();
             if measured.is_empty() {
                 println!("  offered {offered}:");
-                beyond.extend(interleaved(&bench, &[Mode::ShadowMirror], offered, keep_alive, Shadow::Fast)?);
+                beyond.extend(interleaved(&bench, &[Mode::Daemon], offered, keep_alive, Shadow::Fast)?);
             } else {
                 println!("  offered {offered}: measured in the sweep above");
             }
@@ -670,8 +674,7 @@ fn lossless_rate(sweep: &[Run]) -> Option<f64> {
     rates
         .into_iter()
         .filter_map(|rate| {
-            let runs: Vec<&Run> =
-                sweep.iter().filter(|r| r.rate == rate && r.mode == Mode::ShadowMirror).collect();
+            let runs: Vec<&Run> = sweep.iter().filter(|r| r.rate == rate && r.mode == Mode::Daemon).collect();
             if runs.is_empty() || !runs.iter().all(|r| r.lossless()) {
                 return None;
             }
@@ -686,7 +689,7 @@ fn of(runs: &[Run], mode: Mode, rate: Rate) -> Vec<&Run> {
 }
 
 fn judge(bench: &Bench, sweep: &[Run], shorts: &[Run], slow: &[Run], beyond: &[Run], lossless: Option<f64>) {
-    let nginx_runs = sweep.iter().filter(|r| r.mode == Mode::NginxMirror && r.load.answered > 0).count();
+    let nginx_runs = sweep.iter().filter(|r| r.mode == Mode::Nginx && r.load.answered > 0).count();
     target(
         Some(nginx_runs > 0),
         "nginx `mirror` measured in the same topology, interleaved with shadow mirror",
@@ -711,7 +714,7 @@ fn judge(bench: &Bench, sweep: &[Run], shorts: &[Run], slow: &[Run], beyond: &[R
     let mut all_below = true;
     for &rate in &rates {
         let p99 = |mode| worst(of(sweep, mode, rate).iter().map(|r| r.load.quantile_ms(0.99)));
-        if let (Some(ours), Some(theirs)) = (p99(Mode::ShadowMirror), p99(Mode::NginxMirror)) {
+        if let (Some(ours), Some(theirs)) = (p99(Mode::Daemon), p99(Mode::Nginx)) {
             all_below &= ours <= theirs;
             below_nginx.push(format!("{rate} {ours:.2} vs {theirs:.2} ms"));
         }
@@ -724,7 +727,7 @@ fn judge(bench: &Bench, sweep: &[Run], shorts: &[Run], slow: &[Run], beyond: &[R
 
     let ratios: Vec<(Rate, f64)> = sweep
         .iter()
-        .filter(|r| r.mode == Mode::ShadowMirror && r.rate.per_second().is_some_and(|r| r <= 6_000.0))
+        .filter(|r| r.mode == Mode::Daemon && r.rate.per_second().is_some_and(|r| r <= 6_000.0))
         .filter_map(|r| {
             let base = sweep
                 .iter()
@@ -739,7 +742,7 @@ fn judge(bench: &Bench, sweep: &[Run], shorts: &[Run], slow: &[Run], beyond: &[R
         &worst_ratio.map_or_else(|| "no rate <= 6,000/s measured".into(), |w| format!("worst {w:.2}x")),
     );
 
-    let at_10k = of(sweep, Mode::ShadowMirror, Rate::PerSecond(10_000));
+    let at_10k = of(sweep, Mode::Daemon, Rate::PerSecond(10_000));
     let per_1k = worst(at_10k.iter().filter_map(|r| r.tool.map(|t| t.per_1k)));
     target(
         per_1k.map(|c| c <= 0.03),
@@ -762,7 +765,7 @@ fn judge(bench: &Bench, sweep: &[Run], shorts: &[Run], slow: &[Run], beyond: &[R
         rates
             .into_iter()
             .filter(|&rate| {
-                let runs = of(shorts, Mode::ShadowMirror, rate);
+                let runs = of(shorts, Mode::Daemon, rate);
                 !runs.is_empty() && runs.iter().all(|r| r.lossless())
             })
             .filter_map(|r| match r {
@@ -774,7 +777,7 @@ fn judge(bench: &Bench, sweep: &[Run], shorts: &[Run], slow: &[Run], beyond: &[R
     let best_short = short_lossless.iter().max().copied();
     let short_shares: Vec<String> = shorts
         .iter()
-        .filter(|r| r.mode == Mode::ShadowMirror)
+        .filter(|r| r.mode == Mode::Daemon)
         .map(|r| format!("{} {}", r.rate, percent(r.mirrored())))
         .collect();
     target(
@@ -801,7 +804,7 @@ fn judge(bench: &Bench, sweep: &[Run], shorts: &[Run], slow: &[Run], beyond: &[R
             let candidates: Vec<&Run> = sweep
                 .iter()
                 .chain(beyond)
-                .filter(|r| r.mode == Mode::ShadowMirror)
+                .filter(|r| r.mode == Mode::Daemon)
                 .filter(|r| [2.0, 5.0].iter().any(|f| r.rate.per_second() == Some((l * f).trunc())))
                 .collect();
             let mut ok = !candidates.is_empty();
@@ -836,17 +839,17 @@ fn judge(bench: &Bench, sweep: &[Run], shorts: &[Run], slow: &[Run], beyond: &[R
     }
 
     let replayed: Vec<String> =
-        slow.iter().filter(|r| r.mode == Mode::ShadowMirror).map(|r| percent(r.mirrored())).collect();
+        slow.iter().filter(|r| r.mode == Mode::Daemon).map(|r| percent(r.mirrored())).collect();
     let slow_p99 = |mode| worst(slow.iter().filter(|r| r.mode == mode).map(|r| r.load.quantile_ms(0.99)));
     let nginx_rate: Vec<String> = slow
         .iter()
-        .filter(|r| r.mode == Mode::NginxMirror)
+        .filter(|r| r.mode == Mode::Nginx)
         .map(|r| format!("{:.0}/s", r.load.achieved_rps()))
         .collect();
     println!(
         "  slow shadow: shadow mirror replayed {}, production p99 {:.2} ms (none {:.2} ms); nginx mirror achieved {}",
         replayed.join(", "),
-        slow_p99(Mode::ShadowMirror).unwrap_or(0.0),
+        slow_p99(Mode::Daemon).unwrap_or(0.0),
         slow_p99(Mode::NoMirror).unwrap_or(0.0),
         nginx_rate.join(", ")
     );
