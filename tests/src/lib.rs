@@ -13,8 +13,10 @@ pub mod image;
 pub mod journal;
 pub mod kube_api;
 pub mod llm;
+pub mod load;
 pub mod model_server;
 pub mod netns;
+pub mod nginx;
 pub mod pcap_streams;
 pub mod python;
 

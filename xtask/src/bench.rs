@@ -12,8 +12,12 @@
 //! - `records` (criterion, `mirror-daemon/benches/records.rs`): the record writer with rotation
 //!   on — 1 KiB records pushed as the reporter does, appended, rotated every 16 MiB, rotated files
 //!   gzip-compressed in the background (or not): records/s and MB/s sustained.
-//! - `mirror` (needs root): a client/production/shadow namespace topology under paced HTTP/1.1
-//!   inference load at increasing rates (`--rates`), 8 keep-alive client connections.
+//! - `mirror` (needs root, `bench/mirror.rs`): shadow mirror side by side with no mirror and with
+//!   nginx's inline `mirror`, nginx answering 1 KiB JSON as production and shadow, open-loop load on
+//!   64 keep-alive connections at each of `--rates` (`max`: as fast as answered), the three modes
+//!   interleaved and `--repeats` times; then short connections at `--short-rates`, a shadow
+//!   answering in 200 ms at `--slow-rate`, shadow mirror at 2x and 5x its lossless rate, and issue
+//!   12's Targets, each with its measured value and pass/fail.
 //! - `mirror-grpc` (needs root): the same topology with gRPC: production and shadow are the
 //!   grpcio Open Inference Protocol servers of the test support (`tests/python/oip_server.py`),
 //!   the client makes unary `ModelInfer` calls at each of `--grpc-rates`, over each number of
@@ -35,19 +39,23 @@
 //! - `kernel` (needs root, `bench_kernel.rs`): the kernel programs' ns per packet from bpf_stats,
 //!   under bounded loads of small exchanges and of 64 KiB bodies (GSO super-packets on TC).
 //!
-//! Both mirror parts run each rate once without the daemon and once with it mirroring every
-//! request (100% sampling) to the shadow, and report production p50/p99 latency with and without
-//! (as the client measured it), the daemon's CPU (user + system, % of one core, over the load) and
-//! RSS, and how many exchanges were compared; the highest rate with less than 0.1% not compared
-//! and at least 95% of the asked rate achieved is the headline. Nothing is expected: every number
-//! is what was measured on this machine, whose cores client, servers and daemon share.
+//! `mirror-grpc` runs each rate once without the daemon and once with it mirroring every request
+//! (100% sampling) to the shadow, and reports production p50/p99 latency with and without (as the
+//! client measured it), the daemon's CPU (user + system, % of one core, over the load) and RSS, and
+//! how many exchanges were compared; the highest rate with less than 0.1% not compared and at least
+//! 95% of the asked rate achieved is the headline. Nothing is expected: every number is what was
+//! measured on this machine, whose cores client, servers and daemon share.
 //!
 //! Flags: `--which pipeline|pipeline-h2|records|mirror|mirror-grpc|mirror-llm|verdict|kernel|all`,
-//! `--seconds S` (load per rate and mode, default 5), `--rates R,...` (HTTP/1.1 requests/s, default 250,500,1000,2000,3000),
-//! `--grpc-rates R,...` (calls/s, default the same as `--rates`), `--grpc-connections N,...`
+//! `--seconds S` (load per rate and mode, default 5), `--rates R,...` (HTTP/1.1 requests/s or `max`, default 6000,10000,20000,max),
+//! `--repeats N` (default 2), `--short-rates R,...` (new connections/s, default 1000,2000,5000),
+//! `--slow-rate R` (default 1000), `--perf-record DIR` (`perf record` each shadow-mirror run),
+//! `--grpc-rates R,...` (calls/s, default 250,500,1000,2000,3000), `--grpc-connections N,...`
 //! (default 1,4), `--grpc-concurrency C` (calls in flight at most, across the connections, default
 //! 64: the pacing is open-loop until that many are waiting), `--grpc-client h2load|python`
 //! (default h2load), `--verdict-rate R` (default 1000), `--verdict-clients C` (default 8).
+mod mirror;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -79,7 +87,7 @@ pub enum Which {
     PipelineH2,
     /// The record writer with rotation on (criterion).
     Records,
-    /// HTTP/1.1 mirroring under load (root).
+    /// HTTP/1.1 mirroring side by side with nginx `mirror` under load, judged on issue 12's Targets (root).
     Mirror,
     /// gRPC mirroring under load (root).
     MirrorGrpc,
@@ -113,9 +121,22 @@ pub struct BenchArgs {
     /// Which benchmarks to run.
     #[arg(long, value_enum, default_value_t = Which::All)]
     pub which: Which,
-    /// Request rates (per second) tried by the HTTP/1.1 mirror benchmark.
-    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,3000")]
-    pub rates: Vec<u32>,
+    /// Request rates (per second, or `max`: as fast as answered) of the HTTP/1.1 mirror benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "6000,10000,20000,max")]
+    pub rates: Vec<mirror::Rate>,
+    /// Runs of each mode at each rate in the HTTP/1.1 mirror benchmark, interleaved.
+    #[arg(long, default_value_t = 2)]
+    pub repeats: usize,
+    /// New connections per second (one request each) tried by the HTTP/1.1 mirror benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000,5000")]
+    pub short_rates: Vec<u32>,
+    /// Requests/s of the HTTP/1.1 mirror benchmark's slow-shadow case (the shadow answers in 200 ms).
+    #[arg(long, default_value_t = 1000)]
+    pub slow_rate: u32,
+    /// Record each shadow-mirror run of the HTTP/1.1 mirror benchmark with `perf record` into
+    /// this directory (`perf-RATE-REPEAT.data`; read with `perf report -i FILE`).
+    #[arg(long)]
+    pub perf_record: Option<PathBuf>,
     /// Seconds of load per rate and mode.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
@@ -173,7 +194,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         let daemon_bin = build::run_build(&BuildArgs { debug: false })?;
         if args.which.includes(Which::Mirror) {
-            mirror(args, &daemon_bin)?;
+            mirror::run(args, &daemon_bin)?;
         }
         if args.which.includes(Which::MirrorGrpc) {
             mirror_grpc(args, &daemon_bin)?;
@@ -566,52 +587,6 @@ fn print_headline(best: Option<u32>, what: &str) {
         None => println!("\nno rate was mirrored with < 0.1% of {what} not compared"),
     }
     println!("(CPU is the daemon's user+system time over the load, in % of one core.)");
-}
-
-fn mirror(args: &BenchArgs, daemon_bin: &Path) -> Result<()> {
-    let server_bin = daemon_bin.with_file_name("model-server");
-    let trio = Trio::new();
-    let production = SocketAddr::from((trio.production_addr, 8080));
-    let shadow = SocketAddr::from((trio.shadow_addr, 8080));
-    let options = ServerOptions::default();
-    let (_v1, _) = model_server::start(&server_bin, &trio.production, &[production], &options)
-        .context("start the production model server")?;
-    let (_v2, _) = model_server::start(&server_bin, &trio.shadow, &[shadow], &options)
-        .context("start the shadow model server")?;
-    let record: PathBuf =
-        std::env::temp_dir().join(format!("shadow-mirror-bench-{}.jsonl", std::process::id()));
-
-    println!(
-        "\nmirror benchmark (HTTP/1.1): {} s per rate, 8 keep-alive client connections, OIP requests of \
-         1-4 rows,",
-        args.seconds
-    );
-    println!(
-        "100% sampling to one shadow; client, production, shadow and daemon share this machine's cores.\n"
-    );
-    print_table_head();
-    let mut best: Option<u32> = None;
-    let shadow_spec = format!("model-v2=http://{shadow}");
-    for &rate in &args.rates {
-        let without = load(&trio.client, production, rate, args.seconds);
-        let (with, daemon) = with_daemon(&trio, daemon_bin, 8080, &shadow_spec, &record, || {
-            Ok(load(&trio.client, production, rate, args.seconds))
-        })
-        .with_context(|| format!("at {rate}/s"))?;
-        if print_row(rate, &without, &with, &daemon) {
-            best = Some(rate);
-        }
-        if without.failed + with.failed > 0 {
-            bail!(
-                "production requests failed at {rate}/s: {} without, {} with the daemon",
-                without.failed,
-                with.failed
-            );
-        }
-    }
-    let _ = std::fs::remove_file(&record);
-    print_headline(best, "exchanges");
-    Ok(())
 }
 
 /// The gRPC port of production and shadow (Triton's and the tests' choice).

@@ -3,8 +3,8 @@
 //! Debian provides a rustc (1.96) with a prebuilt `core` for `bpfel-unknown-none`
 //! (`libstd-rust-web-dev-bpf`), so no nightly `-Z build-std` is needed; bpf-linker is built from
 //! crates.io against Debian's LLVM 22. Test and benchmark tools (tcpdump, wrk, curl, nghttp2's
-//! tools incl. h2load, python3, prometheus and promtool) come from Debian too; the Python gRPC stack of the tests is a pinned
-//! virtualenv (`mirror_tests::python`).
+//! tools incl. h2load, nginx, linux-perf, python3, prometheus and promtool) come from Debian too;
+//! the Python gRPC stack of the tests is a pinned virtualenv (`mirror_tests::python`).
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
@@ -31,6 +31,11 @@ pub const PACKAGES: &[&str] = &[
     "nghttp2-server",
     "nghttp2-proxy",
     "wrk",
+    // The mirror benchmark's production and shadow (a static 1 KiB JSON answer) and the inline
+    // `mirror` proxy shadow mirror is measured against.
+    "nginx",
+    // `perf record -g -p PID`: where the daemon's CPU goes under the mirror benchmark's load.
+    "linux-perf",
     "python3",
     "python3-venv",
     "util-linux",

@@ -3,7 +3,7 @@
 //! The schema is documented in the README and kept stable: fields are only ever added. Secrets stay
 //! out: `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie` and configured headers are
 //! redacted, and bodies are written only when asked for (`--record-bodies`).
-use std::{collections::HashSet, net::SocketAddr};
+use std::net::SocketAddr;
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -19,9 +19,12 @@ pub const ALWAYS_REDACTED: [&str; 5] =
     ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"];
 
 /// Replaces the value of sensitive headers.
+///
+/// Every header of every exchange is checked, so the check allocates nothing: a handful of
+/// lowercase names compared ignoring ASCII case (cheaper than lowercasing and hashing each name).
 #[derive(Clone, Debug)]
 pub struct Redactor {
-    names: HashSet<String>,
+    names: Vec<String>,
 }
 
 impl Default for Redactor {
@@ -33,13 +36,18 @@ impl Default for Redactor {
 impl Redactor {
     /// The always-redacted headers plus `extra` (case-insensitive).
     pub fn new(extra: &[String]) -> Self {
-        let names =
-            ALWAYS_REDACTED.iter().map(|s| s.to_string()).chain(extra.iter().map(|s| s.to_ascii_lowercase()));
-        Self { names: names.collect() }
+        let mut names: Vec<String> = ALWAYS_REDACTED
+            .iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().map(|s| s.to_ascii_lowercase()))
+            .collect();
+        names.sort();
+        names.dedup();
+        Self { names }
     }
 
     pub fn is_redacted(&self, name: &str) -> bool {
-        self.names.contains(&name.to_ascii_lowercase())
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 
     /// `[name, value]` pairs in wire order; values lossily decoded, secrets replaced.
@@ -280,11 +288,12 @@ pub struct ExchangeRecord {
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(data: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(data);
     let mut out = String::with_capacity(64);
     for byte in digest {
-        use std::fmt::Write;
-        let _ = write!(out, "{byte:02x}");
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     out
 }
