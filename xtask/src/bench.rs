@@ -28,7 +28,7 @@
 //!   checks HTTP statuses only. `--grpc-client python` runs `tests/python/grpc_client.py` instead:
 //!   a distinct request of 1–4 rows per call, each call's gRPC status checked.
 //!
-//! - `mirror-llm` (needs root, `bench_llm.rs`): 1,000 streamed LLM answers of 200 events open at
+//! - `mirror-llm` (needs root, `bench/llm.rs`): 1,000 streamed LLM answers of 200 events open at
 //!   once through the same topology: daemon CPU and RSS, the share of streams compared, and
 //!   production's TTFT with and without the daemon.
 //! - `verdict` (needs root): `GET /verdict` latency on the daemon's metrics listener, each request
@@ -36,7 +36,7 @@
 //!   `--verdict-rate` requests/s, first one client asking in a loop, then `--verdict-clients` at
 //!   once; p50/p99/max of each phase, and production's p99 and the share compared meanwhile.
 //!
-//! - `kernel` (needs root, `bench_kernel.rs`): the kernel programs' ns per packet from bpf_stats,
+//! - `kernel` (needs root, `bench/kernel.rs`): the kernel programs' ns per packet from bpf_stats,
 //!   under bounded loads of small exchanges and of 64 KiB bodies (GSO super-packets on TC).
 //!
 //! `mirror-grpc` runs each rate once without the daemon and once with it mirroring every request
@@ -54,6 +54,8 @@
 //! (default 1,4), `--grpc-concurrency C` (calls in flight at most, across the connections, default
 //! 64: the pacing is open-loop until that many are waiting), `--grpc-client h2load|python`
 //! (default h2load), `--verdict-rate R` (default 1000), `--verdict-clients C` (default 8).
+mod kernel;
+mod llm;
 mod mirror;
 
 use std::{
@@ -159,7 +161,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     pub verdict_clients: usize,
     #[command(flatten)]
-    pub llm: crate::bench_llm::LlmBenchArgs,
+    pub llm: llm::LlmBenchArgs,
 }
 
 /// Runs one criterion benchmark of the daemon crate.
@@ -203,11 +205,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             verdict(args, &daemon_bin)?;
         }
         if args.which.includes(Which::MirrorLlm) {
-            crate::bench_llm::run(&args.llm, &daemon_bin)?;
+            llm::run(&args.llm, &daemon_bin)?;
         }
     }
     if args.which.includes(Which::Kernel) {
-        crate::bench_kernel::run()?;
+        kernel::run()?;
     }
     Ok(())
 }
@@ -437,37 +439,43 @@ struct DaemonUse {
     summary: String,
 }
 
-/// The value of `"key":` in a JSON log line: a number, or a string with its escapes undone.
-fn json_field(line: &str, key: &str) -> Option<String> {
-    let rest = &line[line.find(&format!("\"{key}\":"))? + key.len() + 3..];
-    if let Some(text) = rest.strip_prefix('"') {
-        let mut value = String::new();
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '"' => return Some(value),
-                '\\' => value.extend(chars.next()),
-                c => value.push(c),
-            }
-        }
-        None
-    } else {
-        Some(rest.chars().take_while(|c| c.is_ascii_digit()).collect())
-    }
-}
-
-/// What the daemon's final summary says about losses, from its JSON log.
+/// The daemon's final summary: exchanges rebuilt, kernel counters, pipeline losses, replay counters.
 fn final_summary(log: &str) -> String {
     let Some(line) = log.lines().rev().find(|l| l.contains("\"final summary\"")) else {
         return "no final summary logged".into();
     };
-    let field = |key| json_field(line, key).filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_string();
+    };
+    let fields = v.get("fields").unwrap_or(&v);
+    let field = |key: &str| match &fields[key] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) if s.is_empty() => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
     format!(
-        "rebuilt {}; pipeline losses: {}; replay: {}",
+        "rebuilt {}; kernel: {}; pipeline losses: {}; replay: {}",
         field("exchanges"),
+        field("kernel"),
         field("drops"),
         field("replay")
     )
+}
+
+/// Spawns the daemon `command` describes with its stderr read as it comes (so a chatty daemon
+/// never blocks on a full pipe); the thread gives the whole log back once the daemon exits.
+fn spawn_logged(
+    command: &mut std::process::Command,
+) -> Result<(ChildGuard, std::thread::JoinHandle<String>)> {
+    let mut child = command.stderr(Stdio::piped()).spawn().context("start mirror-daemon")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    Ok((ChildGuard(child), log))
 }
 
 /// Records per verdict, `not_compared` split by reason.
@@ -500,26 +508,16 @@ fn with_daemon(
     load: impl FnOnce() -> Result<Load>,
 ) -> Result<(Load, DaemonUse)> {
     let _ = std::fs::remove_file(record);
-    let mut child = trio
-        .production
-        .command(daemon_bin)
-        .args(["--log-format", "json", "run", "--interface", &trio.production_if])
-        .args(["--port", &port.to_string()])
-        .args(["--shadow", shadow_spec, "--metrics-addr", "off", "--record"])
-        .arg(record)
-        // Warnings, and the summaries of the mirror loop (the final one counts every loss).
-        .env("MIRROR_LOG", "warn,mirror_daemon::mirror=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start mirror-daemon")?;
-    let mut stderr = child.stderr.take().context("stderr")?;
-    // Read as it comes, so a chatty daemon never blocks on a full pipe.
-    let log = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let mut daemon = ChildGuard(child);
+    let (mut daemon, log) = spawn_logged(
+        trio.production
+            .command(daemon_bin)
+            .args(["--log-format", "json", "run", "--interface", &trio.production_if])
+            .args(["--port", &port.to_string()])
+            .args(["--shadow", shadow_spec, "--metrics-addr", "off", "--record"])
+            .arg(record)
+            // Warnings, and the summaries of the mirror loop (the final one counts every loss).
+            .env("MIRROR_LOG", "warn,mirror_daemon::mirror=info"),
+    )?;
     let pid = daemon.0.id();
     // Attached when the kernel programs show up; the JSON log is quiet at warn.
     std::thread::sleep(Duration::from_millis(1500));

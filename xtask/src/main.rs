@@ -6,8 +6,6 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
-mod bench_kernel;
-mod bench_llm;
 mod build;
 mod demo;
 mod fuzz;

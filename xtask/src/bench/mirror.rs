@@ -39,7 +39,7 @@ use mirror_tests::{
     nginx::{self, Nginx},
 };
 
-use super::{BenchArgs, cpu_seconds, final_summary, rss_mib, verdicts};
+use super::{BenchArgs, cpu_seconds, final_summary, rss_mib, spawn_logged, verdicts};
 
 /// A keep-alive load rate: requests/s, or as fast as answers come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,28 +375,18 @@ impl<'a> Bench<'a> {
         label: &str,
     ) -> Result<(Outcome, ToolUse, usize, Option<String>)> {
         let _ = std::fs::remove_file(&self.record);
-        let mut child = self
-            .trio
-            .production
-            .command(self.daemon_bin)
-            .args(["--log-format", "json", "run", "--interface", &self.trio.production_if])
-            .args(["--port", &port.to_string()])
-            .args(["--shadow", shadow_spec, "--metrics-addr", "off", "--record"])
-            .arg(&self.record)
-            .args(["--record-max-size", "off"])
-            // Warnings, and the summaries of the mirror loop (the final one counts every loss).
-            .env("MIRROR_LOG", "warn,mirror_daemon::mirror=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start mirror-daemon")?;
-        let mut stderr = child.stderr.take().context("stderr")?;
-        // Read as it comes, so a chatty daemon never blocks on a full pipe.
-        let log = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-            text
-        });
-        let mut daemon = ChildGuard(child);
+        let (mut daemon, log) = spawn_logged(
+            self.trio
+                .production
+                .command(self.daemon_bin)
+                .args(["--log-format", "json", "run", "--interface", &self.trio.production_if])
+                .args(["--port", &port.to_string()])
+                .args(["--shadow", shadow_spec, "--metrics-addr", "off", "--record"])
+                .arg(&self.record)
+                .args(["--record-max-size", "off"])
+                // Warnings, and the summaries of the mirror loop (the final one counts every loss).
+                .env("MIRROR_LOG", "warn,mirror_daemon::mirror=info"),
+        )?;
         let pid = daemon.0.id();
         // Attached when the kernel programs show up; the JSON log is quiet at warn.
         std::thread::sleep(Duration::from_millis(1500));

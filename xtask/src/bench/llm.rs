@@ -32,12 +32,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use mirror_tests::{
-    ChildGuard,
     llm::{self, ServerOptions},
     netns::{Netns, Trio},
     python,
 };
 use serde_json::Value;
+
+use super::{cpu_seconds, final_summary, rss_mib};
 
 /// Options of the streamed-LLM mirror benchmark.
 #[derive(Debug, Args)]
@@ -107,29 +108,6 @@ fn load(ns: &Netns, target: SocketAddr, args: &LlmBenchArgs, id_prefix: &str) ->
     })
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let fields: Vec<&str> =
-        stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
-/// A `/proc/PID/status` size field (`VmRSS:`, `VmHWM:`) in MiB.
-fn status_mib(pid: u32, key: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// Lines in the record file so far.
 fn record_lines(record: &Path) -> usize {
     std::fs::read(record).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0)
@@ -184,30 +162,6 @@ fn counts(map: &BTreeMap<String, usize>) -> String {
     map.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ")
 }
 
-/// The daemon's final summary: exchanges rebuilt, kernel counters, pipeline losses, replay counters.
-fn final_summary(log: &str) -> String {
-    let Some(line) = log.lines().rev().find(|l| l.contains("\"final summary\"")) else {
-        return "no final summary logged".into();
-    };
-    let Ok(v) = serde_json::from_str::<Value>(line) else {
-        return line.to_string();
-    };
-    let fields = v.get("fields").unwrap_or(&v);
-    let field = |key: &str| match &fields[key] {
-        Value::Null => "-".to_string(),
-        Value::String(s) if s.is_empty() => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    format!(
-        "rebuilt {}; kernel: {}; pipeline losses: {}; replay: {}",
-        field("exchanges"),
-        field("kernel"),
-        field("drops"),
-        field("replay")
-    )
-}
-
 /// The most `buffered_bytes` (reassembly and framing buffers) and tracked `connections` any
 /// summary of the daemon's JSON log reported.
 fn buffered_max(log: &str) -> (u64, u64) {
@@ -242,28 +196,25 @@ fn mirrored(trio: &Trio, daemon_bin: &Path, shadow: SocketAddr, args: &LlmBenchA
     let _ = std::fs::remove_file(&record);
     let in_flight = args.llm_streams.max(64).to_string();
     let queue = (args.llm_streams * 2).max(1024).to_string();
-    let mut child = trio
-        .production
-        .command(daemon_bin)
-        .args(["--log-format", "json", "run", "--interface", &trio.production_if])
-        .args(["--port", &PORT.to_string(), "--production-model", "llm-v1"])
-        .args(["--shadow", &format!("llm-v2=http://{shadow}"), "--metrics-addr", "off"])
-        .args(["--shadow-max-in-flight", &in_flight, "--shadow-queue", &queue, "--summary-interval", "1s"])
-        .arg("--record")
-        .arg(&record)
-        // Warnings, and the summaries of the mirror loop (the final one counts every loss).
-        .env("MIRROR_LOG", "warn,mirror_daemon::mirror=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start mirror-daemon")?;
-    let mut stderr = child.stderr.take().context("stderr")?;
-    // Read as it comes, so a chatty daemon never blocks on a full pipe.
-    let log = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let mut daemon = ChildGuard(child);
+    let (mut daemon, log) = super::spawn_logged(
+        trio.production
+            .command(daemon_bin)
+            .args(["--log-format", "json", "run", "--interface", &trio.production_if])
+            .args(["--port", &PORT.to_string(), "--production-model", "llm-v1"])
+            .args(["--shadow", &format!("llm-v2=http://{shadow}"), "--metrics-addr", "off"])
+            .args([
+                "--shadow-max-in-flight",
+                &in_flight,
+                "--shadow-queue",
+                &queue,
+                "--summary-interval",
+                "1s",
+            ])
+            .arg("--record")
+            .arg(&record)
+            // Warnings, and the summaries of the mirror loop (the final one counts every loss).
+            .env("MIRROR_LOG", "warn,mirror_daemon::mirror=info"),
+    )?;
     let pid = daemon.0.id();
     std::thread::sleep(Duration::from_millis(1500));
     if let Some(status) = daemon.0.try_wait()? {
@@ -278,7 +229,7 @@ fn mirrored(trio: &Trio, daemon_bin: &Path, shadow: SocketAddr, args: &LlmBenchA
         std::thread::spawn(move || {
             let mut max = 0.0f64;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                max = max.max(status_mib(pid, "VmRSS:"));
+                max = max.max(rss_mib(pid).0);
                 std::thread::sleep(Duration::from_millis(100));
             }
             max
@@ -304,7 +255,7 @@ fn mirrored(trio: &Trio, daemon_bin: &Path, shadow: SocketAddr, args: &LlmBenchA
     let cpu_all = (cpu_seconds(pid) - cpu_before) / all_seconds;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let rss_max_mib = sampler.join().unwrap_or(0.0);
-    let peak_mib = status_mib(pid, "VmHWM:");
+    let peak_mib = rss_mib(pid).1;
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let status = daemon.0.wait()?;
