@@ -214,7 +214,18 @@ fn grpc_compressed_and_64_mib_messages_are_rebuilt_and_compared() {
     let daemon = start_daemon(
         &trio,
         &record,
-        &["--max-body-size", "96MiB", "--ring-buffer-size", "256MiB", "--shadow-timeout", "60s"],
+        &[
+            "--max-body-size",
+            "96MiB",
+            "--ring-buffer-size",
+            "256MiB",
+            // Two 64 MiB calls held at once (request, answer and the shadow's) need a budget
+            // to match.
+            "--memory-limit",
+            "4GiB",
+            "--shadow-timeout",
+            "60s",
+        ],
     );
     let production = SocketAddr::from((trio.production_addr, PORT));
     let small =
