@@ -40,6 +40,9 @@ use serde_json::Value;
 
 use super::{cpu_seconds, final_summary, rss_mib};
 
+/// The daemon's `--memory-limit` in this benchmark.
+const LLM_MEMORY_LIMIT: &str = "1GiB";
+
 /// Options of the streamed-LLM mirror benchmark.
 #[derive(Debug, Args)]
 pub struct LlmBenchArgs {
@@ -210,6 +213,10 @@ fn mirrored(trio: &Trio, daemon_bin: &Path, shadow: SocketAddr, args: &LlmBenchA
                 "--summary-interval",
                 "1s",
             ])
+            // 1,000 open streams hold ~38 MiB of partial answers on each side at once, more than
+            // the framing and replay shares of the default 256MiB budget (which then sheds and
+            // counts): the budget is raised to what this load needs, as a user running it would.
+            .args(["--memory-limit", LLM_MEMORY_LIMIT])
             .arg("--record")
             .arg(&record)
             // Warnings, and the summaries of the mirror loop (the final one counts every loss).
