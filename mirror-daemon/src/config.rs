@@ -209,6 +209,8 @@ pub struct LimitsSection {
     pub max_buffered_total: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_pending_comparisons: Option<usize>,
+    /// Threads rebuilding exchanges (`--workers`).
+    pub workers: Option<usize>,
 }
 
 /// Records, logs and metrics.
@@ -261,6 +263,7 @@ pub struct FileSettings {
     pub max_buffered_total: Option<u32>,
     pub idle_timeout: Option<Duration>,
     pub max_pending_comparisons: Option<usize>,
+    pub workers: Option<u16>,
     pub record: Option<PathBuf>,
     pub record_max_size: Option<Option<u64>>,
     pub record_keep: Option<u32>,
@@ -721,6 +724,10 @@ impl FileConfig {
         s.idle_timeout = c.positive_duration("limits.idle_timeout", limits.idle_timeout.as_ref());
         s.max_pending_comparisons =
             c.at_least_one("limits.max_pending_comparisons", limits.max_pending_comparisons);
+        s.workers = c.convert("limits.workers", limits.workers, |n| match u16::try_from(n) {
+            Ok(n @ 1..=256) => Ok(n),
+            _ => Err(format!("{n}: use 1 to 256 threads (default: the cores the daemon may use, at most 4)")),
+        });
 
         let out = &self.output;
         s.record = out.record.clone();

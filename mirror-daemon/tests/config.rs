@@ -309,6 +309,9 @@ fn limits_and_outputs_are_validated() {
     assert_problem("limits: {idle_timeout: 0s}", "limits.idle_timeout", &["longer than 0"]);
     assert_problem("limits: {max_body_size: 5GiB}", "limits.max_body_size", &["at most 4GiB"]);
     assert_problem("limits: {memory_limit: 16MiB}", "limits.memory_limit", &["at least 32MiB"]);
+    assert_problem("limits: {workers: 0}", "limits.workers", &["1 to 256 threads"]);
+    assert_problem("limits: {workers: 1000}", "limits.workers", &["1 to 256 threads"]);
+    assert_eq!(yaml("limits: {workers: 3}").unwrap().workers, Some(3));
     // Settings that do not fit in the budget: check-config says which and what to do.
     let over = yaml("capture: {interfaces: [eth0], ports: [80]}\nlimits: {memory_limit: 64MiB, max_buffered_total: 32MiB}")
         .unwrap()

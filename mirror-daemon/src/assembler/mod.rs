@@ -13,6 +13,7 @@
 //! Whatever cannot be rebuilt with certainty is dropped and counted in [`AssemblyDrops`]: a wrong
 //! comparison is worse than a missing one (the design's invariant 2).
 mod detect;
+pub mod shards;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -90,6 +91,11 @@ impl Assembler {
             shed,
             own_connections: config.own_connections,
         }
+    }
+
+    /// Numbers connections as [`FlowTable::number_ids`] does (for a shard of [`shards`]).
+    pub fn number_ids(&mut self, first: ConnId, step: ConnId) {
+        self.flows.number_ids(first, step);
     }
 
     /// Feeds one captured segment; what it completes is appended to `out`.

@@ -27,7 +27,10 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use mirror_daemon::{
-    assembler::{Assembler, AssemblerConfig},
+    assembler::{
+        AssemblerConfig,
+        shards::{self, ShardEvent, ShardStats, ShardedAssembler},
+    },
     budget::{self, Account, Shares},
     capture::{
         ignore::OwnConnections,
@@ -320,9 +323,19 @@ pub struct LimitArgs {
     /// Comparisons waiting for their production response or shadow answers at most.
     #[arg(long, default_value_t = 8192)]
     pub max_pending_comparisons: usize,
+    /// Threads rebuilding exchanges (TCP reassembly and HTTP framing); connections are spread over
+    /// them by their addresses and ports, and the connection and buffer limits split between them.
+    /// Default: the cores the daemon may use, at most 4.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
 }
 
 impl LimitArgs {
+    /// Rebuilding threads: `--workers`, or [`shards::default_workers`].
+    pub fn workers(&self) -> usize {
+        self.workers.map_or_else(shards::default_workers, usize::from)
+    }
+
     pub fn assembler_config(
         &self,
         shares: &Shares,
@@ -424,6 +437,7 @@ impl Invocation {
             "max_buffered_total": args.limits.max_buffered_total => file.max_buffered_total.map(Some);
             "idle_timeout": args.limits.idle_timeout => file.idle_timeout;
             "max_pending_comparisons": args.limits.max_pending_comparisons => file.max_pending_comparisons;
+            "workers": args.limits.workers => file.workers.map(Some);
             "shadow": args.mirror.shadow => file.shadows;
             "sample_percent": args.mirror.sample_percent => file.sample_percent;
             "route": args.mirror.route => file.routes;
@@ -745,14 +759,13 @@ impl Shedding {
         Self { controller: ShedController::new(ShedPolicy::default()), ring_bytes, ringbuf_full: 0 }
     }
 
-    /// One controller tick: measures, decides, and moves the kernel's level and the assembler's.
+    /// One controller tick: measures, decides, and moves the kernel's level; returns the new
+    /// level for the rebuilding shards to follow.
     fn tick(
         &mut self,
         kernel: &mut KernelCapture,
         reader: &mut mirror_daemon::capture::ring::RingReader,
-        assembler: &mut Assembler,
-        out: &mut Vec<mirror_daemon::exchange::Assembled>,
-    ) {
+    ) -> Option<u32> {
         let full =
             kernel.counters().map_or(self.ringbuf_full, |c| c.get(mirror_common::counter::RINGBUF_FULL));
         let load = reader.take_load();
@@ -762,12 +775,11 @@ impl Shedding {
             longest_drain: load.longest_drain,
         };
         self.ringbuf_full = full;
-        let Some(change) = self.controller.update(pressure) else { return };
+        let change = self.controller.update(pressure)?;
         if let Err(err) = kernel.set_shed_level(change.to) {
             tracing::warn!(%err, "could not move the shed level");
-            return;
+            return None;
         }
-        assembler.set_shed_level(change.to, monotonic_now_ns(), out);
         tracing::info!(
             reason = change.reason.as_str(),
             mirrored_share = mirrored_share(change.to),
@@ -779,6 +791,7 @@ impl Shedding {
                 "shedding connections"
             }
         );
+        Some(change.to)
     }
 }
 
@@ -891,10 +904,15 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     // Requests are announced as soon as they are complete even without shadows when a config file
     // is in use: a reload may add the first shadow.
     let announce = !shadows.is_empty() || args.config.is_some();
-    let mut assembler = Assembler::new(AssemblerConfig {
-        own_connections: Some(own.clone()),
-        ..args.limits.assembler_config(&shares, &cfg.ports, announce, args.resync_mid_stream)
-    });
+    let workers = args.limits.workers();
+    let mut shards = ShardedAssembler::start(
+        AssemblerConfig {
+            own_connections: Some(own.clone()),
+            ..args.limits.assembler_config(&shares, &cfg.ports, announce, args.resync_mid_stream)
+        },
+        workers,
+    )
+    .context("start the rebuilding threads")?;
     let (kernel, mut reader) = KernelCapture::start(&cfg)?;
     let attacher = Attacher::new(&cfg.server_addrs, cfg.filter_addrs);
     let mut capture = Capture { kernel, targets, attacher };
@@ -924,51 +942,66 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     let mut reconcile_every = tokio::time::interval(follow::RETRY_EVERY);
     let mut failure = None;
     let mut own_replays_seen = false;
-    let mut assembled = Vec::new();
+    let mut segments = Vec::new();
     let mut shed = (!args.no_shed).then(|| Shedding::new(cfg.ring_bytes));
     let mut shed_every = tokio::time::interval(SHED_TICK);
+    // Set by the summary tick; the summary goes out with the next snapshot of the shards, so that
+    // their counts and the dispatcher's describe the same moment.
+    let mut summary_due = false;
     let snapshot = |capture: &Capture,
                     reader: &mirror_daemon::capture::ring::RingReader,
-                    assembler: &Assembler,
+                    rebuilt: &ShardStats,
                     dispatcher: &Dispatcher| {
         let kernel = capture.kernel.counters().unwrap_or_default();
         Snapshot {
             losses: Losses {
                 kernel: Snapshot::kernel_drops(&kernel, reader.undecodable),
-                assembly: assembler.drops().clone(),
+                assembly: rebuilt.drops.clone(),
                 dispatch: dispatcher.counters.clone(),
                 replay_queue_full: dispatcher.replay_losses(),
                 // Counted by the record writer; the reporter fills them in.
                 records: Default::default(),
             },
             kernel,
-            connections: assembler.connections(),
-            buffered_bytes: assembler.memory_bytes(),
-            requests_in_progress: assembler.requests_in_progress() + dispatcher.requests_in_progress(),
-            shed_level: assembler.shed_level(),
+            connections: rebuilt.connections,
+            buffered_bytes: rebuilt.buffered_bytes,
+            requests_in_progress: rebuilt.requests_in_progress + dispatcher.requests_in_progress(),
+            shed_level: rebuilt.shed_level,
             replay: dispatcher.replay_counters(),
         }
     };
+    tracing::info!(workers, "rebuilding on {workers} thread(s)");
     loop {
         tokio::select! {
-            read = reader.read(|s| assembler.push(s, &mut assembled)) => {
+            read = reader.read(|s| segments.push(s)) => {
                 read.context("read the kernel ring buffer")?;
+                segments.drain(..).for_each(|s| shards.route(s));
+                shards.flush().await?;
             }
+            event = shards.next() => match event? {
+                ShardEvent::Items(items) => dispatcher.assembled(items.into_iter(), monotonic_now_ns()),
+                ShardEvent::Snapshot(rebuilt) => {
+                    own_replay_hint(&mut own_replays_seen, &rebuilt.drops, &dispatcher);
+                    if std::mem::take(&mut summary_due) {
+                        dispatcher.send_summary(snapshot(&capture, &reader, &rebuilt, &dispatcher));
+                    }
+                }
+            },
             Some(done) = done_rx.recv() => dispatcher.shadow_done(done),
             _ = expire_every.tick() => {
                 let now = monotonic_now_ns();
-                assembler.tick(now, &mut assembled);
+                shards.tick(now).await?;
                 dispatcher.expire(now);
                 own.expire(std::time::Instant::now());
-                own_replay_hint(&mut own_replays_seen, assembler.drops(), &dispatcher);
             }
             _ = shed_every.tick(), if shed.is_some() => {
-                if let Some(shed) = shed.as_mut() {
-                    shed.tick(&mut capture.kernel, &mut reader, &mut assembler, &mut assembled);
+                if let Some(level) = shed.as_mut().and_then(|shed| shed.tick(&mut capture.kernel, &mut reader)) {
+                    shards.set_shed_level(level, monotonic_now_ns()).await?;
                 }
             }
             _ = summary_every.tick() => {
-                dispatcher.send_summary(snapshot(&capture, &reader, &assembler, &dispatcher));
+                summary_due = true;
+                shards.request_snapshot().await?;
             }
             event = next_pod_event(&mut pod_events) => capture.pod_event(event, &metrics),
             err = watch_ended(&mut pod_watch) => {
@@ -986,16 +1019,14 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             _ = sigusr1.recv() => reopen_records(&reopener, "SIGUSR1"),
             () = &mut deadline => break,
         }
-        dispatcher.assembled(assembled.drain(..), monotonic_now_ns());
     }
 
     // Stop capturing: what was captured is rebuilt, and requests on connections still open are
     // counted (`open_at_exit`; their answers will not be captured). Then replays in flight get up
     // to their timeout to finish, and those still waiting are recorded `in_flight_at_exit`: every
     // request seen ends in the books.
-    reader.drain(|s| assembler.push(s, &mut assembled));
-    assembler.finish(&mut assembled);
-    dispatcher.assembled(assembled.drain(..), monotonic_now_ns());
+    reader.drain(|s| shards.route(s));
+    let rebuilt = shards.finish(|items| dispatcher.assembled(items.into_iter(), monotonic_now_ns())).await?;
     let grace = tokio::time::sleep(args.mirror.shadow_timeout + Duration::from_millis(100));
     // Every live client counts, including those of shadows removed by a reload with answers due.
     tokio::pin!(grace);
@@ -1007,7 +1038,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     }
     dispatcher.finish().await;
     let (tx, rx) = oneshot::channel();
-    let last = snapshot(&capture, &reader, &assembler, &dispatcher);
+    let last = snapshot(&capture, &reader, &rebuilt, &dispatcher);
     dispatcher.send_control(ReportItem::Final(Box::new(last), tx)).await;
     let _ = rx.await;
     drop(dispatcher);

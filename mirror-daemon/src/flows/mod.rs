@@ -261,6 +261,9 @@ pub struct FlowTable {
     /// Open connections by last activity, closed ones by closing time.
     order: Order,
     next_id: ConnId,
+    /// Added to `next_id` per new connection: tables of sharded assemblers number their
+    /// connections apart ([`FlowTable::number_ids`]).
+    id_step: ConnId,
     buffered: usize,
 }
 
@@ -272,8 +275,16 @@ impl FlowTable {
             conns: HashMap::new(),
             order: Order::new(),
             next_id: 1,
+            id_step: 1,
             buffered: 0,
         }
+    }
+
+    /// Numbers new connections `first`, `first + step`, `first + 2 * step`...: shard `i` of `n`
+    /// takes `(i + 1, n)`, so ids stay unique across the shards' tables.
+    pub fn number_ids(&mut self, first: ConnId, step: ConnId) {
+        self.next_id = first.max(1);
+        self.id_step = step.max(1);
     }
 
     /// Connections tracked, closed ones awaiting expiry included.
@@ -319,7 +330,7 @@ impl FlowTable {
             }
             self.make_room(out, stats);
             let id = self.next_id;
-            self.next_id += 1;
+            self.next_id += self.id_step;
             let slot = self.order.push(key, Queue::Open);
             let conn = Conn { id, slot, streams: Default::default(), last_ts: seg.ts_ns, closed: false };
             self.conns.insert(key, conn);
