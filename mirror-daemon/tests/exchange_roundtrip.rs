@@ -614,3 +614,65 @@ proptest! {
         prop_assert_eq!(a.connections(), 0);
     }
 }
+
+/// What resuming after a gap buys on a lossy capture of long keep-alive connections (the
+/// property tests above prove it never mispairs): connections whose handshake was captured, so
+/// that only gaps, not a mid-stream start, set the two runs apart. Prints the counts
+/// (`--nocapture`).
+#[test]
+fn resuming_after_gaps_recovers_exchanges_a_lossy_capture_loses() {
+    let mut rng = Rng(0x5eed_0012);
+    let (mut total, mut recovered, mut resumed, mut stopped) = (0usize, [0usize; 2], 0, 0);
+    for _ in 0..100 {
+        let conns: Vec<ConnSpec> = (0..3)
+            .map(|_| ConnSpec {
+                exchanges: (0..20)
+                    .map(|_| ExSpec {
+                        method: rng.below(METHODS.len() as u64) as usize,
+                        req_len: rng.below(2000) as usize,
+                        req_chunks: (rng.below(3) == 0).then(|| vec![1 + rng.below(700) as usize]),
+                        status: rng.below(STATUSES.len() as u64) as usize,
+                        resp_len: rng.below(4000) as usize,
+                        resp_chunks: (rng.below(3) == 0).then(|| vec![1 + rng.below(900) as usize]),
+                    })
+                    .collect(),
+                depth: 1,
+                mss: if rng.below(2) == 0 { 333 } else { 1460 },
+                client_isn: rng.next() as u32,
+                server_isn: rng.next() as u32,
+                close_delimited_last: false,
+            })
+            .collect();
+        let w = wire(&conns, rng.next(), Chaos::Lossy);
+        let handshake = |client: &SocketAddr| {
+            let syn = |from_client: bool| {
+                w.segments.iter().any(|s| s.is_syn() && (if from_client { s.src } else { s.dst }) == *client)
+            };
+            syn(true) && syn(false)
+        };
+        total += w.expected.iter().filter(|(c, _)| handshake(c)).map(|(_, x)| x.len()).sum::<usize>();
+        for (run, resync_mid_stream) in [false, true].into_iter().enumerate() {
+            let (out, a) = assemble_with(&w, HttpConfig { resync_mid_stream, ..HttpConfig::default() });
+            for e in &out {
+                let expected = &w.expected[&e.client];
+                let pos = expected.iter().position(|x| x.request.target == e.request.target);
+                assert_eq!(pos.map(|p| strip(&expected[p])), Some(strip(e)), "mispaired");
+            }
+            recovered[run] += out.iter().filter(|e| handshake(&e.client)).count();
+            let d = a.drops();
+            assert_eq!(d.requests_seen, out.len() as u64 + d.requests_lost(), "{d:?}");
+            if resync_mid_stream {
+                resumed += d.gap_resumed_connections;
+                stopped += d.gap_desync_connections;
+            } else {
+                assert_eq!(d.gap_resumed_connections, 0, "nothing resumes without the option");
+            }
+        }
+    }
+    eprintln!(
+        "exchanges on connections with their handshake: {total}; rebuilt without resuming {}, \
+         with {} ({resumed} resumptions after {stopped} connection-stopping gaps)",
+        recovered[0], recovered[1]
+    );
+    assert!(recovered[1] > recovered[0], "resuming recovered nothing: {recovered:?} of {total}");
+}
