@@ -31,6 +31,8 @@ pub(super) struct Pending {
     /// The acknowledgement number of the segment carrying the request's first byte (see
     /// `resync.rs`).
     pub(super) request_ack: Option<u32>,
+    /// Where its answer starts was checked against `request_ack` (see `checks_acks`).
+    pub(super) answer_checked: bool,
     pub(super) response: Option<Response>,
     pub(super) response_done: bool,
     pub(super) response_first_ns: u64,
@@ -71,6 +73,9 @@ pub struct Connection {
     pub(super) after_gap: Option<VecDeque<Input>>,
     /// Resynchronising after a gap: counted as resumed once it succeeds.
     pub(super) resuming: bool,
+    /// Picked up at a request (`--resync-mid-stream`): from then on, each answer must start where
+    /// its request's acknowledgement says, or the pairing is doubted (`doubt_answer`).
+    pub(super) checks_acks: bool,
     /// Sequence number of the server stream's first byte, once it started.
     pub(super) server_base: Option<u32>,
     /// Offset in the server's stream of its next byte to be delivered.
@@ -116,6 +121,7 @@ impl Connection {
             server_fin_held: false,
             after_gap: None,
             resuming: false,
+            checks_acks: false,
             server_base: None,
             server_pos: 0,
             head_ack: None,
@@ -402,6 +408,7 @@ impl Connection {
                     request_first_ns: self.requests.first_ts,
                     request_last_ns: ts,
                     request_ack: self.head_ack,
+                    answer_checked: false,
                     response: None,
                     response_done: false,
                     response_first_ns: 0,
@@ -484,7 +491,7 @@ impl Connection {
                 Input::Data(mut data, ts, off) => {
                     let len = data.len();
                     self.backlog_bytes -= len;
-                    let blocked = self.server_data(&mut data, ts, cfg, stats, out);
+                    let blocked = self.server_data(&mut data, ts, off, cfg, stats, out);
                     if !data.is_empty() && !self.stopped {
                         self.backlog_bytes += data.len();
                         let off = off + (len - data.len()) as u64;
@@ -515,10 +522,12 @@ impl Connection {
         &mut self,
         data: &mut Bytes,
         ts: u64,
+        off: u64,
         cfg: &HttpConfig,
         stats: &mut AssemblyDrops,
         out: &mut Vec<Assembled>,
     ) -> bool {
+        let end = off + data.len() as u64;
         while !data.is_empty() {
             if self.stopped {
                 return false;
@@ -527,6 +536,15 @@ impl Connection {
                 let Some(idx) = self.pending.iter().position(|p| p.response.is_none()) else {
                     return true;
                 };
+                if self.checks_acks && !self.responses.started && !self.pending[idx].answer_checked {
+                    self.pending[idx].answer_checked = true;
+                    let at = self.pending[idx].request_ack.and_then(|ack| self.server_offset(ack));
+                    let pos = end - data.len() as u64;
+                    if at != Some(pos) {
+                        self.doubt_answer(std::mem::take(data), ts, pos, cfg, stats, out);
+                        return false;
+                    }
+                }
                 let head = match self.responses.take_head(data, ts, cfg, Side::Server) {
                     Ok(HeadResult::Partial) => return false,
                     Ok(HeadResult::Complete(head)) => head,

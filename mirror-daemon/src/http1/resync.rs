@@ -37,6 +37,8 @@ use crate::{drops::AssemblyDrops, exchange::Assembled, flows::Side, framing::Htt
 /// chunks seen before the client side is resynchronised are kept (bounded) with their offsets and
 /// judged once it is. What a pipelining client can still defeat: a request pipelined behind one
 /// whose response had not started yet acknowledges that older response's start, and pairs with it.
+/// Afterwards every answer must start where its request's acknowledgement says
+/// ([`Connection::doubt_answer`]), so a wrong pick-up costs one exchange, not every later one.
 #[derive(Debug, Default)]
 pub(super) struct Resync {
     /// Client chunks of a candidate request head, from its first chunk, with their timestamps and
@@ -259,6 +261,7 @@ impl Connection {
         let held = std::mem::take(&mut resync.held);
         if at_answer && head.starts_with(STATUS_LINE) {
             self.resync = None;
+            self.checks_acks = true;
             if std::mem::take(&mut self.resuming) {
                 stats.gap_resumed_connections += 1;
             }
@@ -282,6 +285,30 @@ impl Connection {
         }
         for (chunk, chunk_ts, chunk_off) in held {
             self.resync_server(chunk, chunk_ts, chunk_off, cfg, stats, out);
+        }
+    }
+
+    /// On a connection picked up at a request, an answer that does not start where its request's
+    /// acknowledgement says: the pairing is no longer certain (the client pipelined, or the
+    /// request picked up at was not one). Once synchronised, answers pair first in, first out
+    /// whatever the client does, so this only happens when the point picked up at was wrong:
+    /// what is in progress is dropped and counted (`mid_stream_resync_failed`) before it can
+    /// mispair again, and the connection is resynchronised, `data` (at offset `off`) and the
+    /// server input after it included.
+    pub(super) fn doubt_answer(
+        &mut self,
+        data: Bytes,
+        ts: u64,
+        off: u64,
+        cfg: &HttpConfig,
+        stats: &mut AssemblyDrops,
+        out: &mut Vec<Assembled>,
+    ) {
+        let rest = std::mem::take(&mut self.backlog);
+        stats.mid_stream_resync_failed += self.restart_resync(stats);
+        self.resync_server_input(Input::Data(data, ts, off), cfg, stats, out);
+        for input in rest {
+            self.resync_server_input(input, cfg, stats, out);
         }
     }
 
@@ -312,7 +339,7 @@ impl Connection {
 
     /// The offset in the server's stream of acknowledgement number `ack`: `None` before the
     /// server's stream started, or when `ack` lies before its first captured byte.
-    fn server_offset(&self, ack: u32) -> Option<u64> {
+    pub(super) fn server_offset(&self, ack: u32) -> Option<u64> {
         let base = self.server_base?;
         let next = base.wrapping_add(self.server_pos as u32);
         let off = self.server_pos as i64 + i64::from(ack.wrapping_sub(next) as i32);

@@ -755,6 +755,32 @@ fn a_second_gap_after_resuming_is_resumed_from_too() {
     assert_books(&out, &stats);
 }
 
+#[test]
+fn an_answer_that_does_not_start_where_its_request_acknowledged_stops_a_wrong_pick_up() {
+    // A pipelining client, joined inside /a's body: /b was sent before /a's answer, so it
+    // acknowledges that answer's start and is paired with it (what resynchronisation cannot
+    // tell). /c, sent after /b's answer, acknowledges its own answer's start, not where first in,
+    // first out would put it: the pick-up was wrong, so /c is dropped instead of paired with /b's
+    // answer, and /d is picked up again correctly.
+    let mut c = Conn::new();
+    c.segs.clear();
+    c.client("\"inputs\": [1, 2]}")
+        .client("GET /b HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        .client("GET /c HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc")
+        .client("GET /d HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd")
+        .fin();
+    let (out, stats, a) = c.run_with(resync());
+    let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), &e.response.body[..])).collect();
+    assert_eq!(pairs, [("/b", &b"a"[..]), ("/d", &b"d"[..])], "{stats:?}");
+    assert_eq!(stats.mid_stream_resync_failed, 1, "/c");
+    assert_books(&out, &stats);
+    assert_eq!(a.memory_bytes(), 0);
+}
+
 /// The books: every request the framing saw start is an exchange or counted once, in requests.
 fn assert_books(out: &[Exchange], stats: &AssemblyDrops) {
     assert_eq!(stats.requests_seen, out.len() as u64 + stats.requests_lost(), "{stats:?}");
