@@ -150,10 +150,13 @@ counters! {
             mid_stream_connections,
             /// Bytes of connections first seen without a SYN (with `--resync-mid-stream`: until resynced).
             mid_stream_skipped_bytes,
-            /// With `--resync-mid-stream`: requests dropped because the first response after the request
-            /// chosen to resynchronise at did not start with a status line (a pipelining client, or a
-            /// retransmission).
+            /// With `--resync-mid-stream`: requests dropped because the server bytes where the
+            /// request chosen to resynchronise at says its answer starts (its acknowledgement) were
+            /// not captured or did not start a status line (a pipelining client, or a loss).
             mid_stream_resync_failed,
+            /// With `--resync-mid-stream`: times a connection whose framing a gap had lost
+            /// (`gap_desync_connections`) was picked up again at a later request.
+            gap_resumed_connections,
             /// Bytes skipped on connections that stopped being parsed (gap, malformed, unsupported,
             /// limit), and HTTP/2 DATA of streams that are not rebuilt.
             desync_skipped_bytes,

@@ -249,12 +249,8 @@ impl Rng {
 enum Chaos {
     /// Reordering, duplicates and overlaps only: everything must come out exactly.
     Clean,
-    /// Also lost ranges and dropped segments.
+    /// Also lost ranges and dropped segments, and more retransmissions.
     Lossy,
-    /// As `Lossy`, but without the retransmissions: a retransmission that fills a capture hole
-    /// carries a later timestamp than the bytes around it, which resynchronisation (that judges by
-    /// timestamps) cannot tell from a later message.
-    LossyWithoutRetransmissions,
     /// No handshake, and each connection's segments before a random point are not captured (a
     /// capture started on open keep-alive connections); otherwise as `Clean`, minus the
     /// retransmissions.
@@ -280,25 +276,36 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
         ts += 1;
         if chaos != Chaos::MidStream {
             head.push(Segment::new(client, server, spec.client_isn, SYN, Bytes::new(), ts));
-            head.push(Segment::new(server, client, spec.server_isn, SYN | ACK, Bytes::new(), ts));
+            let mut syn_ack = Segment::new(server, client, spec.server_isn, SYN | ACK, Bytes::new(), ts);
+            syn_ack.ack = spec.client_isn.wrapping_add(1);
+            head.push(syn_ack);
         }
         let mut segs = Vec::new();
         // Where each batch's first request starts in `segs`.
         let mut batch_starts = Vec::new();
         let (mut cseq, mut sseq) = (spec.client_isn.wrapping_add(1), spec.server_isn.wrapping_add(1));
         let mut streams: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        // Per side, where each batch ends in its stream and what its segments acknowledged.
+        let mut batch_ends: [Vec<(usize, u32)>; 2] = [Vec::new(), Vec::new()];
         for (cbytes, sbytes) in &built.batches {
             batch_starts.push(segs.len());
             for (from_client, bytes) in [(true, cbytes), (false, sbytes)] {
+                // Each side acknowledges everything the other sent before: the client sends a
+                // batch once the previous answers arrived, the server answers a batch once it
+                // arrived.
+                let ack = if from_client { sseq } else { cseq };
                 let (src, dst, seq) =
                     if from_client { (client, server, &mut cseq) } else { (server, client, &mut sseq) };
                 streams[usize::from(!from_client)].extend_from_slice(bytes);
+                let end = streams[usize::from(!from_client)].len();
+                batch_ends[usize::from(!from_client)].push((end, ack));
                 let bytes = Bytes::copy_from_slice(bytes);
                 for start in (0..bytes.len()).step_by(spec.mss) {
                     let part = bytes.slice(start..(start + spec.mss).min(bytes.len()));
                     ts += 1;
                     let len = part.len() as u32;
-                    let s = Segment::new(src, dst, *seq, ACK, part, ts);
+                    let mut s = Segment::new(src, dst, *seq, ACK, part, ts);
+                    s.ack = ack;
                     if len > 8 && rng.below(6) == 0 {
                         // The kernel's split of a large segment into two records.
                         let k = 1 + rng.below(u64::from(len) - 1) as usize;
@@ -317,8 +324,12 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
             }
         }
         ts += 1;
-        segs.push(Segment::new(client, server, cseq, FIN | ACK, Bytes::new(), ts));
-        segs.push(Segment::new(server, client, sseq, FIN | ACK, Bytes::new(), ts));
+        let mut fin = Segment::new(client, server, cseq, FIN | ACK, Bytes::new(), ts);
+        fin.ack = sseq;
+        segs.push(fin);
+        let mut fin = Segment::new(server, client, sseq, FIN | ACK, Bytes::new(), ts);
+        fin.ack = cseq;
+        segs.push(fin);
         if chaos == Chaos::MidStream {
             // The capture starts at a random segment: exchanges whose request started earlier are
             // not expected (batches are single exchanges here: no pipelining).
@@ -334,21 +345,29 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
             per_conn.push(segs);
             continue;
         }
-        // Retransmissions covering arbitrary ranges (overlapping several original segments).
-        let retransmissions = if chaos == Chaos::LossyWithoutRetransmissions { 0 } else { rng.below(4) };
-        for _ in 0..retransmissions {
+        // Retransmissions covering arbitrary ranges (overlapping several original segments), with
+        // the connection's last timestamp, inserted anywhere: late, and often delivered before the
+        // originals they repeat. TCP retransmits only bytes not acknowledged yet, so a range stays
+        // within one batch and carries that batch's acknowledgement: the answers to a batch
+        // acknowledge its requests, and the client sends the next batch only after reading them.
+        for _ in 0..rng.below(if chaos == Chaos::Lossy { 8 } else { 4 }) {
             let side = rng.below(2) as usize;
             let stream = &streams[side];
             if stream.is_empty() {
                 continue;
             }
             let a = rng.below(stream.len() as u64) as usize;
-            let b = (a + 1 + rng.below(3000) as usize).min(stream.len());
+            let Some(&(batch_end, ack)) = batch_ends[side].iter().find(|&&(end, _)| end > a) else {
+                continue;
+            };
+            let b = (a + 1 + rng.below(3000) as usize).min(batch_end);
             let (src, dst, isn) =
                 if side == 0 { (client, server, spec.client_isn) } else { (server, client, spec.server_isn) };
             let seq = isn.wrapping_add(1).wrapping_add(a as u32);
             let pos = rng.below(segs.len() as u64 + 1) as usize;
-            segs.insert(pos, Segment::new(src, dst, seq, ACK, Bytes::copy_from_slice(&stream[a..b]), ts));
+            let mut s = Segment::new(src, dst, seq, ACK, Bytes::copy_from_slice(&stream[a..b]), ts);
+            s.ack = ack;
+            segs.insert(pos, s);
         }
         per_conn.push(segs);
     }
@@ -374,7 +393,7 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
     }
     let mut out = head;
     for s in merged {
-        if matches!(chaos, Chaos::Lossy | Chaos::LossyWithoutRetransmissions) && rng.below(40) == 0 {
+        if chaos == Chaos::Lossy && rng.below(40) == 0 {
             match rng.below(2) {
                 0 => continue, // dropped: a hole that only a limit or the timeout resolves
                 _ => {
@@ -391,7 +410,7 @@ fn wire(conns: &[ConnSpec], seed: u64, chaos: Chaos) -> Wire {
         }
         out.push(s);
     }
-    if matches!(chaos, Chaos::Lossy | Chaos::LossyWithoutRetransmissions) && rng.below(5) == 0 {
+    if chaos == Chaos::Lossy && rng.below(5) == 0 {
         // Sometimes a handshake segment is lost too.
         let victim = rng.below(out.len().min(4) as u64) as usize;
         out.remove(victim);
@@ -523,16 +542,16 @@ proptest! {
     }
 
     /// `--resync-mid-stream` on a lossy capture of clients that do not pipeline (a lost SYN makes
-    /// a connection mid-stream, and holes restart its resynchronisation): what comes out is still
-    /// only exact originals, each with its own response, in order. Without retransmissions: one
-    /// that fills a capture hole late can still mislead resynchronisation, which judges by time.
+    /// a connection mid-stream, and holes restart its resynchronisation), with late, duplicate and
+    /// overlapping retransmissions: what comes out is still only exact originals, each with its
+    /// own response, in order.
     #[test]
     fn resync_on_a_lossy_capture_never_mispairs(
         conns in prop::collection::vec(conn_spec(), 1..=3),
         seed in any::<u64>(),
     ) {
         let conns: Vec<ConnSpec> = conns.into_iter().map(|c| ConnSpec { depth: 1, ..c }).collect();
-        let w = wire(&conns, seed, Chaos::LossyWithoutRetransmissions);
+        let w = wire(&conns, seed, Chaos::Lossy);
         let http = HttpConfig { resync_mid_stream: true, ..HttpConfig::default() };
         let (out, a) = assemble_with(&w, http);
         let mut last_index: HashMap<SocketAddr, usize> = HashMap::new();
@@ -547,6 +566,9 @@ proptest! {
             }
             last_index.insert(e.client, pos);
         }
+        let d = a.drops();
+        prop_assert_eq!(a.requests_in_progress(), 0);
+        prop_assert_eq!(d.requests_seen, out.len() as u64 + d.requests_lost(), "{:?}", d);
         prop_assert_eq!(a.memory_bytes(), 0);
         prop_assert_eq!(a.connections(), 0);
     }
@@ -591,4 +613,66 @@ proptest! {
         prop_assert_eq!(a.memory_bytes(), 0);
         prop_assert_eq!(a.connections(), 0);
     }
+}
+
+/// What resuming after a gap buys on a lossy capture of long keep-alive connections (the
+/// property tests above prove it never mispairs): connections whose handshake was captured, so
+/// that only gaps, not a mid-stream start, set the two runs apart. Prints the counts
+/// (`--nocapture`).
+#[test]
+fn resuming_after_gaps_recovers_exchanges_a_lossy_capture_loses() {
+    let mut rng = Rng(0x5eed_0012);
+    let (mut total, mut recovered, mut resumed, mut stopped) = (0usize, [0usize; 2], 0, 0);
+    for _ in 0..100 {
+        let conns: Vec<ConnSpec> = (0..3)
+            .map(|_| ConnSpec {
+                exchanges: (0..20)
+                    .map(|_| ExSpec {
+                        method: rng.below(METHODS.len() as u64) as usize,
+                        req_len: rng.below(2000) as usize,
+                        req_chunks: (rng.below(3) == 0).then(|| vec![1 + rng.below(700) as usize]),
+                        status: rng.below(STATUSES.len() as u64) as usize,
+                        resp_len: rng.below(4000) as usize,
+                        resp_chunks: (rng.below(3) == 0).then(|| vec![1 + rng.below(900) as usize]),
+                    })
+                    .collect(),
+                depth: 1,
+                mss: if rng.below(2) == 0 { 333 } else { 1460 },
+                client_isn: rng.next() as u32,
+                server_isn: rng.next() as u32,
+                close_delimited_last: false,
+            })
+            .collect();
+        let w = wire(&conns, rng.next(), Chaos::Lossy);
+        let handshake = |client: &SocketAddr| {
+            let syn = |from_client: bool| {
+                w.segments.iter().any(|s| s.is_syn() && (if from_client { s.src } else { s.dst }) == *client)
+            };
+            syn(true) && syn(false)
+        };
+        total += w.expected.iter().filter(|(c, _)| handshake(c)).map(|(_, x)| x.len()).sum::<usize>();
+        for (run, resync_mid_stream) in [false, true].into_iter().enumerate() {
+            let (out, a) = assemble_with(&w, HttpConfig { resync_mid_stream, ..HttpConfig::default() });
+            for e in &out {
+                let expected = &w.expected[&e.client];
+                let pos = expected.iter().position(|x| x.request.target == e.request.target);
+                assert_eq!(pos.map(|p| strip(&expected[p])), Some(strip(e)), "mispaired");
+            }
+            recovered[run] += out.iter().filter(|e| handshake(&e.client)).count();
+            let d = a.drops();
+            assert_eq!(d.requests_seen, out.len() as u64 + d.requests_lost(), "{d:?}");
+            if resync_mid_stream {
+                resumed += d.gap_resumed_connections;
+                stopped += d.gap_desync_connections;
+            } else {
+                assert_eq!(d.gap_resumed_connections, 0, "nothing resumes without the option");
+            }
+        }
+    }
+    eprintln!(
+        "exchanges on connections with their handshake: {total}; rebuilt without resuming {}, \
+         with {} ({resumed} resumptions after {stopped} connection-stopping gaps)",
+        recovered[0], recovered[1]
+    );
+    assert!(recovered[1] > recovered[0], "resuming recovered nothing: {recovered:?} of {total}");
 }

@@ -159,9 +159,8 @@ fn overload_sheds_whole_connections_and_recovers() {
     assert_eq!(summary["mirrored_share"].as_f64(), Some(1.0), "{summary}");
     let drops = finished.final_drops();
     assert!(drops.get("shed_cut_connections").copied().unwrap_or(0) > 0, "no connection cut: {drops:?}");
-    // Recovered: every exchange after the burst is rebuilt, but the first request of a
-    // connection picked up mid-stream, which resynchronisation cannot prove (its answer's first
-    // bytes are the first the capture saw of the server's side).
+    // Recovered: every exchange after the burst is rebuilt, but at most the first request of a
+    // connection picked up mid-stream, which resynchronisation may not be able to prove.
     let (long_after, fresh) = after;
     assert_eq!(fresh, 20);
     let resumed = drops.get("shed_resumed_connections").copied().unwrap_or(0) as usize;

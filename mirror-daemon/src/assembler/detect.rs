@@ -170,7 +170,7 @@ mod tests {
     }
 
     fn data(side: Side, bytes: &'static [u8]) -> FlowEvent {
-        FlowEvent::Data { id: 1, side, data: Bytes::from_static(bytes), ts_ns: 0 }
+        FlowEvent::Data { id: 1, side, data: Bytes::from_static(bytes), ts_ns: 0, ack: None }
     }
 
     #[test]
@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert!(matches!(&events[0], FlowEvent::Data { side: Side::Server, .. }));
         let mut d = Detect::new(key());
-        let started = FlowEvent::StreamStart { id: 1, side: Side::Client, mid_stream: true };
+        let started = FlowEvent::StreamStart { id: 1, side: Side::Client, mid_stream: true, seq: 0 };
         assert!(matches!(d.push(started, 1024), Detected::NotYet), "mid-stream: the bytes tell");
         assert!(
             matches!(d.push(data(Side::Client, b"GET / HTTP/1.1\r\n"), 1024), Detected::Http1(e) if e.len() == 2)

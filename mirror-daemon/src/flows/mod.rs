@@ -29,6 +29,8 @@ use std::{
 use bytes::Bytes;
 
 use self::order::{Order, Queue, Slot};
+use mirror_common::tcp_flags;
+
 use crate::{capture::Segment, drops::AssemblyDrops};
 
 /// Identifies one connection for its whole life; a reused 4-tuple gets a new id.
@@ -152,10 +154,12 @@ pub enum FlowEvent {
     /// A new connection; always the first event of `id`.
     Opened { id: ConnId, key: ConnKey },
     /// A side's stream starts; `mid_stream` when its SYN was not seen, so its first byte is not
-    /// known to be the start of anything.
-    StreamStart { id: ConnId, side: Side, mid_stream: bool },
-    /// The next bytes of a side's stream, carried by a segment seen at `ts_ns`.
-    Data { id: ConnId, side: Side, data: Bytes, ts_ns: u64 },
+    /// known to be the start of anything. `seq` is the sequence number of its first byte (offset 0).
+    StreamStart { id: ConnId, side: Side, mid_stream: bool, seq: u32 },
+    /// The next bytes of a side's stream, carried by a segment seen at `ts_ns` whose
+    /// acknowledgement number was `ack` (when its ACK flag was set): every byte of the other
+    /// side's stream before it had reached this side when the segment was sent.
+    Data { id: ConnId, side: Side, data: Bytes, ts_ns: u64, ack: Option<u32> },
     /// The next `len` bytes of a side's stream are missing and will never be delivered.
     Gap { id: ConnId, side: Side, len: u64 },
     /// The side sent FIN and every byte before it was delivered (as data or gaps).
@@ -179,12 +183,13 @@ impl FlowEvent {
 }
 
 /// An out-of-order range: `len` captured bytes (`data` holds them all), or `len` bytes the kernel
-/// reported lost (`data` is `None`).
+/// reported lost (`data` is `None`), with the segment's acknowledgement (see [`FlowEvent::Data`]).
 #[derive(Clone, Debug)]
 struct Piece {
     len: u64,
     data: Option<Bytes>,
     ts_ns: u64,
+    ack: Option<u32>,
 }
 
 impl Piece {
@@ -198,12 +203,18 @@ impl Piece {
             len: self.len - skip,
             data: self.data.as_ref().map(|d| d.slice(skip as usize..)),
             ts_ns: self.ts_ns,
+            ack: self.ack,
         }
     }
 
     /// The first `len` bytes of the piece.
     fn head(&self, len: u64) -> Piece {
-        Piece { len, data: self.data.as_ref().map(|d| d.slice(..len as usize)), ts_ns: self.ts_ns }
+        Piece {
+            len,
+            data: self.data.as_ref().map(|d| d.slice(..len as usize)),
+            ts_ns: self.ts_ns,
+            ack: self.ack,
+        }
     }
 }
 
@@ -350,6 +361,7 @@ impl FlowTable {
         }
         self.order.move_back(conn.slot, Queue::Open);
 
+        let ack = (seg.flags & tcp_flags::ACK != 0).then_some(seg.ack);
         let stream = &mut conn.streams[side.index()];
         if !stream.started {
             stream.started = true;
@@ -359,7 +371,7 @@ impl FlowTable {
             } else {
                 stream.base_seq = seg.range_seq();
             }
-            out.push(FlowEvent::StreamStart { id, side, mid_stream: !seg.is_syn() });
+            out.push(FlowEvent::StreamStart { id, side, mid_stream: !seg.is_syn(), seq: stream.base_seq });
         }
         if stream.finished {
             return;
@@ -383,11 +395,11 @@ impl FlowTable {
                     let before = stream.buffered;
                     if captured > 0 {
                         let piece =
-                            Piece { len: captured, data: Some(seg.payload.clone()), ts_ns: seg.ts_ns };
+                            Piece { len: captured, data: Some(seg.payload.clone()), ts_ns: seg.ts_ns, ack };
                         insert(stream, start, piece, id, side, out);
                     }
                     if seg.lost > 0 {
-                        let piece = Piece { len: u64::from(seg.lost), data: None, ts_ns: seg.ts_ns };
+                        let piece = Piece { len: u64::from(seg.lost), data: None, ts_ns: seg.ts_ns, ack };
                         insert(stream, start + captured, piece, id, side, out);
                     }
                     self.buffered = self.buffered + stream.buffered - before;
@@ -560,7 +572,7 @@ fn deliver(stream: &mut Stream, piece: Piece, id: ConnId, side: Side, out: &mut 
     }
     stream.next += piece.len;
     match piece.data {
-        Some(data) => out.push(FlowEvent::Data { id, side, data, ts_ns: piece.ts_ns }),
+        Some(data) => out.push(FlowEvent::Data { id, side, data, ts_ns: piece.ts_ns, ack: piece.ack }),
         None => out.push(FlowEvent::Gap { id, side, len: piece.len }),
     }
 }
@@ -592,7 +604,7 @@ fn skip_hole(stream: &mut Stream, id: ConnId, side: Side, out: &mut Vec<FlowEven
         && s > stream.next
     {
         let len = s - stream.next;
-        deliver(stream, Piece { len, data: None, ts_ns: 0 }, id, side, out);
+        deliver(stream, Piece { len, data: None, ts_ns: 0, ack: None }, id, side, out);
     }
     drain(stream, id, side, out);
 }

@@ -56,7 +56,7 @@ fn in_order_stream_starts_after_syn() {
     let mut t = table(FlowLimits::default());
     let (ev, _) = run(&mut t, vec![seg(true, 100, SYN, b"", 1), seg(true, 101, ACK, b"hello", 2)]);
     assert!(matches!(ev[0], FlowEvent::Opened { .. }));
-    assert_eq!(ev[1], FlowEvent::StreamStart { id: 1, side: Side::Client, mid_stream: false });
+    assert_eq!(ev[1], FlowEvent::StreamStart { id: 1, side: Side::Client, mid_stream: false, seq: 101 });
     assert_eq!(client_stream(&ev), "hello");
 }
 
@@ -255,7 +255,7 @@ fn rst_closes_immediately() {
 fn mid_stream_start_is_marked() {
     let mut t = table(FlowLimits::default());
     let (ev, _) = run(&mut t, vec![seg(true, 12345, ACK, b"tail of something", 1)]);
-    assert_eq!(ev[1], FlowEvent::StreamStart { id: 1, side: Side::Client, mid_stream: true });
+    assert_eq!(ev[1], FlowEvent::StreamStart { id: 1, side: Side::Client, mid_stream: true, seq: 12345 });
     assert_eq!(client_stream(&ev), "tail of something");
 }
 
@@ -313,4 +313,28 @@ fn bytes_claimed_after_the_fin_are_discarded_not_delivered() {
     assert!(ev.iter().any(|e| matches!(e, FlowEvent::Fin { side: Side::Server, .. })));
     assert_eq!(t.buffered_bytes(), 0);
     assert!(t.is_empty());
+}
+
+#[test]
+fn data_carries_the_acknowledgement_of_the_segment_it_came_from() {
+    let mut t = table(FlowLimits::default());
+    let mut first = seg(true, 101, ACK, b"GET / HTTP/1.1\r\n\r\n", 2);
+    first.ack = 5001;
+    // A retransmission overlapping it carries a later acknowledgement: the bytes first seen keep
+    // their own.
+    let mut again = seg(true, 101, ACK, b"GET / HTTP/1.1\r\n\r\nPOST", 9);
+    again.ack = 5040;
+    let no_ack = seg(true, 123, 0, b" /x", 10);
+    let (ev, _) = run(&mut t, vec![seg(true, 100, SYN, b"", 1), first, again, no_ack]);
+    let data: Vec<(String, Option<u32>)> = ev
+        .iter()
+        .filter_map(|e| match e {
+            FlowEvent::Data { data, ack, .. } => Some((String::from_utf8_lossy(data).into_owned(), *ack)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        data,
+        [("GET / HTTP/1.1\r\n\r\n".into(), Some(5001)), ("POST".into(), Some(5040)), (" /x".into(), None)]
+    );
 }

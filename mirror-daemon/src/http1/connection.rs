@@ -28,6 +28,11 @@ pub(super) struct Pending {
     pub(super) request_done: bool,
     pub(super) request_first_ns: u64,
     pub(super) request_last_ns: u64,
+    /// The acknowledgement number of the segment carrying the request's first byte (see
+    /// `resync.rs`).
+    pub(super) request_ack: Option<u32>,
+    /// Where its answer starts was checked against `request_ack` (see `checks_acks`).
+    pub(super) answer_checked: bool,
     pub(super) response: Option<Response>,
     pub(super) response_done: bool,
     pub(super) response_first_ns: u64,
@@ -41,7 +46,8 @@ pub(super) struct Pending {
 /// Server-side input waiting for a request to answer.
 #[derive(Debug)]
 pub(super) enum Input {
-    Data(Bytes, u64),
+    /// Bytes, their capture time, and the offset of the first one in the server's stream.
+    Data(Bytes, u64, u64),
     Gap(u64),
     Fin,
 }
@@ -62,6 +68,20 @@ pub struct Connection {
     pub(super) resync: Option<Box<Resync>>,
     /// The server's FIN came while resynchronising: it ends the stream once its bytes are framed.
     pub(super) server_fin_held: bool,
+    /// A gap stopped parsing; the server input after it, kept so that `--resync-mid-stream` can
+    /// pick the connection up again (`resume_after_gap`).
+    pub(super) after_gap: Option<VecDeque<Input>>,
+    /// Resynchronising after a gap: counted as resumed once it succeeds.
+    pub(super) resuming: bool,
+    /// Picked up at a request (`--resync-mid-stream`): from then on, each answer must start where
+    /// its request's acknowledgement says, or the pairing is doubted (`doubt_answer`).
+    pub(super) checks_acks: bool,
+    /// Sequence number of the server stream's first byte, once it started.
+    pub(super) server_base: Option<u32>,
+    /// Offset in the server's stream of its next byte to be delivered.
+    pub(super) server_pos: u64,
+    /// [`Pending::request_ack`] of the request whose head is being read.
+    pub(super) head_ack: Option<u32>,
     pub(super) requests: Reader,
     pub(super) responses: Reader,
     pub(super) pending: VecDeque<Pending>,
@@ -99,6 +119,12 @@ impl Connection {
             mid_stream: false,
             resync: None,
             server_fin_held: false,
+            after_gap: None,
+            resuming: false,
+            checks_acks: false,
+            server_base: None,
+            server_pos: 0,
+            head_ack: None,
             requests: Reader::default(),
             responses: Reader { body: BodyBuilder::timed(), ..Reader::default() },
             pending: VecDeque::new(),
@@ -136,7 +162,10 @@ impl Connection {
     ) {
         match event {
             FlowEvent::Opened { .. } => {}
-            FlowEvent::StreamStart { mid_stream, .. } => {
+            FlowEvent::StreamStart { side, mid_stream, seq, .. } => {
+                if side == Side::Server {
+                    self.server_base = Some(seq);
+                }
                 if mid_stream && !self.stopped && self.resync.is_none() {
                     // Only one side lacks its SYN: what the other side already started is lost
                     // like bytes in a gap.
@@ -151,35 +180,36 @@ impl Connection {
                     }
                 }
             }
-            FlowEvent::Data { side, data, ts_ns, .. } => {
+            FlowEvent::Data { side, data, ts_ns, ack, .. } => {
+                let off = self.server_pos;
+                if side == Side::Server {
+                    self.server_pos += data.len() as u64;
+                }
                 if self.stopped {
                     self.skipped(data.len(), stats);
                 } else if self.resync.is_some() {
-                    self.resync_data(side, data, ts_ns, cfg, stats, out);
+                    match side {
+                        Side::Client => self.resync_client(data, ts_ns, ack, cfg, stats, out),
+                        Side::Server => self.resync_server(data, ts_ns, off, cfg, stats, out),
+                    }
                     if self.resync.is_none() && std::mem::take(&mut self.server_fin_held) {
                         self.server_input(Input::Fin, cfg, stats, out);
                     }
                 } else if side == Side::Client {
-                    self.client_data(data, ts_ns, cfg, stats, out);
+                    self.client_data(data, ts_ns, ack, cfg, stats, out);
                 } else {
-                    self.server_input(Input::Data(data, ts_ns), cfg, stats, out);
+                    self.server_input(Input::Data(data, ts_ns, off), cfg, stats, out);
                 }
             }
             FlowEvent::Gap { side, len, .. } => {
+                if side == Side::Server {
+                    self.server_pos += len;
+                }
                 if self.stopped {
                     self.skipped(len as usize, stats);
                 } else if self.resync.is_some() {
-                    // Whatever was being put together around the hole is no longer provable.
                     self.skipped(len as usize, stats);
-                    stats.gap += self.restart_resync();
-                    if side == Side::Server
-                        && let Some(resync) = self.resync.as_mut()
-                    {
-                        // The hole may hold the answer to a request yet to be delivered (the
-                        // directions arrive out of order): only a request after the first server
-                        // byte past the hole is provably answered by the next status line.
-                        resync.server_started_at = None;
-                    }
+                    self.resync_gap(side, Some(Input::Gap(len)), stats);
                 } else if side == Side::Client {
                     if self.client_stopped {
                         self.skipped(len as usize, stats);
@@ -201,6 +231,13 @@ impl Connection {
             // The client's half-close ends requests only; what is unfinished is counted at close.
             FlowEvent::Fin { side: Side::Client, .. } => {}
             FlowEvent::Closed { reason, .. } => self.close(reason, stats, out),
+        }
+        if let Some(rest) = self.after_gap.take()
+            && cfg.resync_mid_stream
+            && self.stopped
+            && self.upgraded.is_none()
+        {
+            self.resume_after_gap(rest, cfg, stats, out);
         }
         if self.upgrade_declined {
             self.resume_after_declined_upgrade(cfg, stats, out);
@@ -245,6 +282,10 @@ impl Connection {
         }
         if why != Stop::UnpairedResponse {
             *why.counter(stats) += lost;
+        }
+        if why == Stop::Gap {
+            // What the server sent after the hole may answer a later request.
+            self.after_gap = Some(std::mem::take(&mut self.backlog));
         }
         self.stopped = true;
         self.clear();
@@ -321,6 +362,7 @@ impl Connection {
         &mut self,
         mut data: Bytes,
         ts: u64,
+        ack: Option<u32>,
         cfg: &HttpConfig,
         stats: &mut AssemblyDrops,
         out: &mut Vec<Assembled>,
@@ -340,6 +382,7 @@ impl Connection {
             if self.requests.phase == Phase::Head {
                 if !self.requests.started {
                     stats.requests_seen += 1;
+                    self.head_ack = ack;
                 }
                 let head = match self.requests.take_head(&mut data, ts, cfg, Side::Client) {
                     Ok(HeadResult::Partial) => return,
@@ -364,6 +407,8 @@ impl Connection {
                     request_done: false,
                     request_first_ns: self.requests.first_ts,
                     request_last_ns: ts,
+                    request_ack: self.head_ack,
+                    answer_checked: false,
                     response: None,
                     response_done: false,
                     response_first_ns: 0,
@@ -421,7 +466,7 @@ impl Connection {
         stats: &mut AssemblyDrops,
         out: &mut Vec<Assembled>,
     ) {
-        if let Input::Data(d, _) = &input {
+        if let Input::Data(d, ..) = &input {
             self.backlog_bytes += d.len();
         }
         self.backlog.push_back(input);
@@ -443,12 +488,14 @@ impl Connection {
                 return;
             }
             match input {
-                Input::Data(mut data, ts) => {
-                    self.backlog_bytes -= data.len();
-                    let blocked = self.server_data(&mut data, ts, cfg, stats, out);
+                Input::Data(mut data, ts, off) => {
+                    let len = data.len();
+                    self.backlog_bytes -= len;
+                    let blocked = self.server_data(&mut data, ts, off, cfg, stats, out);
                     if !data.is_empty() && !self.stopped {
                         self.backlog_bytes += data.len();
-                        self.backlog.push_front(Input::Data(data, ts));
+                        let off = off + (len - data.len()) as u64;
+                        self.backlog.push_front(Input::Data(data, ts, off));
                     } else if self.stopped {
                         self.skipped(data.len(), stats);
                     }
@@ -475,10 +522,12 @@ impl Connection {
         &mut self,
         data: &mut Bytes,
         ts: u64,
+        off: u64,
         cfg: &HttpConfig,
         stats: &mut AssemblyDrops,
         out: &mut Vec<Assembled>,
     ) -> bool {
+        let end = off + data.len() as u64;
         while !data.is_empty() {
             if self.stopped {
                 return false;
@@ -487,6 +536,15 @@ impl Connection {
                 let Some(idx) = self.pending.iter().position(|p| p.response.is_none()) else {
                     return true;
                 };
+                if self.checks_acks && !self.responses.started && !self.pending[idx].answer_checked {
+                    self.pending[idx].answer_checked = true;
+                    let at = self.pending[idx].request_ack.and_then(|ack| self.server_offset(ack));
+                    let pos = end - data.len() as u64;
+                    if at != Some(pos) {
+                        self.doubt_answer(std::mem::take(data), ts, pos, cfg, stats, out);
+                        return false;
+                    }
+                }
                 let head = match self.responses.take_head(data, ts, cfg, Side::Server) {
                     Ok(HeadResult::Partial) => return false,
                     Ok(HeadResult::Complete(head)) => head,
@@ -574,14 +632,16 @@ impl Connection {
             .take()
             .unwrap_or_default()
             .into_iter()
-            .map(|(data, ts_ns)| FlowEvent::Data { id, side: Side::Client, data, ts_ns })
+            .map(|(data, ts_ns)| FlowEvent::Data { id, side: Side::Client, data, ts_ns, ack: None })
             .collect();
         if !rest.is_empty() {
-            events.push(FlowEvent::Data { id, side: Side::Server, data: rest, ts_ns: ts });
+            events.push(FlowEvent::Data { id, side: Side::Server, data: rest, ts_ns: ts, ack: None });
         }
         for input in std::mem::take(&mut self.backlog) {
             events.push(match input {
-                Input::Data(data, ts_ns) => FlowEvent::Data { id, side: Side::Server, data, ts_ns },
+                Input::Data(data, ts_ns, _) => {
+                    FlowEvent::Data { id, side: Side::Server, data, ts_ns, ack: None }
+                }
                 Input::Gap(len) => FlowEvent::Gap { id, side: Side::Server, len },
                 Input::Fin => FlowEvent::Fin { id, side: Side::Server, ts_ns: ts },
             });
@@ -622,7 +682,7 @@ impl Connection {
     ) {
         self.upgrade_declined = false;
         for (data, ts) in self.upgrade_held.take().unwrap_or_default() {
-            self.client_data(data, ts, cfg, stats, out);
+            self.client_data(data, ts, None, cfg, stats, out);
         }
     }
 

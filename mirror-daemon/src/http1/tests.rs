@@ -45,10 +45,13 @@ impl Conn {
         c
     }
 
+    /// A segment acknowledging everything the other side sent before it, as TCP does.
     fn push_raw(&mut self, from_client: bool, seq: u32, flags: u8, payload: Bytes, lost: u32) {
         self.ts += 10;
         let (src, dst) = if from_client { (self.client, self.server) } else { (self.server, self.client) };
-        self.segs.push(Segment::new(src, dst, seq, flags, payload, self.ts).with_lost(lost));
+        let mut s = Segment::new(src, dst, seq, flags, payload, self.ts).with_lost(lost);
+        s.ack = if from_client { self.sseq } else { self.cseq };
+        self.segs.push(s);
     }
 
     /// Sends `bytes` from one side in segments of at most `mss` bytes.
@@ -575,9 +578,9 @@ fn resync_starts_in_the_middle_of_a_request_body_without_taking_it_for_a_request
 }
 
 #[test]
-fn resync_judges_response_bytes_by_time_even_when_they_arrive_first() {
+fn resync_judges_response_bytes_by_sequence_even_when_they_arrive_first() {
     // The two hooks may deliver the directions out of order: here the answer's segment comes
-    // before the request's, but its timestamp is later.
+    // before the request's, whose acknowledgement still points at it.
     let mut c = joined_mid_response();
     c.fin();
     let request = c.segs.iter().position(|s| s.payload.starts_with(b"GET /a")).expect("request");
@@ -603,6 +606,179 @@ fn resync_gives_up_when_the_next_response_does_not_start_a_message() {
     assert_eq!(stats.mid_stream_resync_failed, 1, "/a is dropped, never mispaired");
     let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), e.response.status)).collect();
     assert_eq!(pairs, [("/b", 204)], "picked up again at the next request");
+}
+
+#[test]
+fn resync_pairs_by_sequence_numbers_whatever_the_timestamps_of_retransmissions() {
+    // Joined mid-stream. /b's segment is captured first as a late retransmission (its original
+    // comes later and is a duplicate), and /c's answer too, before /c itself: timestamps say /c's
+    // answer is the first server byte after /b. /b's acknowledgement says where /b's answer is.
+    let mut c = Conn::new();
+    c.segs.clear();
+    c.server("xyz") // the tail of an older response
+        .client("GET /b HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 204 No Content\r\n\r\n")
+        .client("GET /c HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc")
+        .fin();
+    let find =
+        |c: &Conn, start: &[u8]| c.segs.iter().position(|s| s.payload.starts_with(start)).expect("segment");
+    let mut late_b = c.segs[find(&c, b"GET /b")].clone();
+    late_b.ts_ns = 1_000;
+    let b = find(&c, b"GET /b");
+    c.segs.insert(b, late_b);
+    let mut late_c_answer = c.segs[find(&c, b"HTTP/1.1 200")].clone();
+    late_c_answer.ts_ns = 1_000;
+    let after_b_answer = find(&c, b"HTTP/1.1 204") + 1;
+    c.segs.insert(after_b_answer, late_c_answer);
+    let (out, stats, a) = c.run_with(resync());
+    let pairs: Vec<_> =
+        out.iter().map(|e| (e.request.target.as_str(), e.response.status, &e.response.body[..])).collect();
+    assert_eq!(pairs, [("/b", 204, &b""[..]), ("/c", 200, &b"c"[..])], "{stats:?}");
+    assert_eq!(stats.mid_stream_resync_failed, 0);
+    assert_books(&out, &stats);
+    assert_eq!(a.memory_bytes(), 0);
+}
+
+#[test]
+fn resync_does_not_take_a_short_chunk_for_a_method_it_only_began() {
+    // A body ends in a chunk `O` (which could begin `OPTIONS `), and the next request follows:
+    // `OGET /x` is not a request, `GET /x` is.
+    let mut c = Conn::new();
+    c.segs.clear();
+    c.client("{\"a\": 1}")
+        .client("O")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        .client("GET /x HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+        .fin();
+    let (out, stats, _) = c.run_with(resync());
+    let pairs: Vec<_> = out.iter().map(|e| (e.request.method.as_str(), &e.response.body[..])).collect();
+    assert_eq!(pairs, [("GET", &b"x"[..])], "{stats:?}");
+    assert_books(&out, &stats);
+}
+
+#[test]
+fn resync_resumes_a_keep_alive_connection_after_a_client_gap() {
+    let traffic = || {
+        let mut c = Conn::new();
+        c.client("GET /a HTTP/1.1\r\n\r\n")
+            .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+            .client("GET /b HT")
+            .lose(true, 8)
+            .client("\r\n\r\n")
+            .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+            .client("POST /c HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+            .server("HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nc")
+            .client("GET /d HTTP/1.1\r\n\r\n")
+            .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd")
+            .fin();
+        c
+    };
+    let pairs = |out: &[Exchange]| -> Vec<(String, u16, Vec<u8>)> {
+        out.iter().map(|e| (e.request.target.clone(), e.response.status, e.response.body.to_vec())).collect()
+    };
+    let (out, stats, a) = traffic().run_with(resync());
+    assert_eq!(
+        pairs(&out),
+        [
+            ("/a".into(), 200, b"a".to_vec()),
+            ("/c".into(), 201, b"c".to_vec()),
+            ("/d".into(), 200, b"d".to_vec())
+        ],
+        "{stats:?}"
+    );
+    assert_eq!(out[1].request.body, "hi");
+    assert_eq!((stats.gap, stats.gap_desync_connections, stats.gap_resumed_connections), (1, 1, 1));
+    assert_eq!(stats.mid_stream_resync_failed, 0);
+    assert_books(&out, &stats);
+    assert_eq!(a.memory_bytes(), 0);
+    // Without the option, as before: nothing after the gap is parsed.
+    let (out, stats, _) = traffic().run_with(HttpConfig::default());
+    assert_eq!(pairs(&out), [("/a".into(), 200, b"a".to_vec())]);
+    assert_eq!((stats.gap, stats.gap_resumed_connections), (1, 0));
+    assert_books(&out, &stats);
+}
+
+#[test]
+fn resync_resumes_after_a_gap_in_a_response_head_and_never_mispairs() {
+    let mut c = Conn::new();
+    c.client("GET /a HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nCont")
+        .lose(false, 6)
+        .server("Length: 3\r\n\r\naaa")
+        .client("GET /b HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        .fin();
+    let (out, stats, _) = c.run_with(resync());
+    let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), &e.response.body[..])).collect();
+    assert_eq!(pairs, [("/b", &b"b"[..])], "/a's answer was cut; /b pairs with its own");
+    assert_eq!((stats.gap, stats.gap_resumed_connections), (1, 1));
+    assert_books(&out, &stats);
+}
+
+#[test]
+fn a_hole_in_an_answer_captured_before_its_request_keeps_its_place_after_a_gap() {
+    // A gap stops /a; /b's answer, with a hole in its body, is captured before /b: once resumed
+    // at /b, the hole still drops /b (its body is not the bytes around the hole run together),
+    // and /c pairs with its own answer.
+    let mut c = Conn::new();
+    c.client("GET /a HT").lose(true, 4).client("\r\n\r\n");
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    c.client("GET /b HTTP/1.1\r\n\r\n");
+    let b = c.segs.len() - 1;
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nbb").lose(false, 2).server("bb");
+    let request_b = c.segs.remove(b);
+    c.segs.push(request_b);
+    c.client("GET /c HTTP/1.1\r\n\r\n").server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc").fin();
+    let (out, stats, a) = c.run_with(resync());
+    let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), &e.response.body[..])).collect();
+    assert_eq!(pairs, [("/c", &b"c"[..])], "{stats:?}");
+    assert_eq!((stats.gap, stats.gap_resumed_connections), (2, 1), "/a and /b");
+    assert_books(&out, &stats);
+    assert_eq!(a.memory_bytes(), 0);
+}
+
+#[test]
+fn a_second_gap_after_resuming_is_resumed_from_too() {
+    let mut c = Conn::new();
+    c.client("GET /a HT").lose(true, 4).client("\r\n\r\n");
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    c.client("GET /b HTTP/1.1\r\n\r\n").server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb");
+    c.client("GET /c HT").lose(true, 4).client("\r\n\r\n");
+    c.server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    c.client("GET /d HTTP/1.1\r\n\r\n").server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd").fin();
+    let (out, stats, _) = c.run_with(resync());
+    let targets: Vec<_> = out.iter().map(|e| e.request.target.as_str()).collect();
+    assert_eq!(targets, ["/b", "/d"], "{stats:?}");
+    assert_eq!((stats.gap, stats.gap_desync_connections, stats.gap_resumed_connections), (2, 2, 2));
+    assert_books(&out, &stats);
+}
+
+#[test]
+fn an_answer_that_does_not_start_where_its_request_acknowledged_stops_a_wrong_pick_up() {
+    // A pipelining client, joined inside /a's body: /b was sent before /a's answer, so it
+    // acknowledges that answer's start and is paired with it (what resynchronisation cannot
+    // tell). /c, sent after /b's answer, acknowledges its own answer's start, not where first in,
+    // first out would put it: the pick-up was wrong, so /c is dropped instead of paired with /b's
+    // answer, and /d is picked up again correctly.
+    let mut c = Conn::new();
+    c.segs.clear();
+    c.client("\"inputs\": [1, 2]}")
+        .client("GET /b HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        .client("GET /c HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc")
+        .client("GET /d HTTP/1.1\r\n\r\n")
+        .server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd")
+        .fin();
+    let (out, stats, a) = c.run_with(resync());
+    let pairs: Vec<_> = out.iter().map(|e| (e.request.target.as_str(), &e.response.body[..])).collect();
+    assert_eq!(pairs, [("/b", &b"a"[..]), ("/d", &b"d"[..])], "{stats:?}");
+    assert_eq!(stats.mid_stream_resync_failed, 1, "/c");
+    assert_books(&out, &stats);
+    assert_eq!(a.memory_bytes(), 0);
 }
 
 /// The books: every request the framing saw start is an exchange or counted once, in requests.
@@ -767,7 +943,7 @@ fn a_shed_connection_is_ended_counted_and_picked_up_again_once_unshed() {
     assert_eq!(a.drops().shed_resumed_connections, 1);
     let exchanges: Vec<Exchange> = out.into_iter().filter_map(Assembled::into_exchange).collect();
     let pairs: Vec<_> = exchanges.iter().map(|e| (e.request.target.as_str(), &e.response.body[..])).collect();
-    // /b's answer is the first server byte seen again: it cannot be proven to follow /b.
-    assert_eq!(pairs, [("/c", &b"c"[..])], "{:?}", a.drops());
-    assert_eq!(a.drops().mid_stream_resync_failed, 1);
+    // /b's answer is the first server byte seen again, and /b's acknowledgement points at it.
+    assert_eq!(pairs, [("/b", &b"b"[..]), ("/c", &b"c"[..])], "{:?}", a.drops());
+    assert_eq!(a.drops().mid_stream_resync_failed, 0);
 }
