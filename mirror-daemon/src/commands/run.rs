@@ -791,8 +791,8 @@ fn monotonic_now_ns() -> u64 {
 }
 
 /// The record writer for `--record`, if any. Only opening can fail (and stop the start); later
-/// write errors are counted and never stop the daemon.
-fn open_records(args: &RunArgs) -> Result<Option<RecordSink>> {
+/// write errors are counted and never stop the daemon. Its queue holds the records share.
+fn open_records(args: &RunArgs, shares: &Shares) -> Result<Option<RecordSink>> {
     let Some(path) = &args.record else { return Ok(None) };
     let config = SinkConfig {
         target: Target::of(path),
@@ -801,7 +801,8 @@ fn open_records(args: &RunArgs) -> Result<Option<RecordSink>> {
         compression: args.record_compress,
         log_every: args.summary_interval,
     };
-    let sink = RecordSink::start(config).with_context(|| {
+    let queue_bytes = usize::try_from(shares.records).unwrap_or(usize::MAX);
+    let sink = RecordSink::start(config, queue_bytes).with_context(|| {
         format!("open record file {} (check the directory exists and is writable)", path.display())
     })?;
     Ok(Some(sink))
@@ -852,7 +853,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     // Room for bursts; beyond it exchanges are dropped and counted (`report_queue_full`).
     let (report_tx, report_rx) = mpsc::channel(32_768);
     let ReporterSettings { shadows: shadow_infos, production_model, rules, criteria } = reporting;
-    let records = open_records(&args)?;
+    let records = open_records(&args, &shares)?;
     let reopener = records.as_ref().map(RecordSink::reopener);
     let reporter = Reporter {
         shadows: shadow_infos,
