@@ -408,6 +408,7 @@ impl Invocation {
             "resync_mid_stream": args.resync_mid_stream => file.resync_mid_stream;
             "xdp_mode": args.attach.xdp_mode => file.xdp_mode;
             "ring_buffer_size": args.attach.ring_buffer_size => file.ring_buffer_size.map(Some);
+            "kernel_stats": args.attach.kernel_stats => file.kernel_stats;
             "record": args.record => file.record.clone().map(Some);
             "record_max_size": args.record_max_size => file.record_max_size.map(RecordMaxSize);
             "record_keep": args.record_keep => file.record_keep;
@@ -548,6 +549,7 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
     restart("capture.resync_mid_stream", old.resync_mid_stream != new.resync_mid_stream);
     restart("capture.xdp_mode", old.attach.xdp_mode != new.attach.xdp_mode);
     restart("capture.ring_buffer_size", old.attach.ring_buffer_size != new.attach.ring_buffer_size);
+    restart("capture.kernel_stats", old.attach.kernel_stats != new.attach.kernel_stats);
     restart("limits", old.limits != new.limits);
     restart("output.record", old.record != new.record);
     restart(
@@ -948,6 +950,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             requests_in_progress: assembler.requests_in_progress() + dispatcher.requests_in_progress(),
             shed_level: assembler.shed_level(),
             replay: dispatcher.replay_counters(),
+            programs: capture.kernel.program_runs().unwrap_or_default(),
         }
     };
     loop {
