@@ -384,9 +384,16 @@ fn the_queue_holds_no_more_than_its_share() {
     let sink = RecordSink::start(config(Target::File(target), None, 0, Compression::None), share).unwrap();
     drop(write_end);
     let record = line(0, 4096);
-    // 4 MiB: far more than the pipe, the writer's buffer and the share hold together.
-    for _ in 0..1024 {
-        sink.push(record.clone());
+    // 2 × 2 MiB: far more than the pipe, the writer's buffer and the share hold together. In two
+    // bursts, so that the second comes while the writer is stuck with what it took of the first:
+    // what it holds still counts.
+    for burst in 0..2 {
+        for _ in 0..512 {
+            sink.push(record.clone());
+        }
+        if burst == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     assert!(!sink.sync(Duration::from_millis(200)), "the writer is stuck on the pipe");
     let drops = sink.close(Duration::from_millis(200));
