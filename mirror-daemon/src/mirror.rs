@@ -120,6 +120,21 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The kernel's loss counters, with the ring reader's undecodable records.
+    pub fn kernel_drops(kernel: &Counters, undecodable_records: u64) -> KernelDrops {
+        let named = kernel.named();
+        let get = |name: &str| named.get(name).copied().unwrap_or_default();
+        KernelDrops {
+            ringbuf_full: get("ringbuf_full"),
+            truncated: get("truncated"),
+            marker_lost: get("marker_lost"),
+            unparsed: get("unparsed"),
+            undecodable_records,
+            shed_segments: get("shed_segments"),
+            shed_bytes: get("shed_bytes"),
+        }
+    }
+
     /// `mirror_xdp=85 mirror_tc=240`: mean ns per run of each kernel program since start, for
     /// the summary; `None` without run-time statistics.
     pub fn ns_per_run(&self) -> Option<String> {
@@ -137,23 +152,6 @@ impl Snapshot {
                 self.programs.iter().map(|p| format!("{}={}", p.program, p.runs)).collect();
             each.join(" ")
         })
-    }
-}
-
-impl Snapshot {
-    /// The kernel's loss counters, with the ring reader's undecodable records.
-    pub fn kernel_drops(kernel: &Counters, undecodable_records: u64) -> KernelDrops {
-        let named = kernel.named();
-        let get = |name: &str| named.get(name).copied().unwrap_or_default();
-        KernelDrops {
-            ringbuf_full: get("ringbuf_full"),
-            truncated: get("truncated"),
-            marker_lost: get("marker_lost"),
-            unparsed: get("unparsed"),
-            undecodable_records,
-            shed_segments: get("shed_segments"),
-            shed_bytes: get("shed_bytes"),
-        }
     }
 }
 

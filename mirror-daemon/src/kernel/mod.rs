@@ -88,7 +88,7 @@ pub enum KernelError {
     #[error("ring buffer: {0}")]
     Ring(#[source] std::io::Error),
     #[error(
-        "--kernel-stats: the kernel refused to turn on BPF run-time statistics ({0}); that needs \
+        "--kernel-stats: the kernel refused to turn on BPF run-time statistics, which needs \
          CAP_SYS_ADMIN: run as root, or turn them on for the whole host with `sysctl -w \
          kernel.bpf_stats_enabled=1` (the daemon then reads them), or leave --kernel-stats out"
     )]
