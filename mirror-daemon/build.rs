@@ -29,10 +29,13 @@ fn kernel_object(out_dir: &std::path::Path) {
     println!("cargo:rerun-if-env-changed=MIRROR_EBPF_OBJECT");
     let object = env::var_os("MIRROR_EBPF_OBJECT").map(PathBuf::from).unwrap_or(default);
     println!("cargo:rerun-if-changed={}", object.display());
-    match fs::read(&object) {
-        Ok(bytes) => fs::write(&out, bytes).expect("write embedded object"),
-        Err(_) => fs::write(&out, []).expect("write empty object"),
-    }
+    let bytes = fs::read(&object).unwrap_or_default();
+    // Written beside and renamed into place, never written through: a target directory seeded
+    // with hard links shares `out/mirror.bpf.o` with other trees, and writing the shared file
+    // would hand another tree's build (with or without its kernel object) to this one.
+    let fresh = out_dir.join("mirror.bpf.o.new");
+    fs::write(&fresh, bytes).expect("write the embedded object");
+    fs::rename(&fresh, &out).expect("move the embedded object into place");
 }
 
 fn protos(out_dir: &std::path::Path) {

@@ -58,19 +58,26 @@ fn bench(c: &mut Criterion) {
     let records: Vec<Vec<u8>> = (0..PER_ITERATION as u64).map(record).collect();
     let dir = std::env::temp_dir().join(format!("mirror-bench-records-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench directory");
+    // The record queue's share of the default memory budget, as the daemon runs it.
+    let queue_bytes = mirror_daemon::budget::Shares::split(mirror_daemon::budget::DEFAULT_MEMORY_LIMIT)
+        .expect("the default budget splits")
+        .records as usize;
     let mut group = c.benchmark_group("records");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Bytes((PER_ITERATION * RECORD) as u64));
     for (name, compression) in
         [("rotate-16MiB-gzip", Compression::Gzip), ("rotate-16MiB-plain", Compression::None)]
     {
-        let sink = RecordSink::start(SinkConfig {
-            target: Target::File(dir.join(format!("{name}.jsonl"))),
-            max_size: Some(16 << 20),
-            keep: 2,
-            compression,
-            log_every: Duration::from_secs(10),
-        })
+        let sink = RecordSink::start(
+            SinkConfig {
+                target: Target::File(dir.join(format!("{name}.jsonl"))),
+                max_size: Some(16 << 20),
+                keep: 2,
+                compression,
+                log_every: Duration::from_secs(10),
+            },
+            queue_bytes,
+        )
         .expect("open the bench record file");
         group.bench_function(name, |b| {
             b.iter(|| {

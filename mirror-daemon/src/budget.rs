@@ -1,10 +1,10 @@
 //! One memory budget for the whole daemon (`--memory-limit`), split into what each part may hold.
 //!
 //! Each stage has its own bound — the kernel ring buffer, out-of-order bytes in reassembly,
-//! partial messages in framing, replay bodies, exchanges waiting to be joined or reported — and an
-//! operator has to give the container one number. [`Shares::split`] derives every bound from that
-//! number, so that their sum (plus what the daemon itself needs: code, tables, the allocator's
-//! slack) never exceeds it. A per-part setting given explicitly (`--ring-buffer-size`,
+//! partial messages in framing, replay bodies, exchanges waiting to be joined or reported, records
+//! waiting to be written — and an operator has to give the container one number.
+//! [`Shares::split`] derives every bound from that number, so that their sum (plus what the daemon
+//! itself needs: code, tables, the allocator's slack) never exceeds it. A per-part setting given explicitly (`--ring-buffer-size`,
 //! `--max-buffered-total`, `--max-body-size`, `--shadow-max-response`) keeps working: it takes its
 //! part's place and the others share what is left, or the split fails with an error that says
 //! which setting to change.
@@ -13,7 +13,8 @@
 //! held after framing — replay requests and shadow answers, exchanges waiting in the join table or
 //! for the reporter — are counted in an [`Account`]: whatever holds bytes takes a [`Charge`]
 //! first, and when the account is at its share the charge is refused and the caller sheds the
-//! work and counts it (`memory_budget`) instead of growing.
+//! work and counts it (`memory_budget`) instead of growing. The record writer's queue holds its
+//! share itself (`report::sink`): records beyond it are dropped and counted (`queue_full`).
 use std::{
     fmt,
     sync::{
@@ -78,6 +79,8 @@ pub struct Shares {
     pub ring_buffer: u64,
     /// Kept for what the parts below do not count byte for byte (copies, allocator); not enforced.
     pub slack: u64,
+    /// Records waiting for the record writer (`--record`): what absorbs a slow disk.
+    pub records: u64,
     /// Out-of-order bytes in TCP reassembly, across connections.
     pub reassembly: u64,
     /// Partial messages in HTTP framing, across connections.
@@ -165,10 +168,14 @@ impl Shares {
         // Half of what the runtime and the ring buffer leave is kept for what the shares do not
         // count byte for byte: a body copied whole when it is complete, buffers grown by
         // doubling, the clients' read buffers, the allocator's slack. Measured under overload,
-        // the daemon's heap is about twice the bytes its parts hold.
+        // the daemon's heap is about twice the bytes its parts hold. An eighth of that half bounds
+        // the record writer's queue instead: records are counted byte for byte, and they were part
+        // of the heap measured (the queue had a fixed bound then). It only fills while the disk
+        // stalls, so it needs no share of the pipeline's.
         let rest = total.saturating_sub(runtime + ring_buffer);
-        let slack = rest / 2;
-        let free = (rest - slack)
+        let records = rest / 16;
+        let slack = rest / 2 - records;
+        let free = (rest - rest / 2)
             .checked_sub(fixed)
             .filter(|free| free_parts.iter().all(|(p, _)| share_of(*p, *free) >= MIN_PART));
         let Some(free) = free else {
@@ -215,6 +222,7 @@ impl Shares {
             runtime,
             ring_buffer,
             slack,
+            records,
             reassembly,
             framing,
             replay,
@@ -225,11 +233,12 @@ impl Shares {
     }
 
     /// The parts that hold memory, `(name, bytes)`: what adds up to at most `total`.
-    pub fn parts(&self) -> [(&'static str, u64); 7] {
+    pub fn parts(&self) -> [(&'static str, u64); 8] {
         [
             ("runtime", self.runtime),
             ("ring_buffer", self.ring_buffer),
             ("slack", self.slack),
+            ("records", self.records),
             ("reassembly", self.reassembly),
             ("framing", self.framing),
             ("replay", self.replay),
@@ -332,7 +341,9 @@ mod tests {
                 let s = Shares::split(t).unwrap();
                 assert!(sum(&s) <= t, "{t}: {s:?}");
                 assert!(s.ring_buffer.is_power_of_two() && s.ring_buffer >= MIN_RING, "{s:?}");
-                assert!(s.parts().iter().all(|(_, b)| *b >= MIN_PART), "{s:?}");
+                assert!(s.parts().iter().all(|(name, b)| *name == "records" || *b >= MIN_PART), "{s:?}");
+                // The record writer's queue holds a few of its 64KiB write buffers at least.
+                assert!(s.records >= 8 * (64 << 10), "{s:?}");
                 assert!(s.max_body <= s.framing && s.max_response <= s.replay, "{s:?}");
                 // Little is lost to rounding.
                 assert!(t - sum(&s) < 4 * MIB, "{t}: {s:?}");
@@ -344,7 +355,9 @@ mod tests {
     #[test]
     fn the_default_split() {
         let s = Shares::split(DEFAULT_MEMORY_LIMIT).unwrap();
-        assert_eq!((s.runtime, s.ring_buffer, s.slack), (32 * MIB, 32 * MIB, 96 * MIB));
+        assert_eq!((s.runtime, s.ring_buffer, s.slack), (32 * MIB, 32 * MIB, 84 * MIB));
+        // The record writer's queue: an eighth of what the slack would have been.
+        assert_eq!(s.records, 12 * MIB);
         // The other 96MiB shared 2:3:3:2.
         assert!(96 * MIB - (s.reassembly + s.framing + s.replay + s.queues) < 16, "{s:?}");
         assert_eq!((s.framing, s.replay), (s.reassembly * 3 / 2, s.queues * 3 / 2));
@@ -352,6 +365,8 @@ mod tests {
         let small = Shares::split(48 * MIB).unwrap();
         assert_eq!(small.ring_buffer, 4 * MIB);
         assert_eq!(small.runtime, 19 * MIB);
+        // (48 - 19 - 4) / 16.
+        assert_eq!(small.records, 25 * MIB / 16);
     }
 
     #[test]

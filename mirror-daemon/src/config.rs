@@ -137,6 +137,8 @@ pub struct CaptureSection {
     pub resync_mid_stream: Option<bool>,
     pub xdp_mode: Option<String>,
     pub ring_buffer_size: Option<String>,
+    /// Keep the kernel's run-time statistics on and report the programs' ns per run.
+    pub kernel_stats: Option<bool>,
 }
 
 /// A model as in the registry: `{model_id, version, is_production}`.
@@ -240,6 +242,7 @@ pub struct FileSettings {
     pub resync_mid_stream: Option<bool>,
     pub xdp_mode: Option<XdpModeChoice>,
     pub ring_buffer_size: Option<u32>,
+    pub kernel_stats: Option<bool>,
     pub production_model: Option<ModelInfo>,
     pub shadows: Option<Vec<ShadowTarget>>,
     pub sample_percent: Option<f64>,
@@ -611,6 +614,7 @@ impl FileConfig {
             check_label_selector(labels).map(|()| labels.trim().to_string())
         });
         s.resync_mid_stream = cap.resync_mid_stream;
+        s.kernel_stats = cap.kernel_stats;
         s.xdp_mode = c.convert("capture.xdp_mode", cap.xdp_mode.as_ref(), |m| {
             XdpModeChoice::from_str(m, true).map_err(|_| format!("\"{m}\": use auto, driver or generic"))
         });

@@ -237,6 +237,37 @@ mod tests {
     }
 
     #[test]
+    fn capture_and_run_give_the_ring_buffer_the_same_default() {
+        let Some(Command::Capture(capture)) = parse(&["capture", "-i", "lo", "-p", "80"]).unwrap().command
+        else {
+            panic!("capture parses as capture")
+        };
+        let run = parse(&["run", "-i", "lo", "-p", "80"]).unwrap();
+        let Some(Command::Run(run)) = run.command else { panic!("run parses as run") };
+        let ring = run.shares().unwrap().ring_buffer;
+        assert_eq!(u64::from(capture.attach.capture_config().ring_bytes), ring);
+        // A smaller budget shrinks `run`'s ring; `capture` has no budget and keeps the default's.
+        let small = parse(&["run", "-i", "lo", "-p", "80", "--memory-limit", "64MiB"]).unwrap();
+        let Some(Command::Run(small)) = small.command else { panic!("run parses as run") };
+        assert!(small.shares().unwrap().ring_buffer < ring);
+    }
+
+    #[test]
+    fn kernel_stats_come_from_the_flag_or_the_file() {
+        assert!(!settings(FILE, &[]).unwrap().attach.kernel_stats, "off by default");
+        let file = FILE.replace("ports: [8080]}", "ports: [8080], kernel_stats: true}");
+        let s = settings(&file, &[]).unwrap();
+        assert!(s.attach.kernel_stats && s.attach.capture_config().kernel_stats);
+        assert!(settings(FILE, &["--kernel-stats"]).unwrap().attach.kernel_stats);
+        let changes = commands::run::changes(&settings(FILE, &[]).unwrap(), &s);
+        assert_eq!(
+            changes.restart,
+            ["capture.kernel_stats"],
+            "the programs keep their statistics until restart"
+        );
+    }
+
+    #[test]
     fn reload_sorts_changes_into_applied_and_restart() {
         let old = settings(FILE, &[]).unwrap();
         let new = settings(

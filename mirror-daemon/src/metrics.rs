@@ -21,7 +21,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::report::document::VerdictBoard;
+use crate::{kernel::ProgramRuns, report::document::VerdictBoard};
 
 /// Largest request body read (a webhook's payload); larger ones are cut off, not answered differently.
 const MAX_REQUEST_BODY: usize = 64 * 1024;
@@ -54,6 +54,12 @@ pub struct TextLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
+}
+
+/// A kernel program: `mirror_xdp` (receive side) or `mirror_tc` (transmit side).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,6 +137,10 @@ pub struct Metrics {
     pub production_pods: Gauge,
     /// Failed lookups of a production pod's interface (each retry counts).
     pub pod_lookup_failures: Counter,
+    /// With `--kernel-stats`: how long each kernel program ran, and how often (ns per packet is
+    /// the ratio of their rates).
+    pub kernel_program_run_seconds: Family<ProgramLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub kernel_program_runs: Family<ProgramLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -172,6 +182,9 @@ impl Metrics {
         mirrored_share.set(1.0);
         let production_pods = Gauge::default();
         let pod_lookup_failures = Counter::default();
+        let kernel_program_run_seconds =
+            Family::<ProgramLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let kernel_program_runs = Family::<ProgramLabels, Counter>::default();
         registry.register("exchanges", "HTTP exchanges rebuilt from the wire", exchanges.clone());
         registry.register("comparisons", "Shadow comparisons by verdict", comparisons.clone());
         registry.register("not_compared", "Exchanges not compared, by reason", not_compared.clone());
@@ -258,6 +271,16 @@ impl Metrics {
             "Failed lookups of the interface carrying a production pod's traffic",
             pod_lookup_failures.clone(),
         );
+        registry.register(
+            "kernel_program_run_seconds",
+            "Time the kernel program ran, over every interface it is attached to (with --kernel-stats)",
+            kernel_program_run_seconds.clone(),
+        );
+        registry.register(
+            "kernel_program_runs",
+            "Times the kernel program ran: packets, bare ACKs included (with --kernel-stats)",
+            kernel_program_runs.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             routes: Mutex::new(HashSet::new()),
@@ -283,6 +306,22 @@ impl Metrics {
             mirrored_share,
             production_pods,
             pod_lookup_failures,
+            kernel_program_run_seconds,
+            kernel_program_runs,
+        }
+    }
+
+    /// Advances the kernel programs' run time and run counts to the kernel's totals.
+    pub fn kernel_programs(&self, programs: &[ProgramRuns]) {
+        for p in programs {
+            let labels = ProgramLabels { program: p.program.to_string() };
+            Self::advance(&self.kernel_program_runs.get_or_create(&labels), p.runs);
+            let seconds = self.kernel_program_run_seconds.get_or_create(&labels);
+            let total = p.run_time_ns as f64 / 1e9;
+            let current = seconds.get();
+            if total > current {
+                seconds.inc_by(total - current);
+            }
         }
     }
 
@@ -400,5 +439,19 @@ mod tests {
         }
         assert_eq!(m.route_label("GET /items/new"), "other");
         assert_eq!(m.route_label("GET /items/3"), "GET /items/3");
+    }
+
+    #[test]
+    fn kernel_program_counters_follow_the_kernel_totals() {
+        let m = Metrics::new();
+        let runs = |ns, runs| ProgramRuns { program: "mirror_tc", run_time_ns: ns, runs };
+        m.kernel_programs(&[runs(1_500_000_000, 1_000)]);
+        m.kernel_programs(&[runs(2_500_000_000, 4_000)]);
+        let text = m.encode();
+        assert!(text.contains(r#"mirror_kernel_program_runs_total{program="mirror_tc"} 4000"#), "{text}");
+        assert!(
+            text.contains(r#"mirror_kernel_program_run_seconds_total{program="mirror_tc"} 2.5"#),
+            "{text}"
+        );
     }
 }

@@ -28,7 +28,7 @@ use crate::{
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
     drops::{Books, DispatchDrops, KernelDrops, Losses, Outcomes, RecordDrops, Stage},
     exchange::{Assembled, Exchange, ReadyRequest},
-    kernel::Counters,
+    kernel::{Counters, ProgramRuns},
     metrics::{
         ComparisonLabels, Metrics, OutcomeLabels, ReasonLabels, RouteLabels, ShadowReasonLabels,
         ShadowRouteLabels, TextLabels,
@@ -114,6 +114,9 @@ pub struct Snapshot {
     pub shed_level: u32,
     /// Per shadow: `(name, value)` replay counters.
     pub replay: Vec<(String, Vec<(&'static str, u64)>)>,
+    /// Run time and runs of each kernel program since it was loaded (empty without
+    /// `--kernel-stats`).
+    pub programs: Vec<ProgramRuns>,
 }
 
 impl Snapshot {
@@ -130,6 +133,25 @@ impl Snapshot {
             shed_segments: get("shed_segments"),
             shed_bytes: get("shed_bytes"),
         }
+    }
+
+    /// `mirror_xdp=85 mirror_tc=240`: mean ns per run of each kernel program since start, for
+    /// the summary; `None` without run-time statistics.
+    pub fn ns_per_run(&self) -> Option<String> {
+        (!self.programs.is_empty()).then(|| {
+            let each: Vec<String> =
+                self.programs.iter().map(|p| format!("{}={:.0}", p.program, p.ns_per_run())).collect();
+            each.join(" ")
+        })
+    }
+
+    /// `mirror_xdp=1234 mirror_tc=5678`: runs of each kernel program since start.
+    pub fn program_runs(&self) -> Option<String> {
+        (!self.programs.is_empty()).then(|| {
+            let each: Vec<String> =
+                self.programs.iter().map(|p| format!("{}={}", p.program, p.runs)).collect();
+            each.join(" ")
+        })
     }
 }
 
@@ -906,6 +928,7 @@ impl Reporter {
             tracing::warn!(%books, "the books do not balance: some requests were not counted exactly once");
         }
         self.metrics.mirrored_share.set(mirrored_share(s.shed_level));
+        self.metrics.kernel_programs(&s.programs);
         for (model_id, counters) in &s.replay {
             let labels = ShadowRouteLabels { model_id: model_id.clone(), route: "all".into() };
             for (name, value) in counters {
@@ -942,6 +965,8 @@ impl Reporter {
             requests_in_progress = books.in_progress,
             requests_difference = books.difference(),
             replay = ?replay,
+            kernel_ns_per_run = s.ns_per_run(),
+            kernel_runs = s.program_runs(),
             "{}",
             if last { "final summary" } else { "summary" }
         );

@@ -1,13 +1,13 @@
 //! Runs the real `mirror-daemon` binary inside a namespace and collects what it reports.
 use std::{
     io::{BufRead, BufReader, Read},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::mpsc,
     time::Duration,
 };
 
-use crate::netns::Netns;
+use crate::netns::{Netns, Trio};
 
 /// The daemon binary next to the test binary (target/<profile>/mirror-daemon), or
 /// `MIRROR_DAEMON_BIN`. `cargo xtask test` builds it with the kernel programs embedded.
@@ -81,10 +81,25 @@ impl Daemon {
     /// Waits for a stderr line containing every one of `needles` and returns the latest such line;
     /// panics with everything seen so far if none comes (or the daemon exits first).
     pub fn wait_for_line(&mut self, needles: &[&str], timeout: Duration) -> String {
+        let found =
+            |lines: &[String]| lines.iter().rev().find(|l| needles.iter().all(|n| l.contains(n))).cloned();
+        self.wait_until(&format!("{needles:?}"), timeout, found)
+    }
+
+    /// Waits until `n` stderr lines contain `needle` (the n-th periodic summary, say); panics with
+    /// everything seen so far if they do not come in time (or the daemon exits first).
+    pub fn wait_for_count(&mut self, needle: &str, n: usize, timeout: Duration) {
+        let enough =
+            |lines: &[String]| (lines.iter().filter(|l| l.contains(needle)).count() >= n).then_some(());
+        self.wait_until(&format!("{n} lines with {needle:?}"), timeout, enough)
+    }
+
+    /// Collects stderr lines until `done` says so; panics naming `what` otherwise.
+    fn wait_until<T>(&mut self, what: &str, timeout: Duration, done: impl Fn(&[String]) -> Option<T>) -> T {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Some(line) = self.stderr.iter().rev().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return line.clone();
+            if let Some(found) = done(&self.stderr) {
+                return found;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.stderr_lines.recv_timeout(left.min(Duration::from_millis(200))) {
@@ -92,22 +107,26 @@ impl Daemon {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
                         self.collect();
-                        panic!(
-                            "mirror-daemon exited ({status}) before {needles:?}:\n{}",
-                            self.stderr.join("\n")
-                        );
+                        panic!("mirror-daemon exited ({status}) before {what}:\n{}", self.stderr.join("\n"));
                     }
                     if left.is_zero() {
                         panic!(
-                            "no {needles:?} from mirror-daemon within {timeout:?}:\n{}",
+                            "no {what} from mirror-daemon within {timeout:?}:\n{}",
                             self.stderr.join("\n")
                         );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("mirror-daemon closed stderr before {needles:?}:\n{}", self.stderr.join("\n"));
+                    panic!("mirror-daemon closed stderr before {what}:\n{}", self.stderr.join("\n"));
                 }
             }
+        }
+    }
+
+    /// Takes in the stderr lines that have arrived so far, without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.stderr_lines.try_recv() {
+            self.stderr.push(line);
         }
     }
 
@@ -198,6 +217,34 @@ impl Finished {
             .map(|(k, v)| (k.to_string(), v.parse().expect("counter value")))
             .collect()
     }
+}
+
+/// `mirror-daemon run` as the mirroring tests start it on a [`Trio`]: capturing production's
+/// interface on `port`, replaying to one shadow (`model-v2@2` on the shadow's address and the same
+/// port), recording to `record`, a summary every second, metrics on `metrics_addr` (`off`, or an
+/// address in production's namespace), then the test's own `extra` arguments. Returns once the
+/// daemon captures.
+pub fn start_mirror(trio: &Trio, port: u16, record: &Path, metrics_addr: &str, extra: &[&str]) -> Daemon {
+    let port = port.to_string();
+    let shadow = format!("model-v2@2=http://{}:{port}", trio.shadow_addr);
+    let record = record.to_str().expect("a UTF-8 record path");
+    let mut args = vec![
+        "run",
+        "-i",
+        &trio.production_if,
+        "-p",
+        &port,
+        "--shadow",
+        &shadow,
+        "--record",
+        record,
+        "--summary-interval",
+        "1s",
+        "--metrics-addr",
+        metrics_addr,
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(&trio.production, &args)
 }
 
 /// Runs the daemon to completion (for argument errors); returns (success, stderr).

@@ -15,7 +15,7 @@ use std::{
 use mirror_tests::{
     ChildGuard,
     client::{connect, post_json},
-    daemon::Daemon,
+    daemon::start_mirror,
     gate::kernel_tests_allowed,
     model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
@@ -24,6 +24,7 @@ use mirror_tests::{
 use serde_json::Value;
 
 const PORT: u16 = 8080;
+const METRICS: &str = "127.0.0.1:19466";
 const PATH: &str = "/v2/models/demo/infer";
 
 fn model_server(ns: &Netns, addr: std::net::Ipv4Addr, version: &str, delay_ms: u64) -> ChildGuard {
@@ -142,30 +143,12 @@ fn every_request_seen_is_compared_or_counted_once() {
     let _v1 = model_server(&trio.production, trio.production_addr, "1", 0);
     let production = SocketAddr::from((trio.production_addr, PORT));
     let record = scratch_file("books.jsonl");
-    let shadow = format!("model-v2@2=http://{}:{PORT}", trio.shadow_addr);
-    let daemon = Daemon::start(
-        &trio.production,
-        &[
-            "run",
-            "-i",
-            &trio.production_if,
-            "-p",
-            "8080",
-            "--shadow",
-            &shadow,
-            "--record",
-            record.to_str().unwrap(),
-            "--summary-interval",
-            "1s",
-            "--metrics-addr",
-            "127.0.0.1:19466",
-            "--shadow-max-in-flight",
-            "2",
-            "--shadow-queue",
-            "16",
-            "--shadow-timeout",
-            "2s",
-        ],
+    let daemon = start_mirror(
+        &trio,
+        PORT,
+        &record,
+        METRICS,
+        &["--shadow-max-in-flight", "2", "--shadow-queue", "16", "--shadow-timeout", "2s"],
     );
 
     // The shadow is down: every replay fails (compared, `shadow_error`).
@@ -181,7 +164,7 @@ fn every_request_seen_is_compared_or_counted_once() {
     // A periodic summary while replays are queued and in flight (the books' in-progress term):
     // 18 replays of 1.5 s, two at a time, take 13 s, so most are still waiting at SIGINT.
     std::thread::sleep(Duration::from_millis(1_200));
-    let metrics = scrape(&trio.production, "127.0.0.1:19466");
+    let metrics = scrape(&trio.production, METRICS);
     let finished = daemon.stop();
     assert!(finished.success, "{}", finished.stderr);
 

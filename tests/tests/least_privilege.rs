@@ -167,3 +167,40 @@ fn without_the_capabilities_the_daemon_refuses_to_start() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("CAP_BPF"), "{stderr}");
 }
+
+/// `--kernel-stats` needs CAP_SYS_ADMIN, which the deployment files do not grant: with their
+/// capabilities the daemon refuses to start and says what to do, unless the host has the
+/// statistics on already (`kernel.bpf_stats_enabled`, e.g. during a kernel benchmark), in which
+/// case it reads them.
+#[test]
+fn kernel_stats_without_cap_sys_admin_need_the_sysctl() {
+    if !kernel_tests_allowed("kernel_stats_without_cap_sys_admin_need_the_sysctl") {
+        return;
+    }
+    let (caps, _) = grantable(daemonset_capabilities());
+    assert!(!caps.iter().any(|c| c == "sys_admin"), "the DaemonSet grants CAP_SYS_ADMIN: {caps:?}");
+    let list = caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",");
+    let ns = Netns::new("nostats");
+    let host_wide =
+        || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1");
+    let before = host_wide();
+    let out = ns
+        .command("setpriv")
+        .args([&format!("--bounding-set=-all,{list}"), "--no-new-privs", "--"])
+        .arg(mirror_tests::daemon::binary())
+        .args(["capture", "-i", "lo", "-p", "8080", "--duration", "1s", "--kernel-stats"])
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // Only possible with the statistics on host-wide for the whole run.
+        assert!(before && host_wide(), "started without CAP_SYS_ADMIN or the sysctl:\n{stderr}");
+        assert!(stderr.contains("kernel programs: mirror_xdp"), "{stderr}");
+    } else {
+        assert!(!before || !host_wide(), "refused though the sysctl is on:\n{stderr}");
+        assert!(
+            stderr.contains("CAP_SYS_ADMIN") && stderr.contains("kernel.bpf_stats_enabled=1"),
+            "{stderr}"
+        );
+    }
+}

@@ -20,7 +20,7 @@ use std::{
 use mirror_tests::{
     ChildGuard,
     client::{connect, post_json},
-    daemon::Daemon,
+    daemon::start_mirror,
     gate::kernel_tests_allowed,
     model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
@@ -32,27 +32,6 @@ const PORT: u16 = 8080;
 fn model_server(ns: &Netns, addr: std::net::Ipv4Addr, version: &str, delay_ms: u64) -> ChildGuard {
     let options = ServerOptions { version: version.into(), disagree_percent: 0.0, delay_ms };
     model_server::start_test_build(ns, &[SocketAddr::from((addr, PORT))], &options)
-}
-
-fn start(trio: &Trio, record: &Path, extra: &[&str]) -> Daemon {
-    let shadow = format!("model-v2@2=http://{}:{PORT}", trio.shadow_addr);
-    let mut args = vec![
-        "run",
-        "-i",
-        &trio.production_if,
-        "-p",
-        "8080",
-        "--shadow",
-        &shadow,
-        "--record",
-        record.to_str().unwrap(),
-        "--summary-interval",
-        "1s",
-        "--metrics-addr",
-        "off",
-    ];
-    args.extend_from_slice(extra);
-    Daemon::start(&trio.production, &args)
 }
 
 /// `rate` inference requests/s for `seconds`, paced over `workers` keep-alive connections;
@@ -137,7 +116,7 @@ fn replay_concurrency_follows_a_slow_shadow() {
     let mut shares = Vec::new();
     for (name, extra) in [("adaptive", vec![]), ("fixed-64", vec!["--shadow-max-in-flight", "64"])] {
         let record = scratch_file(&format!("budget-concurrency-{name}.jsonl"));
-        let daemon = start(&trio, &record, &extra);
+        let daemon = start_mirror(&trio, PORT, &record, "off", &extra);
         let answers = paced_load(&trio.client, production, rate, seconds, workers);
         // The last replays get their answers (200 ms) before the daemon is stopped.
         std::thread::sleep(Duration::from_millis(800));
@@ -205,7 +184,8 @@ fn memory_stays_within_a_small_budget_under_overload() {
     // A slow shadow: replays and their bodies pile up unless the budget holds them back.
     let _v2 = model_server(&trio.shadow, trio.shadow_addr, "2", 300);
     let record = scratch_file("budget-overload.jsonl");
-    let daemon = start(&trio, &record, &["--memory-limit", "48MiB", "--shadow-queue", "4096"]);
+    let daemon =
+        start_mirror(&trio, PORT, &record, "off", &["--memory-limit", "48MiB", "--shadow-queue", "4096"]);
     let pid = daemon.child.id();
     let production = SocketAddr::from((trio.production_addr, PORT));
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));

@@ -2,12 +2,12 @@
 //! namespace captures the traffic, replays every request to the shadow (model v2, which flips the
 //! label of a known share of rows), compares, records and decides. The test computes the truth
 //! itself by calling both models directly, and checks the daemon against it.
-use std::{collections::HashMap, net::SocketAddr, path::Path, process::Stdio, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, process::Stdio, time::Duration};
 
 use mirror_tests::{
     ChildGuard,
     client::{connect, post_json},
-    daemon::Daemon,
+    daemon::start_mirror,
     gate::kernel_tests_allowed,
     model_server::{self, ServerOptions, infer_request},
     netns::{Netns, Trio},
@@ -102,28 +102,9 @@ fn assert_schema(r: &Value) {
     );
 }
 
-fn start(trio: &Trio, record: &Path, extra: &[&str]) -> Daemon {
-    let shadow = format!("model-v2@2=http://{}:{PORT}", trio.shadow_addr);
-    let mut args = vec![
-        "run",
-        "-i",
-        &trio.production_if,
-        "-p",
-        "8080",
-        "--shadow",
-        &shadow,
-        "--production-model",
-        "model-v1@1",
-        "--record",
-        record.to_str().unwrap(),
-        "--summary-interval",
-        "1s",
-        "--metrics-addr",
-        "127.0.0.1:19464",
-    ];
-    args.extend_from_slice(extra);
-    Daemon::start(&trio.production, &args)
-}
+/// Records name the production model; metrics are served (the test reads them).
+const PRODUCTION_MODEL: [&str; 2] = ["--production-model", "model-v1@1"];
+const METRICS: &str = "127.0.0.1:19464";
 
 #[test]
 fn verdicts_equal_the_ground_truth() {
@@ -134,7 +115,7 @@ fn verdicts_equal_the_ground_truth() {
     let _v1 = model_server(&trio.production, trio.production_addr, "1", 0.0, 0);
     let _v2 = model_server(&trio.shadow, trio.shadow_addr, "2", 10.0, 1);
     let record = scratch_file("mirror.jsonl");
-    let daemon = start(&trio, &record, &[]);
+    let daemon = start_mirror(&trio, PORT, &record, METRICS, &PRODUCTION_MODEL);
 
     let requests = bodies(300);
     let production = SocketAddr::from((trio.production_addr, PORT));
@@ -155,7 +136,7 @@ fn verdicts_equal_the_ground_truth() {
     // Metrics while it runs.
     std::thread::sleep(Duration::from_millis(1500));
     let metrics = trio.production.run(|| {
-        let mut s = connect("127.0.0.1:19464".parse().unwrap());
+        let mut s = connect(METRICS.parse().unwrap());
         std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let raw = mirror_tests::client::read_response(&mut s).expect("metrics response");
         String::from_utf8_lossy(&raw).into_owned()
@@ -295,7 +276,7 @@ fn shadow_faults_never_reach_production() {
             other => Some(bad_shadow(&trio.shadow, trio.shadow_addr, other)),
         };
         let record = scratch_file(&format!("fault-{mode}.jsonl"));
-        let daemon = start(&trio, &record, &extra);
+        let daemon = start_mirror(&trio, PORT, &record, METRICS, &[&PRODUCTION_MODEL[..], &extra].concat());
         let answers = drive(&trio.client, production, bodies(200));
         assert!(answers.iter().all(|(status, _, _)| *status == 200), "{mode}: production failed");
         let with_daemon = median(answers.iter().map(|(_, _, l)| *l).collect());

@@ -27,7 +27,7 @@ use crd::{AnalysisTemplate, Canary, HOOK_TYPES, Metric, MetricTemplate};
 use mirror_tests::{
     ChildGuard,
     client::{connect, post_json, read_response},
-    daemon::{self, Daemon},
+    daemon::{self, start_mirror},
     expr,
     gate::kernel_tests_allowed,
     model_server::{self, ServerOptions, infer_request},
@@ -498,27 +498,9 @@ fn scene(disagree: f64, before: impl FnOnce(&Netns), after: impl FnOnce(&Netns))
     };
     let _v1 = server(&trio.production, trio.production_addr, "1", 0.0);
     let _v2 = server(&trio.shadow, trio.shadow_addr, "2", disagree);
-    let shadow = format!("model-v2@2=http://{}:{PORT}", trio.shadow_addr);
     let record = scratch_file(&format!("rollouts-{disagree}.jsonl"));
-    let args = [
-        "run",
-        "-i",
-        &trio.production_if,
-        "-p",
-        "8080",
-        "--shadow",
-        &shadow,
-        "--record",
-        record.to_str().unwrap(),
-        "--summary-interval",
-        "1s",
-        "--metrics-addr",
-        DAEMON,
-        // Latency is not what this test is about: on a shared machine a replay's p99 is noisy.
-        "--max-p99-latency-ratio",
-        "5",
-    ];
-    let daemon = Daemon::start(&trio.production, &args);
+    // Latency is not what this test is about: on a shared machine a replay's p99 is noisy.
+    let daemon = start_mirror(&trio, PORT, &record, DAEMON, &["--max-p99-latency-ratio", "5"]);
     before(&trio.production);
     let production = SocketAddr::from((trio.production_addr, PORT));
     let requests = bodies(150);

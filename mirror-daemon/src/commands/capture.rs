@@ -1,4 +1,7 @@
 //! `mirror-daemon capture`: attach, stream segments to a pcap file or to stdout, detach.
+//!
+//! Its ring buffer defaults to the ring's share of the default `--memory-limit`, as `run`'s does;
+//! `capture` takes no limit of its own since it holds little besides the ring (a pcap buffer).
 use std::{
     collections::HashMap,
     fs::File,
@@ -146,6 +149,7 @@ pub async fn run(args: CaptureArgs) -> Result<()> {
     }
     reader.drain(|s| recorder.record(&s));
     let counters = kernel.counters()?;
+    let programs = kernel.program_runs()?;
     kernel.detach();
     let Recorder { output, segments, failure } = recorder;
     if let Some(err) = failure {
@@ -156,6 +160,13 @@ pub async fn run(args: CaptureArgs) -> Result<()> {
     eprintln!("captured {segments} segments in {:.1}s", elapsed.as_secs_f64());
     eprintln!("kernel counters: {counters}");
     eprintln!("undecodable records: {}", reader.undecodable);
+    if !programs.is_empty() {
+        let each: Vec<String> = programs
+            .iter()
+            .map(|p| format!("{} {} runs, {:.0} ns/run", p.program, p.runs, p.ns_per_run()))
+            .collect();
+        eprintln!("kernel programs: {}", each.join("; "));
+    }
     if !summary.is_empty() {
         eprintln!("{summary}");
     }

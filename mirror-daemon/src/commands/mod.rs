@@ -7,7 +7,10 @@ pub mod run;
 use std::net::IpAddr;
 
 use clap::Args;
-use mirror_daemon::kernel::{CaptureConfig, XdpModeChoice};
+use mirror_daemon::{
+    budget::{DEFAULT_MEMORY_LIMIT, Shares},
+    kernel::{CaptureConfig, XdpModeChoice},
+};
 
 /// Where and what to capture: shared by every command that attaches the kernel programs.
 #[derive(Debug, Clone, PartialEq, Args)]
@@ -26,14 +29,24 @@ pub struct AttachArgs {
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
     pub xdp_mode: XdpModeChoice,
     /// Kernel ring buffer size (power of two, e.g. 32MiB); when it is full, records are dropped
-    /// and counted, never the traffic. Default: `run` takes its share of `--memory-limit`
-    /// (32MiB of the default 256MiB), `capture` 32MiB.
+    /// and counted, never the traffic. Default: its share of `--memory-limit` (`run`), or of the
+    /// default 256MiB (`capture`, which holds little else): 32MiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_ring_size)]
     pub ring_buffer_size: Option<u32>,
+    /// Keep the kernel's run-time statistics of BPF programs on, and report what this daemon's
+    /// programs cost: ns per run in the summary, `mirror_kernel_program_run_seconds_total` and
+    /// `mirror_kernel_program_runs_total` (and at exit of `capture`). Off by default: while on,
+    /// every BPF program on the host pays two clock reads per run. Needs CAP_SYS_ADMIN, unless
+    /// `kernel.bpf_stats_enabled` is on already.
+    #[arg(long)]
+    pub kernel_stats: bool,
 }
 
-/// The ring buffer used when no memory budget says otherwise.
-pub const DEFAULT_RING_BUFFER: u32 = 32 << 20;
+/// The ring buffer when no `--ring-buffer-size` is given and no `--memory-limit` applies: the
+/// ring's share of the default budget, as `run` gives it.
+pub fn default_ring_buffer() -> u32 {
+    Shares::split(DEFAULT_MEMORY_LIMIT).map_or(32 << 20, |s| u32::try_from(s.ring_buffer).unwrap_or(32 << 20))
+}
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
     match parse_size(text)? {
@@ -50,7 +63,8 @@ impl AttachArgs {
             server_addrs: self.server_addrs.clone(),
             filter_addrs: !self.server_addrs.is_empty(),
             xdp_mode: self.xdp_mode,
-            ring_bytes: self.ring_buffer_size.unwrap_or(DEFAULT_RING_BUFFER),
+            ring_bytes: self.ring_buffer_size.unwrap_or_else(default_ring_buffer),
+            kernel_stats: self.kernel_stats,
         }
     }
 }

@@ -421,6 +421,7 @@ impl Invocation {
             "resync_mid_stream": args.resync_mid_stream => file.resync_mid_stream;
             "xdp_mode": args.attach.xdp_mode => file.xdp_mode;
             "ring_buffer_size": args.attach.ring_buffer_size => file.ring_buffer_size.map(Some);
+            "kernel_stats": args.attach.kernel_stats => file.kernel_stats;
             "record": args.record => file.record.clone().map(Some);
             "record_max_size": args.record_max_size => file.record_max_size.map(RecordMaxSize);
             "record_keep": args.record_keep => file.record_keep;
@@ -562,6 +563,7 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
     restart("capture.resync_mid_stream", old.resync_mid_stream != new.resync_mid_stream);
     restart("capture.xdp_mode", old.attach.xdp_mode != new.attach.xdp_mode);
     restart("capture.ring_buffer_size", old.attach.ring_buffer_size != new.attach.ring_buffer_size);
+    restart("capture.kernel_stats", old.attach.kernel_stats != new.attach.kernel_stats);
     restart("limits", old.limits != new.limits);
     restart("output.record", old.record != new.record);
     restart(
@@ -804,8 +806,8 @@ fn monotonic_now_ns() -> u64 {
 }
 
 /// The record writer for `--record`, if any. Only opening can fail (and stop the start); later
-/// write errors are counted and never stop the daemon.
-fn open_records(args: &RunArgs) -> Result<Option<RecordSink>> {
+/// write errors are counted and never stop the daemon. Its queue holds the records share.
+fn open_records(args: &RunArgs, shares: &Shares) -> Result<Option<RecordSink>> {
     let Some(path) = &args.record else { return Ok(None) };
     let config = SinkConfig {
         target: Target::of(path),
@@ -814,7 +816,8 @@ fn open_records(args: &RunArgs) -> Result<Option<RecordSink>> {
         compression: args.record_compress,
         log_every: args.summary_interval,
     };
-    let sink = RecordSink::start(config).with_context(|| {
+    let queue_bytes = usize::try_from(shares.records).unwrap_or(usize::MAX);
+    let sink = RecordSink::start(config, queue_bytes).with_context(|| {
         format!("open record file {} (check the directory exists and is writable)", path.display())
     })?;
     Ok(Some(sink))
@@ -865,7 +868,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     // Room for bursts; beyond it exchanges are dropped and counted (`report_queue_full`).
     let (report_tx, report_rx) = mpsc::channel(32_768);
     let ReporterSettings { shadows: shadow_infos, production_model, rules, criteria } = reporting;
-    let records = open_records(&args)?;
+    let records = open_records(&args, &shares)?;
     let reopener = records.as_ref().map(RecordSink::reopener);
     let reporter = Reporter {
         shadows: shadow_infos,
@@ -968,6 +971,7 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             requests_in_progress: rebuilt.requests_in_progress + dispatcher.requests_in_progress(),
             shed_level: rebuilt.shed_level,
             replay: dispatcher.replay_counters(),
+            programs: capture.kernel.program_runs().unwrap_or_default(),
         }
     };
     tracing::info!(workers, "rebuilding on {workers} thread(s)");

@@ -2,12 +2,13 @@
 //! them to interfaces and read their counters.
 //!
 //! Everything that needs privileges lives here. What comes out is a [`RingReader`] of typed
-//! segments and a [`Counters`] snapshot; nothing above this module knows about maps or programs.
+//! segments, a [`Counters`] snapshot and, with run-time statistics on, each program's
+//! [`ProgramRuns`]; nothing above this module knows about maps or programs.
 //! Dropping a [`KernelCapture`] detaches every program it attached (links are owned), and so does
 //! the process dying: the kernel releases links whose last file descriptor closes.
 pub mod preflight;
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, path::Path};
+use std::{collections::BTreeMap, fmt, net::IpAddr, os::fd::OwnedFd, path::Path};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -86,6 +87,12 @@ pub enum KernelError {
     Missing(&'static str),
     #[error("ring buffer: {0}")]
     Ring(#[source] std::io::Error),
+    #[error(
+        "--kernel-stats: the kernel refused to turn on BPF run-time statistics, which needs \
+         CAP_SYS_ADMIN: run as root, or turn them on for the whole host with `sysctl -w \
+         kernel.bpf_stats_enabled=1` (the daemon then reads them), or leave --kernel-stats out"
+    )]
+    Stats(#[source] std::io::Error),
 }
 
 /// How to attach XDP (`--xdp-mode`).
@@ -112,6 +119,48 @@ pub struct CaptureConfig {
     pub filter_addrs: bool,
     pub xdp_mode: XdpModeChoice,
     pub ring_bytes: u32,
+    /// Keep the kernel's run-time statistics of BPF programs on, and read this daemon's
+    /// programs' run time and run count ([`KernelCapture::program_runs`]).
+    pub kernel_stats: bool,
+}
+
+/// The programs, by the names the kernel object gives them.
+pub const PROGRAMS: [&str; 2] = ["mirror_xdp", "mirror_tc"];
+
+/// How long one of this daemon's programs has run and how often, over every interface it is
+/// attached to, as the kernel counts while run-time statistics are on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramRuns {
+    /// `mirror_xdp` (receive side) or `mirror_tc` (transmit side).
+    pub program: &'static str,
+    pub run_time_ns: u64,
+    pub runs: u64,
+}
+
+impl ProgramRuns {
+    /// Mean nanoseconds per run (0 before the first run).
+    pub fn ns_per_run(&self) -> f64 {
+        if self.runs == 0 { 0.0 } else { self.run_time_ns as f64 / self.runs as f64 }
+    }
+}
+
+/// Turns on the kernel's run-time statistics (`BPF_ENABLE_STATS`) for as long as the returned
+/// descriptor is open. Without CAP_SYS_ADMIN the kernel refuses; statistics turned on for the
+/// whole host (`kernel.bpf_stats_enabled`) then do as well, and `None` is returned.
+fn enable_run_time_stats() -> Result<Option<OwnedFd>, KernelError> {
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(err) => {
+            let host_wide =
+                std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1");
+            if host_wide {
+                tracing::debug!(error = %err.io_error, "BPF_ENABLE_STATS refused; kernel.bpf_stats_enabled is on");
+                Ok(None)
+            } else {
+                Err(KernelError::Stats(err.io_error))
+            }
+        }
+    }
 }
 
 /// Loaded and attached kernel programs. Dropping it detaches them.
@@ -122,6 +171,10 @@ pub struct KernelCapture {
     xdp_mode: XdpModeChoice,
     /// Interface → its XDP and TC links, in attach order.
     attached: BTreeMap<String, Attached>,
+    /// Whether run-time statistics are read (`--kernel-stats`).
+    kernel_stats: bool,
+    /// Keeps the statistics on while the daemon runs (`None`: on host-wide, or not asked for).
+    _stats_on: Option<OwnedFd>,
 }
 
 /// The links that tie the programs to one interface.
@@ -158,6 +211,7 @@ impl KernelCapture {
         preflight::check_capabilities(preflight::effective_capabilities())?;
         preflight::check_kernel(&preflight::kernel_release(), Path::new("/sys/kernel/btf/vmlinux"))?;
         raise_memlock_limit();
+        let stats_on = if cfg.kernel_stats { enable_run_time_stats()? } else { None };
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ring_bytes)
@@ -171,7 +225,14 @@ impl KernelCapture {
             }
         };
 
-        let mut this = Self { ebpf, logger, xdp_mode: cfg.xdp_mode, attached: BTreeMap::new() };
+        let mut this = Self {
+            ebpf,
+            logger,
+            xdp_mode: cfg.xdp_mode,
+            attached: BTreeMap::new(),
+            kernel_stats: cfg.kernel_stats,
+            _stats_on: stats_on,
+        };
         this.program_filters(cfg)?;
         this.load_programs()?;
         for iface in &cfg.interfaces {
@@ -352,6 +413,31 @@ impl KernelCapture {
         Ok(out)
     }
 
+    /// Run time and run count of each program this daemon loaded, read from the programs' own
+    /// descriptors (never looked up by name: other daemons load programs of the same names).
+    /// Empty unless run-time statistics were asked for.
+    pub fn program_runs(&self) -> Result<Vec<ProgramRuns>, KernelError> {
+        if !self.kernel_stats {
+            return Ok(Vec::new());
+        }
+        PROGRAMS
+            .iter()
+            .map(|&program| {
+                let info = self
+                    .ebpf
+                    .program(program)
+                    .ok_or(KernelError::Missing(program))?
+                    .info()
+                    .map_err(|source| KernelError::Program { program, source })?;
+                Ok(ProgramRuns {
+                    program,
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                    runs: info.run_count(),
+                })
+            })
+            .collect()
+    }
+
     /// Forwards pending kernel log records (aya-log) into the daemon's log. Returns when there are
     /// none; never returns if logging is unavailable (use in `select!`).
     pub async fn poll_logs(&mut self) {
@@ -485,6 +571,13 @@ mod tests {
         let v6 = address_key("fd00::1".parse().unwrap());
         assert_eq!(v6[0], 0xfd);
         assert_eq!(v6[15], 1);
+    }
+
+    #[test]
+    fn ns_per_run_is_the_mean() {
+        let runs = ProgramRuns { program: "mirror_xdp", run_time_ns: 9_000, runs: 40 };
+        assert_eq!(runs.ns_per_run(), 225.0);
+        assert_eq!(ProgramRuns { runs: 0, ..runs }.ns_per_run(), 0.0);
     }
 
     #[test]

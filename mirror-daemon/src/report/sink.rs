@@ -11,9 +11,10 @@
 //!   compresses rotated files in the background, and turns every write error into counted dropped
 //!   records. On a regular file a failed write is cut back to the last complete record, so a file
 //!   never holds half a record.
-//! - [`RecordSink`], what the reporter holds: a bounded queue (in bytes) to a writer thread. Pushing
-//!   never blocks: when the writer has fallen behind (a slow disk, a stdout reader that stopped
-//!   reading) the record is dropped and counted. The reporter keeps comparing, logging and counting
+//! - [`RecordSink`], what the reporter holds: a bounded queue (in bytes, its share of
+//!   `--memory-limit`: `budget::Shares::records`) to a writer thread. Pushing never blocks: when
+//!   the writer has fallen behind (a slow disk, a stdout reader that stopped reading) the record is
+//!   dropped and counted. The reporter keeps comparing, logging and counting
 //!   whatever happens to the file.
 //!
 //! Dropped records are counted by reason in [`RecordDrops`] (declared with every other loss in
@@ -41,9 +42,6 @@ use crate::drops::RecordDrops;
 pub const DEFAULT_MAX_SIZE: u64 = 256 << 20;
 /// Default number of rotated files kept besides the current one.
 pub const DEFAULT_KEEP: u32 = 10;
-/// Bytes of records waiting for the writer thread at most; beyond, records are dropped and
-/// counted (`records_dropped_queue_full`). Absorbs seconds of disk stall at usual record rates.
-pub const QUEUE_BYTES: usize = 16 << 20;
 /// How long stopping the daemon waits for queued records to be written.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Records are appended in chunks of about this size (whole records only).
@@ -565,8 +563,10 @@ struct State {
     bytes: usize,
     reopen: bool,
     closing: bool,
-    /// Records the writer has taken and not yet flushed.
+    /// Records the writer has taken and not yet flushed, and their bytes (still held: they count
+    /// against the queue's bound until written).
     in_hand: u64,
+    in_hand_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -580,6 +580,8 @@ struct Shared {
     queue_errors: Mutex<ErrorLog>,
     /// Records were dropped for a full queue since the last one taken (checked without a lock).
     queue_failing: std::sync::atomic::AtomicBool,
+    /// Bytes of records queued or in the writer's hands at most.
+    queue_bytes: usize,
     target: String,
     log_every: Duration,
 }
@@ -610,8 +612,10 @@ pub struct RecordSink {
 
 impl RecordSink {
     /// Opens the target (an error means the daemon cannot start: a bad path or permission) and
-    /// starts the writer thread.
-    pub fn start(config: SinkConfig) -> io::Result<Self> {
+    /// starts the writer thread. At most `queue_bytes` of records wait for it (the records share
+    /// of the memory budget); beyond, records are dropped and counted
+    /// (`records_dropped_queue_full`).
+    pub fn start(config: SinkConfig, queue_bytes: usize) -> io::Result<Self> {
         let drops = Arc::new(DropCounters::default());
         let target = config.target.describe();
         let log_every = config.log_every;
@@ -623,6 +627,7 @@ impl RecordSink {
             drops,
             queue_errors: Mutex::new(ErrorLog::new(log_every)),
             queue_failing: Default::default(),
+            queue_bytes,
             target,
             log_every,
         });
@@ -634,10 +639,11 @@ impl RecordSink {
     }
 
     /// Queues one record (a whole line with its newline), or drops and counts it when the queue
-    /// is full. A record larger than the whole queue is taken when the queue is empty.
+    /// is full. A record larger than the whole queue is taken when nothing else is held.
     pub fn push(&self, line: Vec<u8>) {
         let mut state = self.shared.lock();
-        if !state.queue.is_empty() && state.bytes + line.len() > QUEUE_BYTES {
+        let held = state.bytes + state.in_hand_bytes;
+        if held > 0 && held + line.len() > self.shared.queue_bytes {
             drop(state);
             self.shared.drops.add(DropReason::QueueFull, 1);
             self.shared.queue_failing.store(true, Ordering::Relaxed);
@@ -709,6 +715,7 @@ impl RecordSink {
             let left = state.queue.len() as u64 + state.in_hand;
             state.queue.clear();
             state.bytes = 0;
+            state.in_hand_bytes = 0;
             drop(state);
             self.shared.drops.add(DropReason::AtExit, left);
             tracing::error!(
@@ -748,7 +755,7 @@ fn write_loop(shared: &Shared, mut file: RecordFile) {
                 state = shared.wake.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
             }
             std::mem::swap(&mut batch, &mut state.queue);
-            state.bytes = 0;
+            state.in_hand_bytes = std::mem::take(&mut state.bytes);
             state.in_hand = batch.len() as u64;
             (std::mem::take(&mut state.reopen), state.closing)
         };
@@ -769,6 +776,7 @@ fn write_loop(shared: &Shared, mut file: RecordFile) {
             }
             state = shared.lock();
             state.in_hand = 0;
+            state.in_hand_bytes = 0;
             if state.queue.is_empty() {
                 shared.idle.notify_all();
                 if closing {
@@ -777,6 +785,7 @@ fn write_loop(shared: &Shared, mut file: RecordFile) {
             }
         } else {
             state.in_hand = 0;
+            state.in_hand_bytes = 0;
         }
     }
 }

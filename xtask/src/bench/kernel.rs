@@ -11,6 +11,12 @@
 //! ACKs (which the programs leave early) included. Only this daemon's programs are read: other
 //! daemons on the machine load programs of the same names.
 //!
+//! Then what the statistics cost by themselves (the reason the daemon's `--kernel-stats` is off by
+//! default): each program is run on crafted frames through `BPF_PROG_TEST_RUN` (`bpftool prog
+//! run ... repeat N`, whose mean duration the kernel measures with or without statistics), with
+//! the sysctl off and on, interleaved; the difference is their cost per run. (Another process
+//! holding `BPF_ENABLE_STATS` keeps them on: the "off" column then is not off.)
+//!
 //! `MIRROR_DAEMON_BIN` names another daemon binary to measure (e.g. one built before a change);
 //! without it the bench builds the tree's. The sysctl is set back to what it was afterwards.
 use std::{
@@ -39,6 +45,9 @@ const CONNECTIONS: usize = 4;
 const REPEATS: usize = 3;
 /// No load runs longer than this, whatever its exchange count.
 const LOAD_LIMIT: Duration = Duration::from_secs(60);
+/// Test runs per `bpftool prog run`, and rounds of statistics off and on.
+const TEST_RUNS: &str = "1000000";
+const TEST_ROUNDS: usize = 5;
 
 /// One bounded load: `exchanges` per connection of this shape.
 struct Shape {
@@ -169,6 +178,7 @@ pub fn run() -> Result<()> {
             );
         }
     }
+    stats_cost(&program_stats(pid)?)?;
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let mut daemon = daemon;
@@ -183,6 +193,87 @@ pub fn run() -> Result<()> {
         exit_counter(&log, "ringbuf_full").unwrap_or(0),
         exit_counter(&log, "truncated").unwrap_or(0)
     );
+    Ok(())
+}
+
+/// An Ethernet/IPv4/TCP frame (PSH+ACK, 200 payload bytes) from 10.77.0.1:40000 to 10.77.0.2:`port`.
+fn tcp_frame(port: u16) -> Vec<u8> {
+    let payload = [b'x'; 200];
+    let ip_len = (20 + 20 + payload.len()) as u16;
+    let mut frame = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    frame.extend([0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+    frame.extend([10, 77, 0, 1, 10, 77, 0, 2]);
+    frame.extend(40000u16.to_be_bytes());
+    frame.extend(port.to_be_bytes());
+    frame.extend([0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0x01, 0xf6, 0, 0, 0, 0]);
+    frame.extend(payload);
+    frame
+}
+
+/// Mean ns per run of program `id` on the frame in `data`, as `bpftool prog run` reports it.
+fn test_run(id: u64, data: &Path) -> Result<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "run", "id", &id.to_string(), "data_in"])
+        .arg(data)
+        .args(["repeat", TEST_RUNS])
+        .output()
+        .context("run bpftool (installed by `cargo xtask setup`)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.split("duration (average): ")
+        .nth(1)
+        .and_then(|rest| rest.split("ns").next())
+        .and_then(|ns| ns.trim().parse().ok())
+        .with_context(|| format!("bpftool prog run id {id}: no duration in {text:?}"))
+}
+
+/// What run-time statistics cost per run: test runs of each program with them off and on.
+fn stats_cost(programs: &[ProgStats]) -> Result<()> {
+    let id_of = |prog_type| {
+        programs.iter().find(|p| p.prog_type == prog_type).map(|p| p.prog_id).context("the daemon's programs")
+    };
+    let (xdp, tc) = (id_of(6)?, id_of(3)?);
+    let frames = [("another port (left early)", 9999), ("the captured port (copied)", PORT)];
+    let mut files = Vec::new();
+    for (i, (_, port)) in frames.iter().enumerate() {
+        let path = mirror_tests::scratch_file(&format!("bench-kernel-frame-{i}.bin"));
+        std::fs::write(&path, tcp_frame(*port)).with_context(|| format!("write {}", path.display()))?;
+        files.push(path);
+    }
+    // [frame][program][stats off, on] → durations of each round.
+    let mut ns = vec![[[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]]; frames.len()];
+    for _ in 0..TEST_ROUNDS {
+        for on in [0, 1] {
+            std::fs::write(STATS_SYSCTL, on.to_string()).with_context(|| format!("write {STATS_SYSCTL}"))?;
+            for (f, file) in files.iter().enumerate() {
+                for (p, id) in [xdp, tc].into_iter().enumerate() {
+                    ns[f][p][on].push(test_run(id, file)?);
+                }
+            }
+        }
+    }
+    std::fs::write(STATS_SYSCTL, "1").with_context(|| format!("write {STATS_SYSCTL}"))?;
+    for file in &files {
+        let _ = std::fs::remove_file(file);
+    }
+    let median = |v: &Vec<u64>| {
+        let mut v = v.clone();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    println!(
+        "the statistics' own cost, ns per run (BPF_PROG_TEST_RUN, median of {TEST_ROUNDS} x {TEST_RUNS} runs)"
+    );
+    println!("{:<28} | {:>7} {:>7} | {:>7} {:>7}", "frame", "xdp off", "on", "tc off", "on");
+    for (f, (name, _)) in frames.iter().enumerate() {
+        let [x, t] = &ns[f];
+        println!(
+            "{name:<28} | {:>7} {:>7} | {:>7} {:>7}",
+            median(&x[0]),
+            median(&x[1]),
+            median(&t[0]),
+            median(&t[1])
+        );
+    }
     Ok(())
 }
 

@@ -27,6 +27,11 @@ impl Drop for Scratch {
     }
 }
 
+/// The record queue's share of the default memory budget.
+fn queue_bytes() -> usize {
+    crate::budget::Shares::split(crate::budget::DEFAULT_MEMORY_LIMIT).unwrap().records as usize
+}
+
 fn config(target: Target, max_size: Option<u64>, keep: u32, compression: Compression) -> SinkConfig {
     SinkConfig { target, max_size, keep, compression, log_every: Duration::from_secs(10) }
 }
@@ -217,7 +222,9 @@ fn an_existing_file_is_appended_to_and_counts_toward_the_limit() {
 fn reopen_after_the_file_was_moved_away() {
     let dir = Scratch::new("reopen");
     let base = dir.path("r.jsonl");
-    let sink = RecordSink::start(config(Target::File(base.clone()), None, 0, Compression::None)).unwrap();
+    let sink =
+        RecordSink::start(config(Target::File(base.clone()), None, 0, Compression::None), queue_bytes())
+            .unwrap();
     sink.push(line(0, 60));
     sink.push(line(1, 60));
     assert!(sink.sync(Duration::from_secs(5)));
@@ -298,8 +305,11 @@ fn a_full_file_system_drops_whole_records_and_writing_resumes() {
     let fs = Tmpfs::mount("1m");
     let filler = fs.fill_leaving(16 << 10);
     let base = fs.0.path("r.jsonl");
-    let sink =
-        RecordSink::start(config(Target::File(base.clone()), Some(1 << 20), 2, Compression::None)).unwrap();
+    let sink = RecordSink::start(
+        config(Target::File(base.clone()), Some(1 << 20), 2, Compression::None),
+        queue_bytes(),
+    )
+    .unwrap();
     // Small batches, so that some are written before the file system is full.
     for seq in 0..100 {
         sink.push(line(seq, 1000));
@@ -336,7 +346,9 @@ fn a_reader_that_stops_reading_never_blocks_the_pusher() {
         // SAFETY: both descriptors are new and owned here.
         unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
     let target = PathBuf::from(format!("/proc/self/fd/{}", fds[1]));
-    let sink = RecordSink::start(config(Target::File(target), Some(1000), 2, Compression::Gzip)).unwrap();
+    let sink =
+        RecordSink::start(config(Target::File(target), Some(1000), 2, Compression::Gzip), queue_bytes())
+            .unwrap();
     drop(write_end);
     let started = Instant::now();
     let record = line(0, 4096);
@@ -355,5 +367,41 @@ fn a_reader_that_stops_reading_never_blocks_the_pusher() {
     // Less than the pipe's capacity plus one buffer was ever written.
     let in_pipe = 10_240 - drops.records_dropped_queue_full - drops.records_dropped_at_exit;
     assert!(in_pipe * 4096 < (2 << 20), "{in_pipe} records accounted as written");
+    drop(read_end);
+}
+
+#[test]
+fn the_queue_holds_no_more_than_its_share() {
+    // A pipe nobody reads: the writer gets stuck on its first write.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) =
+        // SAFETY: both descriptors are new and owned here.
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let target = PathBuf::from(format!("/proc/self/fd/{}", fds[1]));
+    let share = 256 << 10;
+    let sink = RecordSink::start(config(Target::File(target), None, 0, Compression::None), share).unwrap();
+    drop(write_end);
+    let record = line(0, 4096);
+    // 2 × 2 MiB: far more than the pipe, the writer's buffer and the share hold together. In two
+    // bursts, so that the second comes while the writer is stuck with what it took of the first:
+    // what it holds still counts.
+    for burst in 0..2 {
+        for _ in 0..512 {
+            sink.push(record.clone());
+        }
+        if burst == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(!sink.sync(Duration::from_millis(200)), "the writer is stuck on the pipe");
+    let drops = sink.close(Duration::from_millis(200));
+    // What was still held at exit (queued, or taken by the writer and not written) fits the share.
+    assert!(drops.records_dropped_at_exit > 0, "{drops:?}");
+    assert!(drops.records_dropped_at_exit * 4096 <= share as u64, "{drops:?}");
+    // Everything else went to the pipe (its 64 KiB and a write buffer or two) or was dropped.
+    let written = 1024 - drops.records_dropped_queue_full - drops.records_dropped_at_exit;
+    assert!(written * 4096 <= 4 * (64 << 10), "{written} records accounted as written: {drops:?}");
     drop(read_end);
 }
