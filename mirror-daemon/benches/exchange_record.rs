@@ -159,9 +159,46 @@ fn reporter(c: &mut Criterion, exchange: &Exchange, options: &RecordOptions) {
                 line.clear();
                 serde_json::to_writer(&mut line, &compared).expect("serialisable");
                 line.push(b'\n');
-                let value = serde_json::to_value(&compared).expect("serialisable");
-                aggregator.add(&Observation::from_record(&value).expect("a comparison record"));
+                aggregator.add(&Observation::from_comparison(&compared).expect("a comparison record"));
                 std::hint::black_box(&line);
+            })
+        });
+    });
+    group.finish();
+
+    // The observation alone, both ways: through a `serde_json::Value` (what the reporter did
+    // before) and from the typed record.
+    let (record, _) = ExchangeRecord::new_reading(exchange, options);
+    let comparison = compare::compare(
+        &RequestView { method: "POST", path: "/v2/models/demo/infer", headers: &[], body: b"{}" },
+        &Message { status: 200, headers: &[], body: &exchange.response.body, trailers: &[] },
+        &ShadowOutcome::Answered(Message {
+            status: 200,
+            headers: &[],
+            body: &exchange.response.body,
+            trailers: &[],
+        }),
+        &rules,
+        &schemas,
+    );
+    let shadow = ShadowRecord::from_result(&model, "http://198.18.0.3:8080", &result, options);
+    let compared =
+        ComparisonRecord::compared(&record, "POST /v2/models/demo/infer", None, shadow, &comparison);
+    let mut group = c.benchmark_group("observation");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("via_json_value", |b| {
+        b.iter_custom(|iters| {
+            cpu_time_of(iters, || {
+                let value = serde_json::to_value(std::hint::black_box(&compared)).expect("serialisable");
+                std::hint::black_box(Observation::from_record(&value).expect("a comparison record"));
+            })
+        });
+    });
+    group.bench_function("typed", |b| {
+        b.iter_custom(|iters| {
+            cpu_time_of(iters, || {
+                let observation = Observation::from_comparison(std::hint::black_box(&compared));
+                std::hint::black_box(observation.expect("a comparison record"));
             })
         });
     });

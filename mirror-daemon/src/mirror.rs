@@ -674,8 +674,10 @@ impl Reporter {
         Ok(())
     }
 
-    fn observe(&mut self, value: &serde_json::Value) {
-        match Observation::from_record(value) {
+    /// Adds a comparison record to the aggregates, read straight from the typed record (the same
+    /// observation `report` reads from its line).
+    fn observe(&mut self, record: &ComparisonRecord<'_>) {
+        match Observation::from_comparison(record) {
             Ok(observation) => {
                 self.aggregator.add(&observation);
                 self.verdict.changed();
@@ -716,15 +718,16 @@ impl Reporter {
         let labels =
             ShadowReasonLabels { model_id: shadow.model.model_id.clone(), reason: reason.to_string() };
         self.metrics.not_compared.get_or_create(&labels).inc();
-        let value = serde_json::to_value(ComparisonRecord::not_compared(
+        let production_model = self.production_model.clone();
+        let record = ComparisonRecord::not_compared(
             record,
             route,
-            self.production_model.as_ref(),
+            production_model.as_ref(),
             ShadowRecord::absent(&shadow.model, &shadow.endpoint),
             reason,
-        ))?;
-        self.write(&value)?;
-        self.observe(&value);
+        );
+        self.write(&record)?;
+        self.observe(&record);
         Ok(())
     }
 
@@ -804,8 +807,7 @@ impl Reporter {
             let shadow_tpot_ms = compared.shadow.stream.as_ref().and_then(|s| s.tpot_ms);
             // Written from the record itself: a `serde_json::Value` would round numbers in diffs.
             self.write(&compared)?;
-            let value = serde_json::to_value(&compared)?;
-            self.observe(&value);
+            self.observe(&compared);
 
             let labels = ShadowRouteLabels { model_id: model_id.clone(), route: route_label.clone() };
             let verdict = comparison.verdict.as_str();
