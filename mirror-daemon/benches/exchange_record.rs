@@ -148,7 +148,8 @@ fn reporter(c: &mut Criterion, exchange: &Exchange, options: &RecordOptions) {
                 let (shadow_record, shadow_read) =
                     ShadowRecord::from_result_reading(&model, "http://198.18.0.3:8080", &result, options);
                 let read = [production_read.as_ref(), shadow_read.as_ref()];
-                let comparison = compare::compare_read(&request, &production, &outcome, &rules, &schemas, read);
+                let comparison =
+                    compare::compare_read(&request, &production, &outcome, &rules, &schemas, read);
                 let compared = ComparisonRecord::compared(
                     &record,
                     "POST /v2/models/demo/infer",

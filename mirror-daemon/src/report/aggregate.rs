@@ -289,10 +289,7 @@ impl Observation {
             label_agreements: metrics.map(|m| m.label_agreements),
             label_flips: metrics.map(|m| m.label_flips),
             max_abs_error: typed_measure(metrics.and_then(|m| m.max_abs_error), "metrics.max_abs_error")?,
-            mean_abs_error: typed_measure(
-                metrics.and_then(|m| m.mean_abs_error),
-                "metrics.mean_abs_error",
-            )?,
+            mean_abs_error: typed_measure(metrics.and_then(|m| m.mean_abs_error), "metrics.mean_abs_error")?,
             text: TextObservation::from_comparison(record)?,
         })
     }

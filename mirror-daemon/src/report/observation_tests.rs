@@ -96,7 +96,9 @@ fn exchange(case: &Case) -> Exchange {
             "/v2/models/m/infer",
             vec![header("content-type", "application/json")],
             vec![header("content-type", "application/json")],
-            Bytes::from_static(br#"{"outputs":[{"name":"p","datatype":"FP32","shape":[2],"data":[0.25,0.75]}]}"#),
+            Bytes::from_static(
+                br#"{"outputs":[{"name":"p","datatype":"FP32","shape":[2],"data":[0.25,0.75]}]}"#,
+            ),
             Arrivals::default(),
             vec![],
         ),
