@@ -4,7 +4,9 @@
 //! throughput on large bodies: this measures what the reporter does for every exchange before a
 //! comparison, on the mirror benchmark's traffic (an OIP request of one row, a 1 KiB JSON answer,
 //! the headers nginx and a client send): the record built from the exchange (header redaction,
-//! body digests, timestamps) and serialised to a JSON line. Times are the thread's CPU time.
+//! body digests, timestamps) and serialised to a JSON line; and the reporter's whole work for one
+//! compared exchange (`reporter`): the exchange and shadow records, the comparison, the comparison
+//! record's line and its observation added to the aggregates. Times are the thread's CPU time.
 #[path = "support/cpu_time.rs"]
 mod cpu_time;
 
@@ -12,8 +14,16 @@ use bytes::Bytes;
 use cpu_time::cpu_time_of;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mirror_daemon::{
+    compare::{self, CompareRules, Message, RequestView, Schemas, ShadowOutcome},
     exchange::{Exchange, Header, Request, Response, Timing},
-    report::record::{ExchangeRecord, RecordOptions},
+    replay::{
+        join::{ShadowAnswer, ShadowResult},
+        target::parse_model,
+    },
+    report::{
+        aggregate::{Aggregator, Observation},
+        record::{ComparisonRecord, ExchangeRecord, RecordOptions, ShadowRecord},
+    },
 };
 
 fn header(name: &str, value: &str) -> Header {
@@ -85,6 +95,111 @@ fn bench(c: &mut Criterion) {
                 line.clear();
                 serde_json::to_writer(&mut line, &record).expect("serialisable");
                 std::hint::black_box(&line);
+            })
+        });
+    });
+    group.finish();
+    reporter(c, &exchange, &options);
+}
+
+/// What `Reporter::replayed` does for one exchange and one shadow that answered the same.
+fn reporter(c: &mut Criterion, exchange: &Exchange, options: &RecordOptions) {
+    let model = parse_model("candidate@2", false);
+    let production_model = parse_model("production@1", true);
+    let result = ShadowResult::Answered {
+        answer: ShadowAnswer {
+            status: 200,
+            headers: exchange.response.headers.clone(),
+            body: exchange.response.body.clone(),
+            arrivals: Default::default(),
+            trailers: vec![],
+        },
+        latency_ns: 450_000,
+    };
+    let (rules, schemas) = (CompareRules::default(), Schemas::builtin());
+    let mut aggregator = Aggregator::default();
+    let mut group = c.benchmark_group("reporter");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("compared_1KiB", |b| {
+        let mut line = Vec::with_capacity(4096);
+        b.iter_custom(|iters| {
+            cpu_time_of(iters, || {
+                let exchange = std::hint::black_box(exchange);
+                let (record, production_read) = ExchangeRecord::new_reading(exchange, options);
+                let request = RequestView {
+                    method: &exchange.request.method,
+                    path: &exchange.request.target,
+                    headers: &exchange.request.headers,
+                    body: &exchange.request.body,
+                };
+                let production = Message {
+                    status: exchange.response.status,
+                    headers: &exchange.response.headers,
+                    body: &exchange.response.body,
+                    trailers: &exchange.response.trailers,
+                };
+                let ShadowResult::Answered { answer, .. } = &result else { unreachable!() };
+                let outcome = ShadowOutcome::Answered(Message {
+                    status: answer.status,
+                    headers: &answer.headers,
+                    body: &answer.body,
+                    trailers: &answer.trailers,
+                });
+                let (shadow_record, shadow_read) =
+                    ShadowRecord::from_result_reading(&model, "http://198.18.0.3:8080", &result, options);
+                let read = [production_read.as_ref(), shadow_read.as_ref()];
+                let comparison =
+                    compare::compare_read(&request, &production, &outcome, &rules, &schemas, read);
+                let compared = ComparisonRecord::compared(
+                    &record,
+                    "POST /v2/models/demo/infer",
+                    Some(&production_model),
+                    shadow_record,
+                    &comparison,
+                );
+                line.clear();
+                serde_json::to_writer(&mut line, &compared).expect("serialisable");
+                line.push(b'\n');
+                aggregator.add(&Observation::from_comparison(&compared).expect("a comparison record"));
+                std::hint::black_box(&line);
+            })
+        });
+    });
+    group.finish();
+
+    // The observation alone, both ways: through a `serde_json::Value` (what the reporter did
+    // before) and from the typed record.
+    let (record, _) = ExchangeRecord::new_reading(exchange, options);
+    let comparison = compare::compare(
+        &RequestView { method: "POST", path: "/v2/models/demo/infer", headers: &[], body: b"{}" },
+        &Message { status: 200, headers: &[], body: &exchange.response.body, trailers: &[] },
+        &ShadowOutcome::Answered(Message {
+            status: 200,
+            headers: &[],
+            body: &exchange.response.body,
+            trailers: &[],
+        }),
+        &rules,
+        &schemas,
+    );
+    let shadow = ShadowRecord::from_result(&model, "http://198.18.0.3:8080", &result, options);
+    let compared =
+        ComparisonRecord::compared(&record, "POST /v2/models/demo/infer", None, shadow, &comparison);
+    let mut group = c.benchmark_group("observation");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("via_json_value", |b| {
+        b.iter_custom(|iters| {
+            cpu_time_of(iters, || {
+                let value = serde_json::to_value(std::hint::black_box(&compared)).expect("serialisable");
+                std::hint::black_box(Observation::from_record(&value).expect("a comparison record"));
+            })
+        });
+    });
+    group.bench_function("typed", |b| {
+        b.iter_custom(|iters| {
+            cpu_time_of(iters, || {
+                let observation = Observation::from_comparison(std::hint::black_box(&compared));
+                std::hint::black_box(observation.expect("a comparison record"));
             })
         });
     });

@@ -135,6 +135,8 @@ pub struct CaptureSection {
     pub pod_selector: Option<String>,
     /// Pick up connections open before capture started at their next request.
     pub resync_mid_stream: Option<bool>,
+    /// Shed whole connections under overload (the default); `false` is `--no-shed`.
+    pub shed: Option<bool>,
     pub xdp_mode: Option<String>,
     pub ring_buffer_size: Option<String>,
     /// Keep the kernel's run-time statistics on and report the programs' ns per run.
@@ -240,6 +242,8 @@ pub struct FileSettings {
     pub server_addrs: Option<Vec<IpAddr>>,
     pub pod_selector: Option<String>,
     pub resync_mid_stream: Option<bool>,
+    /// `capture.shed`: `false` never sheds connections (`--no-shed`).
+    pub shed: Option<bool>,
     pub xdp_mode: Option<XdpModeChoice>,
     pub ring_buffer_size: Option<u32>,
     pub kernel_stats: Option<bool>,
@@ -615,6 +619,7 @@ impl FileConfig {
         });
         s.resync_mid_stream = cap.resync_mid_stream;
         s.kernel_stats = cap.kernel_stats;
+        s.shed = cap.shed;
         s.xdp_mode = c.convert("capture.xdp_mode", cap.xdp_mode.as_ref(), |m| {
             XdpModeChoice::from_str(m, true).map_err(|_| format!("\"{m}\": use auto, driver or generic"))
         });

@@ -223,6 +223,18 @@ mod tests {
     }
 
     #[test]
+    fn shedding_is_on_unless_the_file_or_the_flag_turns_it_off() {
+        assert!(!settings(FILE, &[]).unwrap().no_shed, "left out: connections are shed");
+        let off = FILE.replace("ports: [8080]}", "ports: [8080], shed: false}");
+        assert!(settings(&off, &[]).unwrap().no_shed, "capture.shed: false is --no-shed");
+        let on = FILE.replace("ports: [8080]}", "ports: [8080], shed: true}");
+        assert!(!settings(&on, &[]).unwrap().no_shed);
+        assert!(settings(&on, &["--no-shed"]).unwrap().no_shed, "the flag given overrides the file");
+        let changes = commands::run::changes(&settings(&on, &[]).unwrap(), &settings(&off, &[]).unwrap());
+        assert_eq!(changes.restart, ["capture.shed"], "the kernel's shedding is set up at start");
+    }
+
+    #[test]
     fn with_a_config_file_interface_and_port_may_come_from_it() {
         assert!(parse(&["--config", "x.yaml"]).is_ok());
         assert!(parse(&["run", "--config", "x.yaml"]).is_ok());

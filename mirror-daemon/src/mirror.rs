@@ -44,7 +44,7 @@ use crate::{
         target::ModelInfo,
     },
     report::{
-        aggregate::{Aggregator, Observation},
+        aggregate::{Aggregator, Observation, RecordError},
         criteria::{Criteria, evaluate},
         document::{Health, VerdictPublisher},
         record::{ComparisonRecord, ExchangeRecord, GrpcStatus, RecordOptions, ShadowRecord},
@@ -686,7 +686,7 @@ impl Reporter {
     }
 
     /// Hands one record line to the writer (never waits; a record not written is counted there).
-    fn write(&mut self, record: &impl serde::Serialize) -> Result<()> {
+    fn write(&self, record: &impl serde::Serialize) -> Result<()> {
         if let Some(sink) = &self.records {
             let mut line = Vec::with_capacity(1024);
             serde_json::to_writer(&mut line, record).context("serialize a record")?;
@@ -696,8 +696,10 @@ impl Reporter {
         Ok(())
     }
 
-    fn observe(&mut self, value: &serde_json::Value) {
-        match Observation::from_record(value) {
+    /// Adds a comparison record's observation to the aggregates: read straight from the typed
+    /// record ([`Observation::from_comparison`], the same one `report` reads from its line).
+    fn observe(&mut self, observation: Result<Observation, RecordError>) {
+        match observation {
             Ok(observation) => {
                 self.aggregator.add(&observation);
                 self.verdict.changed();
@@ -738,15 +740,16 @@ impl Reporter {
         let labels =
             ShadowReasonLabels { model_id: shadow.model.model_id.clone(), reason: reason.to_string() };
         self.metrics.not_compared.get_or_create(&labels).inc();
-        let value = serde_json::to_value(ComparisonRecord::not_compared(
+        let record = ComparisonRecord::not_compared(
             record,
             route,
             self.production_model.as_ref(),
             ShadowRecord::absent(&shadow.model, &shadow.endpoint),
             reason,
-        ))?;
-        self.write(&value)?;
-        self.observe(&value);
+        );
+        self.write(&record)?;
+        let observation = Observation::from_comparison(&record);
+        self.observe(observation);
         Ok(())
     }
 
@@ -791,10 +794,10 @@ impl Reporter {
             }
         }
         for (index, result) in complete.results.iter().enumerate() {
-            let Some(shadow) = shadows.get(index).cloned() else { continue };
+            let Some(shadow) = shadows.get(index) else { continue };
             let model_id = shadow.model.model_id.clone();
             if let ShadowResult::NotSent { reason } = result {
-                self.not_compared(&record, &route, &shadow, reason)?;
+                self.not_compared(&record, &route, shadow, reason)?;
                 continue;
             }
             let outcome = match result {
@@ -814,11 +817,10 @@ impl Reporter {
             let read = [production_read.as_ref(), shadow_read.as_ref()];
             let comparison =
                 compare::compare_read(&request, &production, &outcome, rules, &self.rules.schemas, read);
-            let production_model = self.production_model.clone();
             let compared = ComparisonRecord::compared(
                 &record,
                 &route,
-                production_model.as_ref(),
+                self.production_model.as_ref(),
                 shadow_record,
                 &comparison,
             );
@@ -826,8 +828,8 @@ impl Reporter {
             let shadow_tpot_ms = compared.shadow.stream.as_ref().and_then(|s| s.tpot_ms);
             // Written from the record itself: a `serde_json::Value` would round numbers in diffs.
             self.write(&compared)?;
-            let value = serde_json::to_value(&compared)?;
-            self.observe(&value);
+            let observation = Observation::from_comparison(&compared);
+            self.observe(observation);
 
             let labels = ShadowRouteLabels { model_id: model_id.clone(), route: route_label.clone() };
             let verdict = comparison.verdict.as_str();

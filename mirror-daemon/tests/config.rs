@@ -49,6 +49,7 @@ fn yaml_and_toml_examples_mean_the_same() {
     assert_eq!(s.ports.as_deref(), Some(&[8080][..]));
     assert_eq!(s.xdp_mode, Some(XdpModeChoice::Auto));
     assert_eq!(s.ring_buffer_size, Some(32 << 20));
+    assert_eq!(s.shed, Some(true), "the examples show the default");
     let production = s.production_model.as_ref().unwrap();
     assert_eq!((production.model_id.as_str(), production.is_production), ("model-v1", true));
     let shadows = s.shadows.as_ref().unwrap();
@@ -183,6 +184,15 @@ fn a_pod_selector_replaces_interfaces_and_must_be_a_selector() {
 fn resync_mid_stream_is_a_boolean() {
     assert_eq!(yaml("capture: {resync_mid_stream: true}").expect("valid").resync_mid_stream, Some(true));
     assert!(parse(Path::new("t.yaml"), "capture: {resync_mid_stream: maybe}", Format::Yaml).is_err());
+}
+
+#[test]
+fn shed_is_a_boolean() {
+    assert_eq!(yaml("capture: {shed: false}").expect("valid").shed, Some(false));
+    assert_eq!(yaml("capture: {}").expect("valid").shed, None, "left out: the command line decides");
+    let problems = parse(Path::new("t.yaml"), "capture: {shed: sometimes}", Format::Yaml);
+    assert!(problems.is_err(), "not a boolean");
+    assert!(parse(Path::new("t.yaml"), "capture: {no_shed: true}", Format::Yaml).is_err(), "unknown key");
 }
 
 #[test]

@@ -109,11 +109,9 @@ impl Assembler {
             return;
         }
         let mut events = std::mem::take(&mut self.events);
-        self.flows.push(&segment, &mut events, &mut self.drops);
-        if !segment.is_syn()
-            && events.iter().any(|e| matches!(e, FlowEvent::Opened { .. }))
-            && self.shed.was_shed(&segment)
-        {
+        let resumed_if_opened = !segment.is_syn() && self.shed.was_shed(&segment);
+        self.flows.push(segment, &mut events, &mut self.drops);
+        if resumed_if_opened && events.iter().any(|e| matches!(e, FlowEvent::Opened { .. })) {
             self.drops.shed_resumed_connections += 1;
         }
         self.dispatch(&mut events, out);

@@ -100,6 +100,7 @@ pub struct RunArgs {
     pub resync_mid_stream: bool,
     /// Never shed connections: when capture falls behind, the full ring buffer drops records of
     /// every connection alike (counted `ringbuf_full`) instead of whole connections being left out.
+    /// In a config file: `capture.shed: false`.
     #[arg(long)]
     pub no_shed: bool,
     /// Append one JSON object per exchange (per exchange and shadow, with shadows) to this file
@@ -419,6 +420,7 @@ impl Invocation {
             "server_addrs": args.attach.server_addrs => file.server_addrs;
             "pod_selector": args.pod_selector => file.pod_selector.clone().map(Some);
             "resync_mid_stream": args.resync_mid_stream => file.resync_mid_stream;
+            "no_shed": args.no_shed => file.shed.map(|shed| !shed);
             "xdp_mode": args.attach.xdp_mode => file.xdp_mode;
             "ring_buffer_size": args.attach.ring_buffer_size => file.ring_buffer_size.map(Some);
             "kernel_stats": args.attach.kernel_stats => file.kernel_stats;
@@ -561,6 +563,7 @@ pub fn changes(old: &RunArgs, new: &RunArgs) -> Changes {
     restart("capture.ports", old.attach.ports != new.attach.ports);
     restart("capture.pod_selector", old.pod_selector != new.pod_selector);
     restart("capture.resync_mid_stream", old.resync_mid_stream != new.resync_mid_stream);
+    restart("capture.shed", old.no_shed != new.no_shed);
     restart("capture.xdp_mode", old.attach.xdp_mode != new.attach.xdp_mode);
     restart("capture.ring_buffer_size", old.attach.ring_buffer_size != new.attach.ring_buffer_size);
     restart("capture.kernel_stats", old.attach.kernel_stats != new.attach.kernel_stats);

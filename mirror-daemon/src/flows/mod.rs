@@ -312,8 +312,9 @@ impl FlowTable {
         self.buffered
     }
 
-    /// Adds one segment; the stream events it makes possible are appended to `out`.
-    pub fn push(&mut self, seg: &Segment, out: &mut Vec<FlowEvent>, stats: &mut AssemblyDrops) {
+    /// Adds one segment; the stream events it makes possible are appended to `out`. Its payload
+    /// becomes the stream's bytes as it is (taken, not cloned: no reference count to touch).
+    pub fn push(&mut self, mut seg: Segment, out: &mut Vec<FlowEvent>, stats: &mut AssemblyDrops) {
         let (key, side) = if self.server_ports.contains(&seg.dst.port()) {
             (ConnKey { client: seg.src, server: seg.dst }, Side::Client)
         } else if self.server_ports.contains(&seg.src.port()) {
@@ -394,8 +395,12 @@ impl FlowTable {
                     let captured = seg.payload.len() as u64;
                     let before = stream.buffered;
                     if captured > 0 {
-                        let piece =
-                            Piece { len: captured, data: Some(seg.payload.clone()), ts_ns: seg.ts_ns, ack };
+                        let piece = Piece {
+                            len: captured,
+                            data: Some(std::mem::take(&mut seg.payload)),
+                            ts_ns: seg.ts_ns,
+                            ack,
+                        };
                         insert(stream, start, piece, id, side, out);
                     }
                     if seg.lost > 0 {

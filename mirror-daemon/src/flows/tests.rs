@@ -46,7 +46,7 @@ fn run(t: &mut FlowTable, segs: Vec<Segment>) -> (Vec<FlowEvent>, AssemblyDrops)
     let mut out = Vec::new();
     let mut stats = AssemblyDrops::default();
     for s in segs {
-        t.push(&s, &mut out, &mut stats);
+        t.push(s, &mut out, &mut stats);
     }
     (out, stats)
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::{
     Stop,
-    head::{Framing, RequestHead, body_framing, has_token, parse_request, parse_response},
+    head::{Framing, RequestHead, body_framing, has_token, request_head},
     reader::{Damage, Finished, HeadResult, Phase, Reader},
     resync::Resync,
 };
@@ -384,7 +384,7 @@ impl Connection {
                     stats.requests_seen += 1;
                     self.head_ack = ack;
                 }
-                let head = match self.requests.take_head(&mut data, ts, cfg, Side::Client) {
+                let head = match self.requests.take_head(&mut data, ts, cfg) {
                     Ok(HeadResult::Partial) => return,
                     Ok(HeadResult::Complete(head)) => head,
                     Err(why) => return self.stop_client(why, stats),
@@ -392,7 +392,7 @@ impl Connection {
                 if self.pending.len() >= cfg.max_pipelined {
                     return self.stop(Stop::PipelineOverflow, stats);
                 }
-                let RequestHead { request, framing, upgrade_h2c } = match parse_request(&head, cfg) {
+                let RequestHead { request, framing, upgrade_h2c } = match request_head(head) {
                     Ok(parsed) => parsed,
                     Err(why) => return self.stop_client(why, stats),
                 };
@@ -545,16 +545,9 @@ impl Connection {
                         return false;
                     }
                 }
-                let head = match self.responses.take_head(data, ts, cfg, Side::Server) {
+                let response: Response = match self.responses.take_head(data, ts, cfg) {
                     Ok(HeadResult::Partial) => return false,
-                    Ok(HeadResult::Complete(head)) => head,
-                    Err(why) => {
-                        self.stop(why, stats);
-                        return false;
-                    }
-                };
-                let response = match parse_response(&head, cfg) {
-                    Ok(r) => r,
+                    Ok(HeadResult::Complete(response)) => response,
                     Err(why) => {
                         self.stop(why, stats);
                         return false;

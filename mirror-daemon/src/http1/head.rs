@@ -4,23 +4,63 @@ use bytes::Bytes;
 use super::{Stop, reader::Phase};
 use crate::{
     exchange::{Header, HttpVersion, Request, Response},
-    flows::Side,
     framing::HttpConfig,
 };
 
-/// Length of the complete head at the start of `buf`, if there is one.
-pub(super) fn head_len(buf: &[u8], cfg: &HttpConfig, side: Side) -> Result<Option<usize>, Stop> {
-    let mut headers = vec_headers(cfg);
-    let status = match side {
-        Side::Client => httparse::Request::new(&mut headers).parse(buf),
-        Side::Server => httparse::Response::new(&mut headers).parse(buf),
-    };
+/// A message head, parsed once: `httparse` both finds where the head ends and reads it, into a
+/// message whose header values share the head's bytes.
+pub(super) trait MessageHead: Sized {
+    /// The complete head at the start of `buf` and its length, if there is one. A head longer
+    /// than `cfg.max_header_bytes` or with more than `cfg.max_headers` fields is
+    /// [`Stop::HeaderTooLarge`]; bytes that are not a head are the side's malformed-message stop.
+    fn parse(buf: &Bytes, cfg: &HttpConfig) -> Result<Option<(usize, Self)>, Stop>;
+}
+
+/// `httparse`'s answer for a head, as the framing stops on it.
+fn complete(
+    status: httparse::Result<usize>,
+    cfg: &HttpConfig,
+    malformed: Stop,
+) -> Result<Option<usize>, Stop> {
     match status {
+        Ok(httparse::Status::Complete(n)) if n > cfg.max_header_bytes => Err(Stop::HeaderTooLarge),
         Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(Stop::HeaderTooLarge),
-        Err(_) if side == Side::Client => Err(Stop::MalformedRequest),
-        Err(_) => Err(Stop::MalformedResponse),
+        Err(_) => Err(malformed),
+    }
+}
+
+impl MessageHead for Request {
+    fn parse(buf: &Bytes, cfg: &HttpConfig) -> Result<Option<(usize, Self)>, Stop> {
+        let mut fields = vec_headers(cfg);
+        let mut req = httparse::Request::new(&mut fields);
+        let Some(n) = complete(req.parse(buf), cfg, Stop::MalformedRequest)? else { return Ok(None) };
+        let request = Request {
+            method: req.method.unwrap_or_default().to_owned(),
+            target: req.path.unwrap_or_default().to_owned(),
+            version: http1_version(req.version),
+            headers: to_headers(buf, req.headers),
+            body: Bytes::new(),
+            trailers: Vec::new(),
+        };
+        Ok(Some((n, request)))
+    }
+}
+
+impl MessageHead for Response {
+    fn parse(buf: &Bytes, cfg: &HttpConfig) -> Result<Option<(usize, Self)>, Stop> {
+        let mut fields = vec_headers(cfg);
+        let mut resp = httparse::Response::new(&mut fields);
+        let Some(n) = complete(resp.parse(buf), cfg, Stop::MalformedResponse)? else { return Ok(None) };
+        let response = Response {
+            status: resp.code.unwrap_or_default(),
+            reason: resp.reason.unwrap_or_default().to_owned(),
+            version: http1_version(resp.version),
+            headers: to_headers(buf, resp.headers),
+            ..Response::default()
+        };
+        Ok(Some((n, response)))
     }
 }
 
@@ -101,49 +141,19 @@ pub(super) struct RequestHead {
     pub(super) upgrade_h2c: bool,
 }
 
-pub(super) fn parse_request(head: &Bytes, cfg: &HttpConfig) -> Result<RequestHead, Stop> {
-    let mut fields = vec_headers(cfg);
-    let mut req = httparse::Request::new(&mut fields);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(Stop::MalformedRequest),
-    }
-    let method = req.method.unwrap_or_default();
-    let headers = to_headers(head, req.headers);
-    if method.eq_ignore_ascii_case("CONNECT") {
+/// What a request's head means for the connection: refused (`CONNECT`, an upgrade other than
+/// h2c, contradictory framing) or how its body is delimited.
+pub(super) fn request_head(request: Request) -> Result<RequestHead, Stop> {
+    if request.method.eq_ignore_ascii_case("CONNECT") {
         return Err(Stop::Connect);
     }
-    let upgrade = headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
-    let upgrade_h2c = upgrade && has_token(&headers, "upgrade", "h2c");
+    let upgrade = request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+    let upgrade_h2c = upgrade && has_token(&request.headers, "upgrade", "h2c");
     if upgrade && !upgrade_h2c {
         return Err(Stop::Upgrade);
     }
-    let framing = body_framing(&headers, true).ok_or(Stop::MalformedRequest)?;
-    let request = Request {
-        method: method.to_owned(),
-        target: req.path.unwrap_or_default().to_owned(),
-        version: http1_version(req.version),
-        headers,
-        body: Bytes::new(),
-        trailers: Vec::new(),
-    };
+    let framing = body_framing(&request.headers, true).ok_or(Stop::MalformedRequest)?;
     Ok(RequestHead { request, framing, upgrade_h2c })
-}
-
-pub(super) fn parse_response(head: &Bytes, cfg: &HttpConfig) -> Result<Response, Stop> {
-    let mut fields = vec_headers(cfg);
-    let mut resp = httparse::Response::new(&mut fields);
-    match resp.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(Stop::MalformedResponse),
-    }
-    Ok(Response {
-        status: resp.code.unwrap_or_default(),
-        reason: resp.reason.unwrap_or_default().to_owned(),
-        version: http1_version(resp.version),
-        headers: to_headers(head, resp.headers),
-        ..Response::default()
-    })
 }
 
 /// `httparse`'s minor version as a [`HttpVersion`].

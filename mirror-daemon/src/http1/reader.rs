@@ -4,11 +4,10 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
     Stop,
-    head::{head_len, to_headers},
+    head::{MessageHead, to_headers},
 };
 use crate::{
     exchange::{Arrivals, BodyBuilder, Header},
-    flows::Side,
     framing::HttpConfig,
 };
 
@@ -48,10 +47,11 @@ pub(super) struct Reader {
     pub(super) last_ts: u64,
 }
 
-pub(super) enum HeadResult {
+pub(super) enum HeadResult<H> {
     /// All input consumed, head not complete yet.
     Partial,
-    Complete(Bytes),
+    /// The head, parsed; the input goes on after it.
+    Complete(H),
 }
 
 impl Reader {
@@ -82,19 +82,21 @@ impl Reader {
         self.started = false;
     }
 
-    /// Extracts a complete head from `data` (zero-copy when one segment holds it).
-    pub(super) fn take_head(
+    /// Takes a complete head from `data` and parses it, once (zero-copy when one segment holds
+    /// it; a head split across segments is gathered first, up to the head size limit).
+    pub(super) fn take_head<H: MessageHead>(
         &mut self,
         data: &mut Bytes,
         ts: u64,
         cfg: &HttpConfig,
-        side: Side,
-    ) -> Result<HeadResult, Stop> {
+    ) -> Result<HeadResult<H>, Stop> {
         self.touch(ts);
         if self.head_buf.is_empty() {
-            match head_len(data, cfg, side)? {
-                Some(n) if n > cfg.max_header_bytes => return Err(Stop::HeaderTooLarge),
-                Some(n) => return Ok(HeadResult::Complete(data.split_to(n))),
+            match H::parse(data, cfg)? {
+                Some((n, head)) => {
+                    data.advance(n);
+                    return Ok(HeadResult::Complete(head));
+                }
                 None if data.len() > cfg.max_header_bytes => return Err(Stop::HeaderTooLarge),
                 None => {
                     self.head_buf.extend_from_slice(data);
@@ -106,12 +108,17 @@ impl Reader {
         let take = data.len().min(cfg.max_header_bytes + 1 - self.head_buf.len().min(cfg.max_header_bytes));
         let old = self.head_buf.len();
         self.head_buf.extend_from_slice(&data[..take]);
-        match head_len(&self.head_buf, cfg, side)? {
-            Some(n) if n > cfg.max_header_bytes => Err(Stop::HeaderTooLarge),
-            Some(n) => {
+        // Frozen to be parsed into shared header values; given back while the head is partial
+        // (the buffer is not shared then, so that costs no copy).
+        let gathered = std::mem::take(&mut self.head_buf).freeze();
+        let parsed = H::parse(&gathered, cfg);
+        if !matches!(parsed, Ok(Some(_))) {
+            self.head_buf = gathered.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        }
+        match parsed? {
+            Some((n, head)) => {
                 data.advance(n - old);
-                self.head_buf.truncate(n);
-                Ok(HeadResult::Complete(self.head_buf.split().freeze()))
+                Ok(HeadResult::Complete(head))
             }
             None if self.head_buf.len() > cfg.max_header_bytes => Err(Stop::HeaderTooLarge),
             None => {

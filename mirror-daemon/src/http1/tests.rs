@@ -947,3 +947,73 @@ fn a_shed_connection_is_ended_counted_and_picked_up_again_once_unshed() {
     assert_eq!(pairs, [("/b", &b"b"[..]), ("/c", &b"c"[..])], "{:?}", a.drops());
     assert_eq!(a.drops().mid_stream_resync_failed, 0);
 }
+
+/// `start` (a start line and fields) made a head of `fields` header fields in all, padded with
+/// `X-Pad` to exactly `len` bytes.
+fn head_of(start: &str, fields: usize, len: usize) -> String {
+    let mut head = start.to_string();
+    let given = start.matches("\r\n").count() - 1;
+    for i in 0..fields - given - 1 {
+        head.push_str(&format!("X-Field-{i}: value-{i}\r\n"));
+    }
+    let pad = len - head.len() - "X-Pad: \r\n\r\n".len();
+    head.push_str(&format!("X-Pad: {}\r\n\r\n", "p".repeat(pad)));
+    assert_eq!(head.len(), len);
+    head
+}
+
+/// Heads are found and read in one parse, whether one segment holds them or they come a few
+/// bytes at a time: at the size and count limits they are read whole, past them the connection
+/// stops with the same counters whatever the segmentation.
+#[test]
+fn heads_split_across_segments_and_heads_over_the_limits() {
+    let http = HttpConfig { max_header_bytes: 256, max_headers: 8, ..HttpConfig::default() };
+    let request = format!("{}hello", head_of("POST /in HTTP/1.1\r\nContent-Length: 5\r\n", 8, 256));
+    let response = format!("{}ok", head_of("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", 8, 256));
+    let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let get = "GET /next HTTP/1.1\r\n\r\n";
+    // (what the client sends, what the server sends, exchanges, header_too_large, malformed
+    // requests, malformed responses)
+    let cases: Vec<(String, String, usize, u64, u64, u64)> = vec![
+        // At both limits, followed by a second exchange on the same connection.
+        (format!("{request}{get}"), format!("{response}{ok}"), 2, 0, 0, 0),
+        // One byte over the size limit, on either side.
+        (head_of("GET /big HTTP/1.1\r\n", 2, 257), ok.into(), 0, 1, 0, 0),
+        (get.into(), head_of("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", 2, 257), 0, 1, 0, 0),
+        // One field over the count limit, on either side.
+        (head_of("GET /many HTTP/1.1\r\n", 9, 250), ok.into(), 0, 1, 0, 0),
+        (get.into(), head_of("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", 9, 250), 0, 1, 0, 0),
+        // Not a head at all.
+        ("GET / HTTP/1.1\r\nno colon here\r\n\r\n".into(), ok.into(), 0, 0, 1, 0),
+        (get.into(), "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".into(), 0, 0, 0, 1),
+    ];
+    for (client, server, exchanges, too_large, malformed_request, malformed_response) in cases {
+        let mut seen = None;
+        for mss in [1, 2, 3, 7, 64, 255, 1460] {
+            let mut c = Conn::new();
+            c.send(true, client.as_bytes(), mss).send(false, server.as_bytes(), mss).fin();
+            let (out, stats, a) = c.run_with(http.clone());
+            let what = format!("{client:?} / {server:?} in segments of {mss}");
+            assert_eq!(a.memory_bytes(), 0, "{what}");
+            assert_eq!(out.len(), exchanges, "{what}");
+            assert_eq!(
+                (stats.header_too_large, stats.malformed_request, stats.malformed_response),
+                (too_large, malformed_request, malformed_response),
+                "{what}"
+            );
+            if let Some(first) = out.first() {
+                assert_eq!(&first.request.body[..], b"hello", "{what}");
+                assert_eq!(first.request.headers.len(), 8, "{what}");
+                assert_eq!(header(&first.request.headers, "x-field-5"), Some(&b"value-5"[..]), "{what}");
+                assert_eq!(header(&first.response.headers, "x-field-0"), Some(&b"value-0"[..]), "{what}");
+                assert_eq!(&first.response.body[..], b"ok", "{what}");
+                assert_eq!(out[1].request.target, "/next", "{what}");
+            }
+            // Every counter the same whatever the segmentation, but the bytes skipped once the
+            // connection stopped: those are the rest of the segment it stopped in.
+            assert!(stats.desync_skipped_bytes <= (client.len() + server.len()) as u64, "{what}");
+            let counters = format!("{:?}", AssemblyDrops { desync_skipped_bytes: 0, ..stats });
+            assert_eq!(seen.get_or_insert_with(|| counters.clone()), &counters, "{what}");
+        }
+    }
+}

@@ -42,7 +42,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::llm::{TextGroup, TextObservation, TextStats};
+use super::{
+    llm::{TextGroup, TextObservation, TextStats},
+    record::ComparisonRecord,
+};
 use crate::compare::verdict::Verdict;
 
 /// z for a two-sided 95% interval.
@@ -221,7 +224,76 @@ fn key(text: &str) -> String {
     key_str(text).to_string()
 }
 
+/// The outcome a record's `verdict` (and, when not compared, its `reason`) names.
+fn outcome(verdict: &str, reason: Option<&str>) -> Result<Outcome, RecordError> {
+    if verdict == "not_compared" {
+        return Ok(Outcome::NotCompared(key(reason.unwrap_or("unspecified"))));
+    }
+    let verdict = Verdict::ALL.into_iter().find(|v| v.as_str() == verdict).ok_or_else(|| {
+        RecordError::Invalid { field: "verdict", problem: format!("`{verdict}` is not a known verdict") }
+    })?;
+    Ok(Outcome::Compared(verdict))
+}
+
+/// A typed record's measure as [`opt_measure`] reads it back from its JSON: a non-finite number is
+/// written as `null` (absent), a negative one is invalid.
+pub(super) fn typed_measure(value: Option<f64>, path: &'static str) -> Result<Option<f64>, RecordError> {
+    match value {
+        Some(x) if !x.is_finite() => Ok(None),
+        Some(x) if x < 0.0 => Err(RecordError::Invalid {
+            field: path,
+            problem: format!("is {}, not a non-negative number", Value::from(x)),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// A typed record's status as [`opt_status`] reads it back.
+fn typed_status(status: Option<u16>, path: &'static str) -> Result<Option<u16>, RecordError> {
+    match status {
+        Some(status) if !(100..1000).contains(&status) => {
+            Err(RecordError::Invalid { field: path, problem: format!("is {status}, not an HTTP status") })
+        }
+        other => Ok(other),
+    }
+}
+
 impl Observation {
+    /// The observation of a comparison record as the daemon builds it, without a trip through
+    /// JSON: the same as [`Self::from_record`] of the record's JSON (a test holds them equal), so
+    /// the live verdict and `mirror-daemon report` agree, at a fraction of the cost per comparison.
+    pub fn from_comparison(record: &ComparisonRecord<'_>) -> Result<Observation, RecordError> {
+        let production = &record.exchange.production;
+        let shadow = &record.shadow;
+        let metrics = record.metrics;
+        let shadow_model_id = key(&shadow.model_id);
+        let outcome = outcome(record.verdict, record.reason)?;
+        Ok(Observation {
+            shadow_model_id,
+            route: key(record.route),
+            outcome,
+            production_status: required(
+                typed_status(Some(production.status), "production.status")?,
+                "production.status",
+            )?,
+            production_grpc_status: production.grpc.as_ref().map(|g| u64::from(g.grpc_status)),
+            production_latency_ms: required(
+                typed_measure(Some(production.latency_ms), "production.latency_ms")?,
+                "production.latency_ms",
+            )?,
+            shadow_status: typed_status(shadow.status, "shadow.status")?,
+            shadow_grpc_status: shadow.grpc.as_ref().map(|g| u64::from(g.grpc_status)),
+            shadow_latency_ms: typed_measure(shadow.latency_ms, "shadow.latency_ms")?,
+            shadow_error: shadow.error.as_deref().map(key),
+            rows: metrics.map(|m| m.rows),
+            label_agreements: metrics.map(|m| m.label_agreements),
+            label_flips: metrics.map(|m| m.label_flips),
+            max_abs_error: typed_measure(metrics.and_then(|m| m.max_abs_error), "metrics.max_abs_error")?,
+            mean_abs_error: typed_measure(metrics.and_then(|m| m.mean_abs_error), "metrics.mean_abs_error")?,
+            text: TextObservation::from_comparison(record)?,
+        })
+    }
+
     /// Reads one comparison record (README "Exchange records" plus the comparison fields).
     ///
     /// A record without `verdict` is [`RecordError::NotAComparison`]; the others name the field
@@ -232,17 +304,8 @@ impl Observation {
         }
         let verdict = opt_str(record, "verdict")?.ok_or(RecordError::NotAComparison)?;
         let shadow_model_id = key(required(opt_str(record, "shadow.model_id")?, "shadow.model_id")?);
-        let outcome = if verdict == "not_compared" {
-            Outcome::NotCompared(key(opt_str(record, "reason")?.unwrap_or("unspecified")))
-        } else {
-            let verdict = Verdict::ALL.into_iter().find(|v| v.as_str() == verdict).ok_or_else(|| {
-                RecordError::Invalid {
-                    field: "verdict",
-                    problem: format!("`{verdict}` is not a known verdict"),
-                }
-            })?;
-            Outcome::Compared(verdict)
-        };
+        let reason = if verdict == "not_compared" { opt_str(record, "reason")? } else { None };
+        let outcome = outcome(verdict, reason)?;
         let route = match opt_str(record, "route")? {
             Some(route) => key(route),
             None => {

@@ -9,8 +9,12 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::aggregate::{
-    LatencyHistogram, Proportion, Quantiles, RecordError, SignedHistogram, ms_to_us, opt_measure,
+use super::{
+    aggregate::{
+        LatencyHistogram, Proportion, Quantiles, RecordError, SignedHistogram, ms_to_us, opt_measure,
+        typed_measure,
+    },
+    record::{ComparisonRecord, StreamRecord},
 };
 
 /// Most `itl_ms.gaps` entries read from one side of a record (a stream's gaps take a few distinct
@@ -48,6 +52,22 @@ impl StreamTimes {
             tpot_ms: field("tpot_ms")?,
             itl_p50_ms: field("itl_ms")?,
             e2e_ms: field("e2e_ms")?,
+        };
+        Ok((times != Self::default()).then_some(times))
+    }
+
+    /// [`Self::from_record`] of a typed record's side; `paths` name its ttft, tpot, itl p50 and
+    /// e2e fields, in that order.
+    fn from_stream(
+        stream: Option<&StreamRecord>,
+        paths: [&'static str; 4],
+    ) -> Result<Option<Self>, RecordError> {
+        let Some(stream) = stream else { return Ok(None) };
+        let times = Self {
+            ttft_ms: typed_measure(stream.ttft_ms, paths[0])?,
+            tpot_ms: typed_measure(stream.tpot_ms, paths[1])?,
+            itl_p50_ms: typed_measure(stream.itl_ms.as_ref().map(|itl| itl.p50), paths[2])?,
+            e2e_ms: typed_measure(Some(stream.e2e_ms), paths[3])?,
         };
         Ok((times != Self::default()).then_some(times))
     }
@@ -106,6 +126,18 @@ impl StreamEnding {
             Some(_) if side == "shadow" && production_streamed => Some(Self::Failed),
             _ => None,
         })
+    }
+
+    /// [`Self::from_record`] of a typed record: production's and the shadow's endings.
+    fn from_comparison(record: &ComparisonRecord<'_>) -> (Option<Self>, Option<Self>) {
+        let production = record.exchange.production.stream.as_ref().map(|s| Self::of(s.stream_end));
+        let shadow = match (&record.shadow.stream, record.shadow.error.as_deref()) {
+            (Some(stream), _) => Some(Self::of(stream.stream_end)),
+            (None, Some("timeout")) if production.is_some() => Some(Self::Timeout),
+            (None, Some(_)) if production.is_some() => Some(Self::Failed),
+            (None, _) => None,
+        };
+        (production, shadow)
     }
 }
 
@@ -190,6 +222,23 @@ fn gaps(record: &Value, side: &'static str) -> Result<Vec<Gap>, RecordError> {
         .collect()
 }
 
+/// [`gaps`] of a typed record's side.
+fn typed_gaps(stream: Option<&StreamRecord>, path: &'static str) -> Result<Vec<Gap>, RecordError> {
+    let Some(itl) = stream.and_then(|s| s.itl_ms.as_ref()) else { return Ok(Vec::new()) };
+    let invalid = |problem: String| RecordError::Invalid { field: path, problem };
+    if itl.gaps.len() > MAX_GAP_ENTRIES {
+        return Err(invalid(format!("has {} entries, more than {MAX_GAP_ENTRIES}", itl.gaps.len())));
+    }
+    itl.gaps
+        .iter()
+        .map(|&(ms, count)| match ms.is_finite() && ms >= 0.0 {
+            true => Ok((ms, count)),
+            // Written as the JSON reader would show the entry (a non-finite number is `null`).
+            false => Err(invalid(format!("entry {} is not [gap ms, count]", serde_json::json!([ms, count])))),
+        })
+        .collect()
+}
+
 /// The generated-text part of a comparison record.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TextObservation {
@@ -227,6 +276,30 @@ impl TextObservation {
             shadow_gaps: gaps(record, "shadow")?,
             production_end: StreamEnding::from_record(record, "production")?,
             shadow_end: StreamEnding::from_record(record, "shadow")?,
+        })
+    }
+
+    /// [`Self::from_record`] of the record's JSON, read from the typed record.
+    pub fn from_comparison(record: &ComparisonRecord<'_>) -> Result<Self, RecordError> {
+        let metrics = record.metrics;
+        let production = record.exchange.production.stream.as_ref();
+        let shadow = record.shadow.stream.as_ref();
+        let (production_end, shadow_end) = StreamEnding::from_comparison(record);
+        Ok(Self {
+            text_equal: metrics.and_then(|m| m.text_equal),
+            similarity: typed_measure(metrics.and_then(|m| m.similarity), "metrics.similarity")?,
+            production: StreamTimes::from_stream(
+                production,
+                ["production.ttft_ms", "production.tpot_ms", "production.itl_ms.p50", "production.e2e_ms"],
+            )?,
+            shadow: StreamTimes::from_stream(
+                shadow,
+                ["shadow.ttft_ms", "shadow.tpot_ms", "shadow.itl_ms.p50", "shadow.e2e_ms"],
+            )?,
+            production_gaps: typed_gaps(production, "production.itl_ms.gaps")?,
+            shadow_gaps: typed_gaps(shadow, "shadow.itl_ms.gaps")?,
+            production_end,
+            shadow_end,
         })
     }
 }

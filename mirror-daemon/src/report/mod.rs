@@ -4,6 +4,8 @@ pub mod aggregate;
 pub mod criteria;
 pub mod document;
 pub mod llm;
+#[cfg(test)]
+mod observation_tests;
 pub mod record;
 pub mod record_set;
 pub mod sink;
