@@ -49,7 +49,7 @@
 //! Flags: `--which pipeline|pipeline-h2|records|mirror|mirror-grpc|mirror-llm|verdict|kernel|all`,
 //! `--seconds S` (load per rate and mode, default 5), `--rates R,...` (HTTP/1.1 requests/s or `max`, default 6000,10000,20000,max),
 //! `--repeats N` (default 2), `--short-rates R,...` (new connections/s, default 1000,2000,5000),
-//! `--slow-rate R` (default 1000), `--perf-record DIR` (`perf record` each shadow-mirror run),
+//! `--slow-rate R` (default 1000), `--daemon-workers N` (the daemon's `--workers`), `--perf-record DIR` (`perf record` each shadow-mirror run),
 //! `--grpc-rates R,...` (calls/s, default 250,500,1000,2000,3000), `--grpc-connections N,...`
 //! (default 1,4), `--grpc-concurrency C` (calls in flight at most, across the connections, default
 //! 64: the pacing is open-loop until that many are waiting), `--grpc-client h2load|python`
@@ -135,6 +135,10 @@ pub struct BenchArgs {
     /// Requests/s of the HTTP/1.1 mirror benchmark's slow-shadow case (the shadow answers in 200 ms).
     #[arg(long, default_value_t = 1000)]
     pub slow_rate: u32,
+    /// Rebuilding threads of the daemon in the HTTP/1.1 mirror benchmark (`--workers`; default: the
+    /// daemon's own default, the cores it may use, at most 4).
+    #[arg(long, value_name = "N")]
+    pub daemon_workers: Option<u16>,
     /// Record each shadow-mirror run of the HTTP/1.1 mirror benchmark with `perf record` into
     /// this directory (`perf-RATE-REPEAT.data`; read with `perf report -i FILE`).
     #[arg(long)]

@@ -384,6 +384,7 @@ impl<'a> Bench<'a> {
                 .args(["--shadow", shadow_spec, "--metrics-addr", "off", "--record"])
                 .arg(&self.record)
                 .args(["--record-max-size", "off"])
+                .args(self.args.daemon_workers.map(|n| format!("--workers={n}")))
                 // Warnings, and the summaries of the mirror loop (the final one counts every loss).
                 .env("MIRROR_LOG", "warn,mirror_daemon::mirror=info"),
         )?;
@@ -596,6 +597,12 @@ pub(super) fn run(args: &BenchArgs, daemon_bin: &Path) -> Result<()> {
     println!(
         "cores = the tool's CPU over the load; core/1k = its CPU-seconds until drained per 1,000 requests."
     );
+    match args.daemon_workers {
+        Some(n) => println!("shadow mirror rebuilds on {n} thread(s) (--workers {n})."),
+        None => println!(
+            "shadow mirror rebuilds on its default number of threads (the cores it may use, at most 4)."
+        ),
+    }
     let modes = [Mode::NoMirror, Mode::Daemon, Mode::Nginx];
     let keep_alive = Shape::KeepAlive { connections: CONNECTIONS };
     let mut sweep = Vec::new();
