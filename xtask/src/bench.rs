@@ -4,7 +4,8 @@
 //!
 //! - `pipeline` (criterion, `mirror-daemon/benches/pipeline.rs`): TCP reassembly + HTTP/1.1
 //!   framing throughput per core for 1 KiB and 100 KiB bodies, and the live-heap change per
-//!   exchange on long-lived connections.
+//!   exchange on long-lived connections; then `mirror-daemon/benches/shards.rs`: the same stage
+//!   on 1 and 2 worker threads (`assembler::shards`) against one assembler inline.
 //! - `pipeline-h2` (criterion, `mirror-daemon/benches/h2_grpc.rs`): HTTP/2 framing + HPACK + gRPC
 //!   per core on gRPC traffic recorded from the `h2` crate (1 KiB and 1 MiB messages, cut into
 //!   1448 B, 16 KiB and 64 KiB segments): exchanges/s, message GB/s against the 1 GB/s target
@@ -186,6 +187,7 @@ fn criterion_bench(name: &str) -> Result<()> {
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.which.includes(Which::Pipeline) {
         criterion_bench("pipeline")?;
+        criterion_bench("shards")?;
     }
     if args.which.includes(Which::PipelineH2) {
         criterion_bench("h2_grpc")?;
