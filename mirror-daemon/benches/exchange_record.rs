@@ -126,18 +126,8 @@ fn reporter(c: &mut Criterion, exchange: &Exchange, options: &RecordOptions) {
             cpu_time_of(iters, || {
                 let exchange = std::hint::black_box(exchange);
                 let (record, production_read) = ExchangeRecord::new_reading(exchange, options);
-                let request = RequestView {
-                    method: &exchange.request.method,
-                    path: &exchange.request.target,
-                    headers: &exchange.request.headers,
-                    body: &exchange.request.body,
-                };
-                let production = Message {
-                    status: exchange.response.status,
-                    headers: &exchange.response.headers,
-                    body: &exchange.response.body,
-                    trailers: &exchange.response.trailers,
-                };
+                let request = RequestView::of(&exchange.request);
+                let production = Message::of(&exchange.response);
                 let ShadowResult::Answered { answer, .. } = &result else { unreachable!() };
                 let outcome = ShadowOutcome::Answered(Message {
                     status: answer.status,

@@ -771,18 +771,8 @@ impl Reporter {
         self.production(exchange, &route, false);
         // Production's event stream is read once, for the record and every comparison.
         let (record, production_read) = ExchangeRecord::new_reading(exchange, &self.record);
-        let request = RequestView {
-            method: &exchange.request.method,
-            path: &exchange.request.target,
-            headers: &exchange.request.headers,
-            body: &exchange.request.body,
-        };
-        let production = Message {
-            status: exchange.response.status,
-            headers: &exchange.response.headers,
-            body: &exchange.response.body,
-            trailers: &exchange.response.trailers,
-        };
+        let request = RequestView::of(&exchange.request);
+        let production = Message::of(&exchange.response);
         let route_label = self.metrics.route_label(&route);
         if let Some(stream) = &record.production.stream {
             let labels = RouteLabels { route: route_label.clone() };

@@ -65,7 +65,10 @@ pub use self::{
     verdict::Verdict,
 };
 use self::{json_diff::Collector, pointer::IgnoreSet};
-use crate::{exchange::Header, sse::StreamedAnswer};
+use crate::{
+    exchange::{Header, Request, Response},
+    sse::StreamedAnswer,
+};
 
 /// An HTTP response as compared: production's from the wire, or the shadow's.
 #[derive(Clone, Copy, Debug)]
@@ -78,6 +81,18 @@ pub struct Message<'a> {
     pub trailers: &'a [Header],
 }
 
+impl<'a> Message<'a> {
+    /// A response rebuilt from the wire (production's).
+    pub fn of(response: &'a Response) -> Self {
+        Self {
+            status: response.status,
+            headers: &response.headers,
+            body: &response.body,
+            trailers: &response.trailers,
+        }
+    }
+}
+
 /// The request both answers respond to; its path selects the protocol.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestView<'a> {
@@ -86,6 +101,18 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub headers: &'a [Header],
     pub body: &'a [u8],
+}
+
+impl<'a> RequestView<'a> {
+    /// A request rebuilt from the wire.
+    pub fn of(request: &'a Request) -> Self {
+        Self {
+            method: &request.method,
+            path: &request.target,
+            headers: &request.headers,
+            body: &request.body,
+        }
+    }
 }
 
 /// What the shadow did with the replayed request.

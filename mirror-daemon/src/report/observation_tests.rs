@@ -226,18 +226,8 @@ fn with_record<T>(case: &Case, check: impl FnOnce(&ComparisonRecord<'_>) -> T) -
         ShadowResult::Failed { error, .. } => ShadowOutcome::Failed(error),
         ShadowResult::NotSent { .. } => unreachable!("returned above"),
     };
-    let request = RequestView {
-        method: &production.request.method,
-        path: &production.request.target,
-        headers: &production.request.headers,
-        body: &production.request.body,
-    };
-    let production_message = Message {
-        status: production.response.status,
-        headers: &production.response.headers,
-        body: &production.response.body,
-        trailers: &production.response.trailers,
-    };
+    let request = RequestView::of(&production.request);
+    let production_message = Message::of(&production.response);
     let read = [production_read.as_ref(), shadow_read.as_ref()];
     let mut comparison = compare::compare_read(
         &request,
