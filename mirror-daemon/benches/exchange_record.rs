@@ -128,13 +128,7 @@ fn reporter(c: &mut Criterion, exchange: &Exchange, options: &RecordOptions) {
                 let (record, production_read) = ExchangeRecord::new_reading(exchange, options);
                 let request = RequestView::of(&exchange.request);
                 let production = Message::of(&exchange.response);
-                let ShadowResult::Answered { answer, .. } = &result else { unreachable!() };
-                let outcome = ShadowOutcome::Answered(Message {
-                    status: answer.status,
-                    headers: &answer.headers,
-                    body: &answer.body,
-                    trailers: &answer.trailers,
-                });
+                let outcome = ShadowOutcome::of(&result).expect("an answer");
                 let (shadow_record, shadow_read) =
                     ShadowRecord::from_result_reading(&model, "http://198.18.0.3:8080", &result, options);
                 let read = [production_read.as_ref(), shadow_read.as_ref()];

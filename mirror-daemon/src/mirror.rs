@@ -790,17 +790,7 @@ impl Reporter {
                 self.not_compared(&record, &route, shadow, reason)?;
                 continue;
             }
-            let outcome = match result {
-                ShadowResult::Answered { answer, .. } => ShadowOutcome::Answered(Message {
-                    status: answer.status,
-                    headers: &answer.headers,
-                    body: &answer.body,
-                    trailers: &answer.trailers,
-                }),
-                ShadowResult::TimedOut { .. } => ShadowOutcome::TimedOut,
-                ShadowResult::Failed { error, .. } => ShadowOutcome::Failed(error),
-                ShadowResult::NotSent { .. } => continue,
-            };
+            let Some(outcome) = ShadowOutcome::of(result) else { continue };
             let rules = self.rules.for_request(&exchange.request.method, &exchange.request.target);
             let (shadow_record, shadow_read) =
                 ShadowRecord::from_result_reading(&shadow.model, &shadow.endpoint, result, &self.record);

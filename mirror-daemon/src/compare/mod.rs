@@ -124,6 +124,24 @@ pub enum ShadowOutcome<'a> {
     Failed(&'a str),
 }
 
+impl<'a> ShadowOutcome<'a> {
+    /// What a replay came to, as compared; `None` when it was never sent.
+    pub fn of(result: &'a crate::replay::join::ShadowResult) -> Option<Self> {
+        use crate::replay::join::ShadowResult;
+        Some(match result {
+            ShadowResult::Answered { answer, .. } => ShadowOutcome::Answered(Message {
+                status: answer.status,
+                headers: &answer.headers,
+                body: &answer.body,
+                trailers: &answer.trailers,
+            }),
+            ShadowResult::TimedOut { .. } => ShadowOutcome::TimedOut,
+            ShadowResult::Failed { error, .. } => ShadowOutcome::Failed(error),
+            ShadowResult::NotSent { .. } => return None,
+        })
+    }
+}
+
 /// One difference between the answers.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Diff {

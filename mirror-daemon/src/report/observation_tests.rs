@@ -215,17 +215,7 @@ fn with_record<T>(case: &Case, check: impl FnOnce(&ComparisonRecord<'_>) -> T) -
             reason,
         ));
     }
-    let outcome = match &result {
-        ShadowResult::Answered { answer, .. } => ShadowOutcome::Answered(Message {
-            status: answer.status,
-            headers: &answer.headers,
-            body: &answer.body,
-            trailers: &answer.trailers,
-        }),
-        ShadowResult::TimedOut { .. } => ShadowOutcome::TimedOut,
-        ShadowResult::Failed { error, .. } => ShadowOutcome::Failed(error),
-        ShadowResult::NotSent { .. } => unreachable!("returned above"),
-    };
+    let outcome = ShadowOutcome::of(&result).expect("not-sent results returned above");
     let request = RequestView::of(&production.request);
     let production_message = Message::of(&production.response);
     let read = [production_read.as_ref(), shadow_read.as_ref()];
