@@ -121,8 +121,10 @@ struct Barrier {
 /// Assemblers on worker threads; see the module documentation.
 pub struct ShardedAssembler {
     inputs: Vec<mpsc::Sender<Input>>,
-    /// Segments routed since the last [`Self::flush`], per shard.
+    /// Segments routed since the last [`Self::flush`]: each shard's batch being filled, and the
+    /// full batches in the order they filled.
     pending: Vec<Vec<Segment>>,
+    full: VecDeque<(usize, Vec<Segment>)>,
     outputs: mpsc::UnboundedReceiver<(usize, Output)>,
     threads: Vec<JoinHandle<()>>,
     barrier: Option<Barrier>,
@@ -167,6 +169,7 @@ impl ShardedAssembler {
         Ok(Self {
             inputs,
             pending: (0..workers).map(|_| Vec::new()).collect(),
+            full: VecDeque::new(),
             outputs,
             threads,
             barrier: None,
@@ -187,19 +190,23 @@ impl ShardedAssembler {
     /// Routes one captured segment to its shard; it is sent on the next [`Self::flush`].
     pub fn route(&mut self, segment: Segment) {
         let shard = self.shard_of(&segment);
-        self.pending[shard].push(segment);
+        let batch = &mut self.pending[shard];
+        batch.push(segment);
+        if batch.len() == BATCH_SEGMENTS {
+            let batch = std::mem::replace(batch, Vec::with_capacity(BATCH_SEGMENTS));
+            self.full.push_back((shard, batch));
+        }
     }
 
     /// Sends the routed segments, waiting while a shard's queue is full.
     pub async fn flush(&mut self) -> Result<(), ShardStopped> {
+        // A shard's full batches were filled before its partial one: its order is kept.
+        while let Some((shard, batch)) = self.full.pop_front() {
+            self.send(shard, Input::Segments(batch)).await?;
+        }
         for shard in 0..self.inputs.len() {
-            while !self.pending[shard].is_empty() {
-                let rest = if self.pending[shard].len() > BATCH_SEGMENTS {
-                    self.pending[shard].split_off(BATCH_SEGMENTS)
-                } else {
-                    Vec::new()
-                };
-                let batch = std::mem::replace(&mut self.pending[shard], rest);
+            if !self.pending[shard].is_empty() {
+                let batch = std::mem::take(&mut self.pending[shard]);
                 self.send(shard, Input::Segments(batch)).await?;
             }
         }
@@ -474,10 +481,11 @@ mod tests {
         (out, a.drops().clone())
     }
 
-    async fn sharded(segs: &[Segment], workers: usize) -> (Vec<Assembled>, ShardStats) {
+    /// Routes `chunk` segments per flush (a ring-buffer drain), more than a batch included.
+    async fn sharded(segs: &[Segment], workers: usize, chunk: usize) -> (Vec<Assembled>, ShardStats) {
         let mut shards = ShardedAssembler::start(config(), workers).expect("start");
         let mut out = Vec::new();
-        for chunk in segs.chunks(97) {
+        for chunk in segs.chunks(chunk) {
             chunk.iter().for_each(|s| shards.route(s.clone()));
             shards.flush().await.expect("flush");
         }
@@ -490,8 +498,8 @@ mod tests {
         let segs = capture(40, 25);
         let (expected, expected_drops) = inline(&segs);
         assert_eq!(by_client(&expected).values().map(Vec::len).sum::<usize>(), 1000);
-        for workers in [1, 2, 3] {
-            let (items, stats) = sharded(&segs, workers).await;
+        for (workers, chunk) in [(1, 97), (2, 97), (3, 97), (1, segs.len()), (2, 1000)] {
+            let (items, stats) = sharded(&segs, workers, chunk).await;
             assert_eq!(by_client(&items), by_client(&expected), "{workers} workers");
             assert_eq!(stats.drops, expected_drops, "{workers} workers");
             assert_eq!(stats.requests_in_progress, 0);
@@ -508,7 +516,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_pairs_are_each_requests_own_answer() {
-        let (items, _) = sharded(&capture(16, 40), 2).await;
+        let (items, _) = sharded(&capture(16, 40), 2, 97).await;
         let mut n = 0;
         for (request, response) in by_client(&items).values().flatten() {
             assert_eq!(&response[..], [&b"r-"[..], &request[..]].concat(), "mispaired");

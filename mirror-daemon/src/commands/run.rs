@@ -980,6 +980,8 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     tracing::info!(workers, "rebuilding on {workers} thread(s)");
     loop {
         tokio::select! {
+            // Collected first and routed here: the read and `shards.next()` cannot both borrow
+            // the shards.
             read = reader.read(|s| segments.push(s)) => {
                 read.context("read the kernel ring buffer")?;
                 segments.drain(..).for_each(|s| shards.route(s));
