@@ -289,6 +289,29 @@ impl Account {
     }
 }
 
+/// What one part holds now against its share, for the summary and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// The part, as [`Shares::parts`] names it.
+    pub part: &'static str,
+    pub used: u64,
+    pub limit: u64,
+}
+
+impl MemoryUse {
+    /// What `account` holds, as `part`.
+    pub fn of(part: &'static str, account: &Account) -> Self {
+        Self { part, used: account.used() as u64, limit: account.limit() as u64 }
+    }
+}
+
+impl fmt::Display for MemoryUse {
+    /// `queues=1.2MiB/19.2MiB`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}/{}", self.part, Size(self.used), Size(self.limit))
+    }
+}
+
 /// Bytes held against an [`Account`], given back when dropped.
 #[derive(Debug, Default)]
 pub struct Charge {
@@ -307,6 +330,19 @@ impl Charge {
                 true
             }
         }
+    }
+
+    /// Holds exactly `bytes`: less is given back at once, more is taken if it fits. False (and
+    /// what was held kept) if more does not fit.
+    pub fn resize(&mut self, bytes: usize) -> bool {
+        if bytes <= self.bytes {
+            if let Some(account) = &self.account {
+                account.used.fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+            }
+            self.bytes = bytes;
+            return true;
+        }
+        self.grow(bytes - self.bytes)
     }
 
     /// Bytes held.
@@ -418,6 +454,12 @@ mod tests {
         assert!(b.grow(60));
         assert_eq!((b.bytes(), account.used()), (100, 100));
         drop(b);
+        assert_eq!(account.used(), 0);
+        let mut c = account.charge(50).unwrap();
+        assert!(c.resize(20) && account.used() == 20, "shrinking gives back at once");
+        assert!(c.resize(100) && account.used() == 100);
+        assert!(!c.resize(101) && c.bytes() == 100 && account.used() == 100, "kept when more does not fit");
+        drop(c);
         assert_eq!(account.used(), 0);
         let mut free = Charge::default();
         assert!(free.grow(usize::MAX / 2), "a charge of no account grows freely");

@@ -21,7 +21,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::{kernel::ProgramRuns, report::document::VerdictBoard};
+use crate::{budget::MemoryUse, kernel::ProgramRuns, report::document::VerdictBoard};
 
 /// Largest request body read (a webhook's payload); larger ones are cut off, not answered differently.
 const MAX_REQUEST_BODY: usize = 64 * 1024;
@@ -54,6 +54,12 @@ pub struct TextLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
+}
+
+/// A part of the memory budget (`replay`, `queues`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartLabels {
+    pub part: String,
 }
 
 /// A kernel program: `mirror_xdp` (receive side) or `mirror_tc` (transmit side).
@@ -141,6 +147,11 @@ pub struct Metrics {
     /// the ratio of their rates).
     pub kernel_program_run_seconds: Family<ProgramLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub kernel_program_runs: Family<ProgramLabels, Counter>,
+    /// Bytes each part of the memory budget holds now, and its share.
+    pub memory_used: Family<PartLabels, Gauge>,
+    pub memory_limit: Family<PartLabels, Gauge>,
+    /// Items waiting for the reporter (comparisons to make, exchanges to record).
+    pub report_queue: Gauge,
 }
 
 impl Default for Metrics {
@@ -185,6 +196,9 @@ impl Metrics {
         let kernel_program_run_seconds =
             Family::<ProgramLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         let kernel_program_runs = Family::<ProgramLabels, Counter>::default();
+        let memory_used = Family::<PartLabels, Gauge>::default();
+        let memory_limit = Family::<PartLabels, Gauge>::default();
+        let report_queue = Gauge::default();
         registry.register("exchanges", "HTTP exchanges rebuilt from the wire", exchanges.clone());
         registry.register("comparisons", "Shadow comparisons by verdict", comparisons.clone());
         registry.register("not_compared", "Exchanges not compared, by reason", not_compared.clone());
@@ -281,6 +295,21 @@ impl Metrics {
             "Times the kernel program ran: packets, bare ACKs included (with --kernel-stats)",
             kernel_program_runs.clone(),
         );
+        registry.register(
+            "memory_used_bytes",
+            "Bytes a part of the memory budget holds now (replay: requests and answers; queues: production exchanges waiting)",
+            memory_used.clone(),
+        );
+        registry.register(
+            "memory_limit_bytes",
+            "The share of --memory-limit a part may hold",
+            memory_limit.clone(),
+        );
+        registry.register(
+            "report_queue_items",
+            "Comparisons and exchanges waiting for the reporter",
+            report_queue.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             routes: Mutex::new(HashSet::new()),
@@ -308,6 +337,18 @@ impl Metrics {
             pod_lookup_failures,
             kernel_program_run_seconds,
             kernel_program_runs,
+            memory_used,
+            memory_limit,
+            report_queue,
+        }
+    }
+
+    /// Sets the memory gauges to what each part holds now.
+    pub fn memory(&self, parts: &[MemoryUse]) {
+        for p in parts {
+            let labels = PartLabels { part: p.part.to_string() };
+            self.memory_used.get_or_create(&labels).set(p.used as i64);
+            self.memory_limit.get_or_create(&labels).set(p.limit as i64);
         }
     }
 

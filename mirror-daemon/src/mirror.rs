@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    budget::{Account, Charge},
+    budget::{Account, Charge, MemoryUse},
     capture::{ignore::OwnConnections, shed::mirrored_share},
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
     drops::{Books, DispatchDrops, KernelDrops, Losses, Outcomes, RecordDrops, Stage},
@@ -117,6 +117,10 @@ pub struct Snapshot {
     /// Run time and runs of each kernel program since it was loaded (empty without
     /// `--kernel-stats`).
     pub programs: Vec<ProgramRuns>,
+    /// What the dispatcher's parts of the memory budget hold.
+    pub memory: Vec<MemoryUse>,
+    /// Items waiting for the reporter.
+    pub report_queue: usize,
 }
 
 impl Snapshot {
@@ -511,6 +515,16 @@ impl Dispatcher {
     /// is skipped (the next one has the counts), and it is no request lost.
     pub fn send_summary(&self, snapshot: Snapshot) {
         let _ = self.to_report.try_send(ReportItem::Summary(Box::new(snapshot)));
+    }
+
+    /// What the replay and queues shares hold now.
+    pub fn memory_use(&self) -> Vec<MemoryUse> {
+        vec![MemoryUse::of("replay", &self.memory.replay), MemoryUse::of("queues", &self.memory.queues)]
+    }
+
+    /// Items handed to the reporter and not taken yet.
+    pub fn report_queue(&self) -> usize {
+        self.to_report.max_capacity() - self.to_report.capacity()
     }
 
     /// Comparisons whose production exchange is in and whose shadow answers are awaited.
@@ -911,6 +925,8 @@ impl Reporter {
         }
         self.metrics.mirrored_share.set(mirrored_share(s.shed_level));
         self.metrics.kernel_programs(&s.programs);
+        self.metrics.memory(&s.memory);
+        self.metrics.report_queue.set(s.report_queue as i64);
         for (model_id, counters) in &s.replay {
             let labels = ShadowRouteLabels { model_id: model_id.clone(), route: "all".into() };
             for (name, value) in counters {
@@ -949,6 +965,8 @@ impl Reporter {
             replay = ?replay,
             kernel_ns_per_run = s.ns_per_run(),
             kernel_runs = s.program_runs(),
+            memory = %s.memory.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            report_queue = s.report_queue,
             "{}",
             if last { "final summary" } else { "summary" }
         );

@@ -209,6 +209,13 @@ fn every_request_seen_is_compared_or_counted_once() {
     let in_progress = sample(&metrics, "mirror_requests_in_progress").expect("the in-progress gauge");
     assert!(in_progress > 0.0, "replays were waiting: {metrics}");
     assert_eq!(outcomes + in_progress, started as f64, "{metrics}");
+    // What waits is held against the memory budget, within each share.
+    for part in ["replay", "queues"] {
+        let used = sample(&metrics, &format!(r#"mirror_memory_used_bytes{{part="{part}"}}"#));
+        let limit = sample(&metrics, &format!(r#"mirror_memory_limit_bytes{{part="{part}"}}"#));
+        let (Some(used), Some(limit)) = (used, limit) else { panic!("memory gauges of {part}: {metrics}") };
+        assert!(used > 0.0 && used <= limit, "{part}: {used} of {limit}: {metrics}");
+    }
 
     // Lost before comparison: the garbage and the request cut by the reset, once each.
     let lost_by = reasons(&books, "lost");

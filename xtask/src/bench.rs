@@ -144,6 +144,11 @@ pub struct BenchArgs {
     /// this directory (`perf-RATE-REPEAT.data`; read with `perf report -i FILE`).
     #[arg(long)]
     pub perf_record: Option<PathBuf>,
+    /// Keep the JSON log of each shadow-mirror run of the HTTP/1.1 mirror benchmark in this
+    /// directory (`daemon-RATE-REPEAT.log`), with a summary every second: memory, queues and
+    /// losses over the run.
+    #[arg(long)]
+    pub daemon_logs: Option<PathBuf>,
     /// Seconds of load per rate and mode.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,

@@ -975,6 +975,8 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
             shed_level: rebuilt.shed_level,
             replay: dispatcher.replay_counters(),
             programs: capture.kernel.program_runs().unwrap_or_default(),
+            memory: dispatcher.memory_use(),
+            report_queue: dispatcher.report_queue(),
         }
     };
     tracing::info!(workers, "rebuilding on {workers} thread(s)");

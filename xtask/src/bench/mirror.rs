@@ -385,6 +385,7 @@ impl<'a> Bench<'a> {
                 .arg(&self.record)
                 .args(["--record-max-size", "off"])
                 .args(self.args.daemon_workers.map(|n| format!("--workers={n}")))
+                .args(self.args.daemon_logs.as_ref().map(|_| "--summary-interval=1s"))
                 // Warnings, and the summaries of the mirror loop (the final one counts every loss).
                 .env("MIRROR_LOG", "warn,mirror_daemon::mirror=info"),
         )?;
@@ -407,6 +408,11 @@ impl<'a> Bench<'a> {
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
         let status = daemon.0.wait()?;
         let log = log.join().unwrap_or_default();
+        if let Some(dir) = &self.args.daemon_logs {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            let path = dir.join(format!("daemon-{}.log", label.replace('/', "")));
+            std::fs::write(&path, &log).with_context(|| format!("write {}", path.display()))?;
+        }
         if !status.success() {
             bail!("mirror-daemon failed ({status}): {log}");
         }
