@@ -186,18 +186,49 @@ impl Default for DispatchMemory {
 
 /// Bytes an exchange holds: bodies, header fields, and the bookkeeping around them.
 fn held_bytes(exchange: &Exchange) -> usize {
-    let fields = |headers: &[crate::exchange::Header]| -> usize {
-        headers.iter().map(|h| h.name.len() + h.value.len() + 32).sum()
-    };
-    let (request, response) = (&exchange.request, &exchange.response);
-    512 + request.target.len()
-        + request.body.len()
-        + response.body.len()
-        + fields(&request.headers)
-        + fields(&response.headers)
-        + fields(&request.trailers)
-        + fields(&response.trailers)
+    EXCHANGE_OVERHEAD + request_bytes(&exchange.request) + response_bytes(&exchange.response)
+}
+
+/// Bytes of an exchange's bookkeeping, whatever its messages.
+const EXCHANGE_OVERHEAD: usize = 512;
+
+fn field_bytes(headers: &[crate::exchange::Header]) -> usize {
+    headers.iter().map(|h| h.name.len() + h.value.len() + 32).sum()
+}
+
+/// Bytes a request holds in its exchange.
+fn request_bytes(request: &crate::exchange::Request) -> usize {
+    request.target.len() + request.body.len() + field_bytes(&request.headers) + field_bytes(&request.trailers)
+}
+
+/// Bytes a response holds in its exchange.
+fn response_bytes(response: &crate::exchange::Response) -> usize {
+    response.body.len()
+        + field_bytes(&response.headers)
+        + field_bytes(&response.trailers)
         + response.arrivals.pieces().len() * 16
+}
+
+/// The bytes production's responses have been seen to hold, smoothed: what a replayed request's
+/// exchange is expected to need when its response comes in.
+#[derive(Clone, Copy, Debug)]
+struct ResponseEstimate(usize);
+
+impl ResponseEstimate {
+    /// Before any response was seen.
+    const INITIAL: usize = 2048;
+
+    fn observe(&mut self, bytes: usize) {
+        // A moving average over about 16 responses: it follows a change of workload within a
+        // fraction of a second at any useful rate.
+        self.0 = self.0 - self.0 / 16 + bytes / 16;
+    }
+}
+
+impl Default for ResponseEstimate {
+    fn default() -> Self {
+        Self(Self::INITIAL)
+    }
 }
 
 /// What [`Dispatcher::reconfigure`] takes.
@@ -227,6 +258,7 @@ pub struct Dispatcher {
     to_report: mpsc::Sender<ReportItem>,
     pub counters: DispatchDrops,
     expired: Vec<Expired>,
+    response_estimate: ResponseEstimate,
 }
 
 /// How long a comparison waits: the replay's timeout plus the time production may take to finish.
@@ -269,6 +301,7 @@ impl Dispatcher {
             to_report,
             counters: DispatchDrops::default(),
             expired: Vec::new(),
+            response_estimate: ResponseEstimate::default(),
         };
         dispatcher.current = dispatcher.generation(&settings.shadows, &settings.limits, &[]);
         dispatcher
@@ -376,6 +409,22 @@ impl Dispatcher {
             self.counters.join_full += 1;
             return;
         }
+        // Room for production's exchange is kept from now until the answers are in: a replay
+        // whose exchange could not be kept would be shadow work thrown away. Without room the
+        // request is not replayed (recorded `not_compared`, reason `memory_budget`).
+        let expected = EXCHANGE_OVERHEAD + request_bytes(&ready.request) + self.response_estimate.0;
+        let Some(reservation) = self.memory.queues.charge(expected) else {
+            for (index, (_, client)) in generation.clients.iter().enumerate() {
+                client.counters.not_sent_memory_budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = generation.join.shadow(
+                    ready.id,
+                    index,
+                    ShadowResult::NotSent { reason: NOT_SENT_MEMORY_BUDGET },
+                );
+            }
+            return;
+        };
+        let _ = generation.join.reserve(ready.id, reservation);
         for (index, (_, client)) in generation.clients.iter().enumerate() {
             let Some(endpoint) = client.target.endpoint_for(ready.request.version, ready.server.port())
             else {
@@ -410,14 +459,23 @@ impl Dispatcher {
     }
 
     /// A production exchange was rebuilt. Its bytes are charged to the queues' share until it is
-    /// reported; without room it is shed and counted (`memory_budget`).
+    /// reported (in place of what its replay reserved); without room it is shed and counted
+    /// (`memory_budget`).
     pub fn exchange(&mut self, mut exchange: Exchange) {
         if !self.current.clients.is_empty() && self.replay.is_own_replay(&exchange.request) {
             // A replay of this daemon's, captured again: not production's traffic.
             self.counters.own_replays_ignored += 1;
             return;
         }
-        let charge = self.memory.queues.charge(held_bytes(&exchange));
+        self.response_estimate.observe(response_bytes(&exchange.response));
+        let held = held_bytes(&exchange);
+        let reserved = std::iter::once(&mut self.current)
+            .chain(self.retired.iter_mut())
+            .find_map(|generation| generation.join.take_reserved(exchange.id));
+        let charge = match reserved {
+            Some(mut charge) => charge.resize(held).then_some(charge),
+            None => self.memory.queues.charge(held),
+        };
         for generation in self.retired.iter_mut().chain(std::iter::once(&mut self.current)) {
             let id = exchange.id;
             match generation.join.production(exchange) {
@@ -1208,6 +1266,12 @@ mod tests {
         assert_eq!(dispatcher.counters, DispatchDrops::default());
     }
 
+    /// Bytes the dispatcher reserves for `e`'s exchange when it replays `e`'s request, before
+    /// any response was seen.
+    fn first_reservation(e: &Exchange) -> usize {
+        EXCHANGE_OVERHEAD + request_bytes(&e.request) + ResponseEstimate::INITIAL
+    }
+
     #[tokio::test]
     async fn what_does_not_fit_in_the_memory_budget_is_shed_and_counted() {
         let shadow = slow_shadow(Duration::from_millis(100)).await;
@@ -1221,30 +1285,36 @@ mod tests {
                 .unwrap(),
             &ReplayOptions::default(),
         ));
-        // Room for three replay requests, and for two exchanges waiting or queued.
+        // Room for three replay requests, and for four exchanges' reservations.
         let memory = DispatchMemory {
             replay: Account::new(3 * one as u64 + one as u64 / 2),
-            queues: Account::new(2 * held_bytes(&exchange(1)) as u64 + 10),
+            queues: Account::new(4 * first_reservation(&exchange(1)) as u64 + 10),
         };
         let own = Arc::new(OwnConnections::new());
         let mut dispatcher =
             Dispatcher::new(settings(&[("s", shadow)]), 64, memory.clone(), own, done_tx, report_tx);
-        let exchanges: Vec<Exchange> = (1..=5).map(exchange).collect();
+        let mut exchanges: Vec<Exchange> = (1..=5).map(exchange).collect();
+        // Exchange 5's response alone is more than the queues' share.
+        exchanges[4].response.body = bytes::Bytes::from(vec![b' '; 5 * first_reservation(&exchanges[4])]);
         for e in &exchanges {
             dispatcher.request(ready(e), 0);
         }
         let not_sent = &dispatcher.shadows()[0].counters.not_sent_memory_budget;
-        assert_eq!(not_sent.load(std::sync::atomic::Ordering::Relaxed), 2, "two requests did not fit");
+        assert_eq!(
+            not_sent.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "request 4 did not fit in the replay share, 5's exchange not in the queues share"
+        );
         assert_eq!(dispatcher.counters.memory_budget, 0, "not sent, but still to be reported");
         assert!(memory.replay.used() <= memory.replay.limit());
+        assert_eq!(memory.queues.used(), 4 * first_reservation(&exchanges[0]), "four exchanges reserved");
         for e in exchanges {
             dispatcher.exchange(e);
         }
-        // Exchanges 4 and 5 completed at once (not sent); 1-3 wait for the shadow, but only two
-        // of the five fit in the queues' share at a time.
+        // Reservations are trimmed to what each exchange holds; 4 completed at once (not sent),
+        // and 5 does not fit at all.
         assert!(memory.queues.used() <= memory.queues.limit());
-        let shed = dispatcher.counters.memory_budget;
-        assert!(shed >= 1, "exchanges beyond the queues' share are shed");
+        assert_eq!(dispatcher.counters.memory_budget, 1, "exchange 5 is shed");
         let mut reported = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         for _ in 0..3 {
@@ -1255,8 +1325,42 @@ mod tests {
             assert!(matches!(item, ReportItem::Replayed(..)), "{item:?}");
             reported += 1;
         }
-        assert_eq!(reported + shed, 5, "every exchange is reported or counted once");
+        assert_eq!(reported, 4, "every other exchange is reported");
         assert_eq!(memory.queues.used(), 0, "everything reported gave its bytes back");
         assert_eq!(memory.replay.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_request_keeps_room_for_its_exchange_while_others_fill_the_queues() {
+        let shadow = slow_shadow(Duration::from_millis(50)).await;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (report_tx, mut report_rx) = mpsc::channel(64);
+        let replayed = exchange(1);
+        // Room for the one reservation and a little more.
+        let memory = DispatchMemory {
+            replay: Account::unlimited(),
+            queues: Account::new(first_reservation(&replayed) as u64 + 100),
+        };
+        let own = Arc::new(OwnConnections::new());
+        let mut dispatcher =
+            Dispatcher::new(settings(&[("s", shadow)]), 64, memory.clone(), own, done_tx, report_tx);
+        dispatcher.request(ready(&replayed), 0);
+        // Exchanges of other connections (not replayed: their requests came before a reload
+        // added the shadow, say) arrive first and would take the room.
+        for seq in 10..20 {
+            let mut other = exchange(seq);
+            other.id.connection = 2;
+            dispatcher.exchange(other);
+        }
+        assert_eq!(dispatcher.counters.memory_budget, 10, "the others found no room");
+        dispatcher.exchange(replayed);
+        let done = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await.expect("answer in 5 s");
+        dispatcher.shadow_done(done.expect("client alive"));
+        let item = report_rx.try_recv().expect("the replayed exchange is compared");
+        let ReportItem::Replayed(complete, _) = item else { panic!("{item:?}") };
+        assert!(matches!(complete.results[0], ShadowResult::Answered { .. }), "{:?}", complete.results);
+        assert_eq!(dispatcher.counters.memory_budget, 10, "and was not shed");
+        drop(complete);
+        assert_eq!(memory.queues.used(), 0);
     }
 }

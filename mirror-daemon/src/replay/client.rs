@@ -119,7 +119,8 @@ pub struct ReplayCounters {
     pub retries: AtomicU64,
     /// Answers given up because the replay share of the memory budget was full.
     pub memory_budget: AtomicU64,
-    /// Replays not sent (never submitted) because the replay share was full.
+    /// Replays not sent (never submitted) because the replay share had no room for the request,
+    /// or the queues share none for production's exchange until the answer comes.
     pub not_sent_memory_budget: AtomicU64,
     /// The in-flight limit now (a gauge).
     pub max_in_flight: AtomicU64,

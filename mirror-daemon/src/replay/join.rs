@@ -109,6 +109,10 @@ struct Entry {
     results: Vec<Option<ShadowResult>>,
     missing: usize,
     held: Vec<Charge>,
+    /// Bytes kept for the production exchange from the moment its request was replayed, so that
+    /// an answer the shadow was asked for is not thrown away for want of room when production's
+    /// exchange comes in ([`JoinTable::reserve`]).
+    reserved: Option<Charge>,
 }
 
 /// Waiting comparisons by exchange id.
@@ -144,6 +148,7 @@ impl JoinTable {
             results: vec![None; self.shadows],
             missing: self.shadows + 1,
             held: Vec::new(),
+            reserved: None,
         };
         self.entries.insert(id, entry);
         self.deadlines.push_back((now_ns.saturating_add(self.wait_ns), id));
@@ -160,6 +165,23 @@ impl JoinTable {
             }
             None => Err(charge),
         }
+    }
+
+    /// Keeps `charge` for the production exchange of `id` until [`Self::take_reserved`]; the
+    /// charge back when nothing waits for `id`.
+    pub fn reserve(&mut self, id: ExchangeId, charge: Charge) -> Result<(), Charge> {
+        match self.entries.get_mut(&id) {
+            Some(entry) => {
+                entry.reserved = Some(charge);
+                Ok(())
+            }
+            None => Err(charge),
+        }
+    }
+
+    /// The bytes reserved for the production exchange of `id`, if any.
+    pub fn take_reserved(&mut self, id: ExchangeId) -> Option<Charge> {
+        self.entries.get_mut(&id)?.reserved.take()
     }
 
     /// Forgets the entry of `id` (its parts could not be held); false if there was none.
@@ -410,5 +432,23 @@ mod tests {
         let mut expired = Vec::new();
         t.expire(2_000, &mut expired);
         assert_eq!(account.used(), 0, "an expired entry gives its bytes back");
+    }
+
+    #[test]
+    fn a_reservation_waits_for_production_and_goes_with_the_entry() {
+        let account = crate::budget::Account::new(1000);
+        let mut t = JoinTable::new(1, 10, 1_000);
+        assert!(t.open(id(1), 0));
+        assert!(t.reserve(id(1), account.charge(400).unwrap()).is_ok());
+        assert!(t.reserve(id(9), account.charge(1).unwrap()).is_err(), "nothing waits for 9");
+        let reserved = t.take_reserved(id(1)).expect("reserved");
+        assert_eq!(reserved.bytes(), 400);
+        assert!(t.take_reserved(id(1)).is_none(), "taken once");
+        drop(reserved);
+        assert!(t.open(id(2), 0));
+        assert!(t.reserve(id(2), account.charge(300).unwrap()).is_ok());
+        let mut expired = Vec::new();
+        t.expire(2_000, &mut expired);
+        assert_eq!(account.used(), 0, "an expired entry gives its reservation back");
     }
 }
