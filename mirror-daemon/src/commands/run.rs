@@ -892,7 +892,14 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
         outcomes: Default::default(),
         verdict: VerdictPublisher::new(verdict),
     };
-    let reporter = tokio::spawn(reporter.run(report_rx));
+    // A thread of its own rather than a task among the replays: with hundreds of replay tasks
+    // ready, a task would get its turn too seldom to keep up, and comparisons waiting for it
+    // would fill the queues' share of the memory budget.
+    let runtime = tokio::runtime::Handle::current();
+    let reporter = std::thread::Builder::new()
+        .name("reporter".into())
+        .spawn(move || runtime.block_on(reporter.run(report_rx)))
+        .context("start the reporter thread")?;
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     // The replay clients register their connections here; the assembler skips them.
@@ -1053,7 +1060,11 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
     dispatcher.send_control(ReportItem::Final(Box::new(last), tx)).await;
     let _ = rx.await;
     drop(dispatcher);
-    reporter.await.context("reporter task")?.context("report")?;
+    tokio::task::spawn_blocking(move || reporter.join())
+        .await
+        .context("reporter thread")?
+        .map_err(|_| anyhow::anyhow!("the reporter thread panicked"))?
+        .context("report")?;
     capture.kernel.detach();
     match failure {
         Some(err) => Err(err),
