@@ -41,12 +41,20 @@ pub fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
 pub fn codec(headers: &[Header]) -> Option<Codec> {
     let value = header(headers, "content-type")?;
     let value = std::str::from_utf8(value).ok()?;
-    let media = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    let subtype = media.strip_prefix("application/grpc")?;
-    match subtype {
-        "" | "+proto" => Some(Codec::Proto),
-        "+json" => Some(Codec::Json),
-        other => other.strip_prefix('+').map(|name| Codec::Other(name.to_string())),
+    let media = value.split(';').next().unwrap_or_default().trim();
+    // Asked of every answer: no allocation unless it is gRPC with a codec of another name.
+    const GRPC: &str = "application/grpc";
+    let prefix = media.get(..GRPC.len())?;
+    if !prefix.eq_ignore_ascii_case(GRPC) {
+        return None;
+    }
+    let subtype = &media[GRPC.len()..];
+    if subtype.is_empty() || subtype.eq_ignore_ascii_case("+proto") {
+        Some(Codec::Proto)
+    } else if subtype.eq_ignore_ascii_case("+json") {
+        Some(Codec::Json)
+    } else {
+        subtype.strip_prefix('+').map(|name| Codec::Other(name.to_ascii_lowercase()))
     }
 }
 

@@ -54,6 +54,10 @@ fn content_types_tell_grpc_and_its_codec() {
     assert_eq!(codec_of("application/grpc+thrift"), Some(Codec::Other("thrift".into())));
     assert_eq!(codec_of("application/grpc-web"), None);
     assert_eq!(codec_of("application/json"), None);
+    assert_eq!(codec_of("APPLICATION/GRPC+JSON"), Some(Codec::Json));
+    assert_eq!(codec_of("application/grpc+Thrift"), Some(Codec::Other("thrift".into())));
+    assert_eq!(codec_of("application"), None);
+    assert_eq!(codec_of("applicationé/grpc"), None, "not a char boundary where the prefix ends");
     assert_eq!(codec(&[]), None);
 }
 
