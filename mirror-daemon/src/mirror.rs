@@ -679,6 +679,125 @@ pub struct Reporter {
     pub outcomes: Outcomes,
     /// Where the verdict document is published for `GET /verdict`.
     pub verdict: VerdictPublisher,
+    /// Threads that may prepare a backlog of comparisons at once (1: the reporter's alone).
+    pub threads: usize,
+}
+
+/// Most items the reporter takes from its queue at once.
+const REPORT_BATCH: usize = 512;
+/// Fewest comparisons worth another thread: below it, starting the thread costs more than it saves.
+const PER_THREAD_MIN: usize = 16;
+
+/// What a reporter's settings give the preparing of comparisons: shared by the threads that
+/// prepare a batch.
+struct PrepareContext<'a> {
+    rules: &'a RuleSet,
+    record: &'a RecordOptions,
+    production_model: Option<&'a ModelInfo>,
+    /// Whether record lines are written (`--record`).
+    lines: bool,
+}
+
+/// A replayed exchange's record and comparisons, made before anything is counted: this is most
+/// of a comparison's cost and depends on nothing but the exchange and the settings, so a backlog
+/// is prepared on several threads, and then counted, aggregated and written in order.
+struct Prepared {
+    route: String,
+    record: ExchangeRecord,
+    /// Indexed like the shadows; `None` where there is nothing to compare.
+    shadows: Vec<Option<PreparedComparison>>,
+}
+
+struct PreparedComparison {
+    comparison: compare::Comparison,
+    /// The record line (with `--record`).
+    line: Option<Vec<u8>>,
+    observation: Result<Observation, RecordError>,
+    shadow_ttft_ms: Option<f64>,
+    shadow_tpot_ms: Option<f64>,
+}
+
+/// One record line, as written.
+fn record_line(record: &impl serde::Serialize) -> Result<Vec<u8>> {
+    let mut line = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut line, record).context("serialize a record")?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+impl PrepareContext<'_> {
+    fn prepare(&self, complete: &Complete, shadows: &[ShadowInfo]) -> Result<Prepared> {
+        let exchange = &complete.exchange;
+        let route = route(&exchange.request.method, &exchange.request.target);
+        // Production's event stream is read once, for the record and every comparison.
+        let (record, production_read) = ExchangeRecord::new_reading(exchange, self.record);
+        let request = RequestView::of(&exchange.request);
+        let production = Message::of(&exchange.response);
+        let rules = self.rules.for_request(&exchange.request.method, &exchange.request.target);
+        let mut prepared = Vec::with_capacity(complete.results.len());
+        for (index, result) in complete.results.iter().enumerate() {
+            let (Some(shadow), Some(outcome)) = (shadows.get(index), ShadowOutcome::of(result)) else {
+                prepared.push(None);
+                continue;
+            };
+            let (shadow_record, shadow_read) =
+                ShadowRecord::from_result_reading(&shadow.model, &shadow.endpoint, result, self.record);
+            let read = [production_read.as_ref(), shadow_read.as_ref()];
+            let comparison =
+                compare::compare_read(&request, &production, &outcome, rules, &self.rules.schemas, read);
+            let compared = ComparisonRecord::compared(
+                &record,
+                &route,
+                self.production_model,
+                shadow_record,
+                &comparison,
+            );
+            // Written from the record itself: a `serde_json::Value` would round numbers in diffs.
+            let line = if self.lines { Some(record_line(&compared)?) } else { None };
+            let observation = Observation::from_comparison(&compared);
+            let shadow_ttft_ms = compared.shadow.stream.as_ref().and_then(|s| s.ttft_ms);
+            let shadow_tpot_ms = compared.shadow.stream.as_ref().and_then(|s| s.tpot_ms);
+            drop(compared);
+            prepared.push(Some(PreparedComparison {
+                comparison,
+                line,
+                observation,
+                shadow_ttft_ms,
+                shadow_tpot_ms,
+            }));
+        }
+        Ok(Prepared { route, record, shadows: prepared })
+    }
+
+    /// Prepares `run` in order, on up to `threads` threads.
+    fn prepare_all(&self, run: &[(Complete, Arc<[ShadowInfo]>)], threads: usize) -> Result<Vec<Prepared>> {
+        let threads = threads.min(run.len() / PER_THREAD_MIN).max(1);
+        let prepare_part = |part: &[(Complete, Arc<[ShadowInfo]>)]| -> Result<Vec<Prepared>> {
+            part.iter().map(|(complete, shadows)| self.prepare(complete, shadows)).collect()
+        };
+        if threads == 1 {
+            return prepare_part(run);
+        }
+        let size = run.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut parts = run.chunks(size);
+            let own = parts.next().unwrap_or_default();
+            let helpers = parts
+                .map(|part| {
+                    std::thread::Builder::new()
+                        .name("compare".into())
+                        .spawn_scoped(scope, move || prepare_part(part))
+                        .context("start a comparison thread")
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut prepared = prepare_part(own)?;
+            for helper in helpers {
+                let part = helper.join().map_err(|_| anyhow::anyhow!("a comparison thread panicked"))?;
+                prepared.extend(part?);
+            }
+            Ok(prepared)
+        })
+    }
 }
 
 impl std::fmt::Debug for Reporter {
@@ -691,10 +810,55 @@ impl Reporter {
     /// Handles items until the channel closes or a final item has been answered.
     pub async fn run(mut self, mut items: mpsc::Receiver<ReportItem>) -> Result<()> {
         self.publish_verdict(&self.aggregator.summary());
-        while let Some(item) = items.recv().await {
+        let mut batch = Vec::with_capacity(REPORT_BATCH);
+        let mut run = Vec::new();
+        while items.recv_many(&mut batch, REPORT_BATCH).await > 0 {
+            let mut taken = batch.drain(..).peekable();
+            while let Some(item) = taken.next() {
+                let ReportItem::Replayed(complete, shadows) = item else {
+                    if self.item(item).await? {
+                        return Ok(());
+                    }
+                    continue;
+                };
+                // This comparison and those right after it are prepared together.
+                run.push((complete, shadows));
+                while let Some(ReportItem::Replayed(..)) = taken.peek() {
+                    if let Some(ReportItem::Replayed(complete, shadows)) = taken.next() {
+                        run.push((complete, shadows));
+                    }
+                }
+                self.report_run(&mut run)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares the comparisons of `run` (on several threads when there are enough), then
+    /// counts, aggregates and writes them in order.
+    fn report_run(&mut self, run: &mut Vec<(Complete, Arc<[ShadowInfo]>)>) -> Result<()> {
+        let context = PrepareContext {
+            rules: &self.rules,
+            record: &self.record,
+            production_model: self.production_model.as_ref(),
+            lines: self.records.is_some(),
+        };
+        let prepared = context.prepare_all(run, self.threads)?;
+        for ((complete, shadows), prepared) in run.drain(..).zip(prepared) {
+            self.replayed(&complete, &shadows, prepared)?;
+        }
+        if self.verdict.due(std::time::Instant::now()) {
+            self.publish_verdict(&self.aggregator.summary());
+        }
+        Ok(())
+    }
+
+    /// Handles one item other than a comparison; true once the final one has been answered.
+    async fn item(&mut self, item: ReportItem) -> Result<bool> {
+        {
             match item {
                 ReportItem::Exchange { exchange, reason, .. } => self.exchange(&exchange, reason)?,
-                ReportItem::Replayed(complete, shadows) => self.replayed(&complete, &shadows)?,
+                ReportItem::Replayed(complete, shadows) => self.report_run(&mut vec![(complete, shadows)])?,
                 ReportItem::Reconfigure(settings) => {
                     let ReporterSettings { shadows, production_model, rules, criteria } = *settings;
                     self.shadows = shadows;
@@ -713,14 +877,14 @@ impl Reporter {
                     }
                     self.summary(&snapshot, true);
                     let _ = done.send(());
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             if self.verdict.due(std::time::Instant::now()) {
                 self.publish_verdict(&self.aggregator.summary());
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Production's side of every exchange: statistics, metrics and one `exchange` event — at
@@ -760,10 +924,7 @@ impl Reporter {
     /// Hands one record line to the writer (never waits; a record not written is counted there).
     fn write(&self, record: &impl serde::Serialize) -> Result<()> {
         if let Some(sink) = &self.records {
-            let mut line = Vec::with_capacity(1024);
-            serde_json::to_writer(&mut line, record).context("serialize a record")?;
-            line.push(b'\n');
-            sink.push(line);
+            sink.push(record_line(record)?);
         }
         Ok(())
     }
@@ -825,7 +986,9 @@ impl Reporter {
         Ok(())
     }
 
-    fn replayed(&mut self, complete: &Complete, shadows: &[ShadowInfo]) -> Result<()> {
+    /// Counts, aggregates and writes a replayed exchange's comparisons, prepared by
+    /// [`PrepareContext::prepare`].
+    fn replayed(&mut self, complete: &Complete, shadows: &[ShadowInfo], prepared: Prepared) -> Result<()> {
         let exchange = &complete.exchange;
         let not_sent = |r: &ShadowResult| match r {
             ShadowResult::NotSent { reason } => Some(*reason),
@@ -839,12 +1002,8 @@ impl Reporter {
             }
             None => self.outcomes.compared += 1,
         }
-        let route = route(&exchange.request.method, &exchange.request.target);
+        let Prepared { route, record, shadows: prepared } = prepared;
         self.production(exchange, &route, false);
-        // Production's event stream is read once, for the record and every comparison.
-        let (record, production_read) = ExchangeRecord::new_reading(exchange, &self.record);
-        let request = RequestView::of(&exchange.request);
-        let production = Message::of(&exchange.response);
         let route_label = self.metrics.route_label(&route);
         if let Some(stream) = &record.production.stream {
             let labels = RouteLabels { route: route_label.clone() };
@@ -855,32 +1014,21 @@ impl Reporter {
                 self.metrics.production_tpot.get_or_create(&labels).observe(tpot / 1e3);
             }
         }
-        for (index, result) in complete.results.iter().enumerate() {
+        for (index, (result, prepared)) in complete.results.iter().zip(prepared).enumerate() {
             let Some(shadow) = shadows.get(index) else { continue };
             let model_id = shadow.model.model_id.clone();
             if let ShadowResult::NotSent { reason } = result {
                 self.not_compared(&record, &route, shadow, reason)?;
                 continue;
             }
-            let Some(outcome) = ShadowOutcome::of(result) else { continue };
-            let rules = self.rules.for_request(&exchange.request.method, &exchange.request.target);
-            let (shadow_record, shadow_read) =
-                ShadowRecord::from_result_reading(&shadow.model, &shadow.endpoint, result, &self.record);
-            let read = [production_read.as_ref(), shadow_read.as_ref()];
-            let comparison =
-                compare::compare_read(&request, &production, &outcome, rules, &self.rules.schemas, read);
-            let compared = ComparisonRecord::compared(
-                &record,
-                &route,
-                self.production_model.as_ref(),
-                shadow_record,
-                &comparison,
-            );
-            let shadow_ttft_ms = compared.shadow.stream.as_ref().and_then(|s| s.ttft_ms);
-            let shadow_tpot_ms = compared.shadow.stream.as_ref().and_then(|s| s.tpot_ms);
-            // Written from the record itself: a `serde_json::Value` would round numbers in diffs.
-            self.write(&compared)?;
-            let observation = Observation::from_comparison(&compared);
+            let Some(PreparedComparison { comparison, line, observation, shadow_ttft_ms, shadow_tpot_ms }) =
+                prepared
+            else {
+                continue;
+            };
+            if let (Some(sink), Some(line)) = (&self.records, line) {
+                sink.push(line);
+            }
             self.observe(observation);
 
             let labels = ShadowRouteLabels { model_id: model_id.clone(), route: route_label.clone() };
@@ -1362,5 +1510,44 @@ mod tests {
         assert_eq!(dispatcher.counters.memory_budget, 10, "and was not shed");
         drop(complete);
         assert_eq!(memory.queues.used(), 0);
+    }
+
+    #[test]
+    fn a_batch_prepared_on_several_threads_is_what_one_thread_prepares() {
+        use crate::{exchange::Header, replay::join::ShadowAnswer};
+        let rules = RuleSet::default();
+        let record = RecordOptions::default();
+        let context = PrepareContext { rules: &rules, record: &record, production_model: None, lines: true };
+        let target = crate::replay::target::ShadowTarget::parse("s=http://127.0.0.1:1").unwrap();
+        let shadows: Arc<[ShadowInfo]> = Arc::from([shadow_info(&target)]);
+        let json = vec![Header { name: "content-type".into(), value: "application/json".into() }];
+        let run: Vec<(Complete, Arc<[ShadowInfo]>)> = (0..200u64)
+            .map(|seq| {
+                let mut production = exchange(seq);
+                production.response.headers = json.clone();
+                production.response.body = format!(r#"{{"score":{seq}}}"#).into();
+                // Every third answer differs.
+                let score = if seq % 3 == 0 { seq + 1 } else { seq };
+                let answer = ShadowAnswer {
+                    status: 200,
+                    headers: json.clone(),
+                    body: format!(r#"{{"score":{score}}}"#).into(),
+                    ..ShadowAnswer::default()
+                };
+                let results = vec![ShadowResult::Answered { answer, latency_ns: 1_000 * seq }];
+                (Complete { exchange: production, results, held: Vec::new() }, shadows.clone())
+            })
+            .collect();
+        let alone = context.prepare_all(&run, 1).unwrap();
+        let four = context.prepare_all(&run, 4).unwrap();
+        assert_eq!((alone.len(), four.len()), (200, 200));
+        let mut disagreements = 0;
+        for (a, b) in alone.iter().zip(&four) {
+            let (Some(x), Some(y)) = (&a.shadows[0], &b.shadows[0]) else { panic!("each one compared") };
+            assert_eq!(x.line, y.line, "the same record line, in the same place");
+            assert_eq!(x.comparison.verdict, y.comparison.verdict);
+            disagreements += usize::from(!x.comparison.verdict.agrees());
+        }
+        assert_eq!(disagreements, 67, "every third answer differs");
     }
 }

@@ -326,7 +326,8 @@ pub struct LimitArgs {
     pub max_pending_comparisons: usize,
     /// Threads rebuilding exchanges (TCP reassembly and HTTP framing); connections are spread over
     /// them by their addresses and ports, and the connection and buffer limits split between them.
-    /// Default: the cores the daemon may use, at most 4.
+    /// A backlog of comparisons is prepared on as many threads. Default: the cores the daemon may
+    /// use, at most 4.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
 }
@@ -891,6 +892,8 @@ pub async fn run(invocation: Invocation, args: RunArgs) -> Result<()> {
         unaggregated: 0,
         outcomes: Default::default(),
         verdict: VerdictPublisher::new(verdict),
+        // The cores rebuilding may use: a backlog of comparisons is prepared on as many.
+        threads: args.limits.workers(),
     };
     // A thread of its own rather than a task among the replays: with hundreds of replay tasks
     // ready, a task would get its turn too seldom to keep up, and comparisons waiting for it
