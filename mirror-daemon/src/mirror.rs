@@ -27,7 +27,7 @@ use crate::{
     capture::{ignore::OwnConnections, shed::mirrored_share},
     compare::{self, CompareRules, Message, RequestView, ShadowOutcome},
     drops::{Books, DispatchDrops, KernelDrops, Losses, Outcomes, RecordDrops, Stage},
-    exchange::{Assembled, Exchange, ReadyRequest},
+    exchange::{Assembled, Exchange, ExchangeId, ReadyRequest},
     kernel::{Counters, ProgramRuns},
     metrics::{
         ComparisonLabels, Metrics, OutcomeLabels, ReasonLabels, RouteLabels, ShadowReasonLabels,
@@ -415,12 +415,7 @@ impl Dispatcher {
         let expected = EXCHANGE_OVERHEAD + request_bytes(&ready.request) + self.response_estimate.0;
         let Some(reservation) = self.memory.queues.charge(expected) else {
             for (index, (_, client)) in generation.clients.iter().enumerate() {
-                client.counters.not_sent_memory_budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = generation.join.shadow(
-                    ready.id,
-                    index,
-                    ShadowResult::NotSent { reason: NOT_SENT_MEMORY_BUDGET },
-                );
+                over_budget(&mut generation.join, ready.id, index, client);
             }
             return;
         };
@@ -428,32 +423,17 @@ impl Dispatcher {
         for (index, (_, client)) in generation.clients.iter().enumerate() {
             let Some(endpoint) = client.target.endpoint_for(ready.request.version, ready.server.port())
             else {
-                // Production has not answered yet, so this cannot complete the entry.
-                let _ = generation.join.shadow(
-                    ready.id,
-                    index,
-                    ShadowResult::NotSent { reason: NOT_SENT_NO_ENDPOINT },
-                );
+                not_sent(&mut generation.join, ready.id, index, NOT_SENT_NO_ENDPOINT);
                 continue;
             };
             let outgoing = request::build(&ready.request, &endpoint, &self.replay);
             let Some(charge) = self.memory.replay.charge(outgoing_bytes(&outgoing)) else {
-                // No room for the request's bytes: shed rather than grow (recorded `not_compared`,
-                // reason `memory_budget`, and counted per shadow).
-                client.counters.not_sent_memory_budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = generation.join.shadow(
-                    ready.id,
-                    index,
-                    ShadowResult::NotSent { reason: NOT_SENT_MEMORY_BUDGET },
-                );
+                // No room for the request's bytes: shed rather than grow.
+                over_budget(&mut generation.join, ready.id, index, client);
                 continue;
             };
             if !client.submit(Job { id: ready.id, outgoing, charge }) {
-                let _ = generation.join.shadow(
-                    ready.id,
-                    index,
-                    ShadowResult::NotSent { reason: NOT_SENT_QUEUE_FULL },
-                );
+                not_sent(&mut generation.join, ready.id, index, NOT_SENT_QUEUE_FULL);
             }
         }
     }
@@ -627,6 +607,19 @@ impl Dispatcher {
     pub fn replay_counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
         self.shadows().iter().map(|c| (c.target.model.model_id.clone(), c.counters.list().to_vec())).collect()
     }
+}
+
+/// Shadow `index` will not answer `id`, for `reason`. Production has not answered yet either, so
+/// this never completes the entry.
+fn not_sent(join: &mut JoinTable, id: ExchangeId, index: usize, reason: &'static str) {
+    let _ = join.shadow(id, index, ShadowResult::NotSent { reason });
+}
+
+/// Not sent for want of memory: recorded `not_compared` with reason `memory_budget`, and counted
+/// per shadow.
+fn over_budget(join: &mut JoinTable, id: ExchangeId, index: usize, client: &ShadowClient) {
+    client.counters.not_sent_memory_budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    not_sent(join, id, index, NOT_SENT_MEMORY_BUDGET);
 }
 
 /// Bytes a replay request holds until it is sent.
@@ -1318,7 +1311,7 @@ mod tests {
     }
 
     fn exchange(seq: u64) -> Exchange {
-        use crate::exchange::{ExchangeId, Request, Response, Timing};
+        use crate::exchange::{Request, Response, Timing};
         let request = Request {
             method: "POST".into(),
             target: "/infer".into(),
