@@ -4,11 +4,12 @@
 //! Two halves, so that capture never waits for anything slower than itself:
 //!
 //! - [`Dispatcher`] runs inside the capture loop. It samples each request as soon as it is
-//!   complete, hands it to every shadow's bounded queue, and joins the shadows' answers with the
-//!   production response when that is rebuilt. All of it is non-blocking: a full queue or table is
-//!   a counted drop.
-//! - [`Reporter`] runs as its own task. It compares, writes records, feeds the aggregates and the
-//!   metrics, and logs per-comparison events and the periodic summary.
+//!   complete, keeps room in the memory budget for its production exchange, hands it to every
+//!   shadow's bounded queue, and joins the shadows' answers with the production response when
+//!   that is rebuilt. All of it is non-blocking: a full queue, table or share is a counted drop.
+//! - [`Reporter`] runs on its own thread. It compares (a backlog on several threads), writes
+//!   records, feeds the aggregates and the metrics, and logs per-comparison events and the
+//!   periodic summary.
 //!
 //! Both can be reconfigured while running (SIGHUP): [`Dispatcher::reconfigure`] and
 //! [`ReportItem::Reconfigure`]. Shadows are handled in *generations*: a comparison is joined

@@ -5,7 +5,9 @@
 //! Bounded: at most `max_entries` comparisons wait at once (more are refused and counted), and an
 //! entry whose production response never completes (dropped by the capture) expires after `wait`.
 //! The bytes an entry holds are charged to the memory budget by the caller; the [`Charge`]s are
-//! kept with the entry ([`JoinTable::hold`]) and handed on with the [`Complete`] comparison.
+//! kept with the entry ([`JoinTable::hold`]) and handed on with the [`Complete`] comparison, and
+//! the room kept for production's exchange from the moment its request is replayed waits with the
+//! entry until that exchange comes in ([`JoinTable::reserve`]).
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
