@@ -185,12 +185,8 @@ impl Default for DispatchMemory {
     }
 }
 
-/// Bytes an exchange holds: bodies, header fields, and the bookkeeping around them.
-fn held_bytes(exchange: &Exchange) -> usize {
-    EXCHANGE_OVERHEAD + request_bytes(&exchange.request) + response_bytes(&exchange.response)
-}
-
-/// Bytes of an exchange's bookkeeping, whatever its messages.
+/// Bytes of an exchange's bookkeeping, whatever its messages: what it holds is this plus
+/// [`request_bytes`] and [`response_bytes`] (bodies and header fields).
 const EXCHANGE_OVERHEAD: usize = 512;
 
 fn field_bytes(headers: &[crate::exchange::Header]) -> usize {
@@ -448,8 +444,9 @@ impl Dispatcher {
             self.counters.own_replays_ignored += 1;
             return;
         }
-        self.response_estimate.observe(response_bytes(&exchange.response));
-        let held = held_bytes(&exchange);
+        let response = response_bytes(&exchange.response);
+        self.response_estimate.observe(response);
+        let held = EXCHANGE_OVERHEAD + request_bytes(&exchange.request) + response;
         let reserved = std::iter::once(&mut self.current)
             .chain(self.retired.iter_mut())
             .find_map(|generation| generation.join.take_reserved(exchange.id));
@@ -805,25 +802,15 @@ impl Reporter {
     pub async fn run(mut self, mut items: mpsc::Receiver<ReportItem>) -> Result<()> {
         self.publish_verdict(&self.aggregator.summary());
         let mut batch = Vec::with_capacity(REPORT_BATCH);
+        // Comparisons next to each other in the queue are prepared together.
         let mut run = Vec::new();
         while items.recv_many(&mut batch, REPORT_BATCH).await > 0 {
-            let mut taken = batch.drain(..).peekable();
-            while let Some(item) = taken.next() {
-                let ReportItem::Replayed(complete, shadows) = item else {
-                    if self.item(item).await? {
-                        return Ok(());
-                    }
-                    continue;
-                };
-                // This comparison and those right after it are prepared together.
-                run.push((complete, shadows));
-                while let Some(ReportItem::Replayed(..)) = taken.peek() {
-                    if let Some(ReportItem::Replayed(complete, shadows)) = taken.next() {
-                        run.push((complete, shadows));
-                    }
+            for item in batch.drain(..) {
+                if self.item(item, &mut run).await? {
+                    return Ok(());
                 }
-                self.report_run(&mut run)?;
             }
+            self.report_run(&mut run)?;
         }
         Ok(())
     }
@@ -831,6 +818,9 @@ impl Reporter {
     /// Prepares the comparisons of `run` (on several threads when there are enough), then
     /// counts, aggregates and writes them in order.
     fn report_run(&mut self, run: &mut Vec<(Complete, Arc<[ShadowInfo]>)>) -> Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
         let context = PrepareContext {
             rules: &self.rules,
             record: &self.record,
@@ -847,36 +837,42 @@ impl Reporter {
         Ok(())
     }
 
-    /// Handles one item other than a comparison; true once the final one has been answered.
-    async fn item(&mut self, item: ReportItem) -> Result<bool> {
-        {
-            match item {
-                ReportItem::Exchange { exchange, reason, .. } => self.exchange(&exchange, reason)?,
-                ReportItem::Replayed(complete, shadows) => self.report_run(&mut vec![(complete, shadows)])?,
-                ReportItem::Reconfigure(settings) => {
-                    let ReporterSettings { shadows, production_model, rules, criteria } = *settings;
-                    self.shadows = shadows;
-                    self.production_model = production_model;
-                    self.rules = rules;
-                    self.criteria = criteria;
-                    // New shadows or criteria: the verdict changes with them.
-                    self.verdict.changed();
-                }
-                ReportItem::Summary(snapshot) => self.summary(&snapshot, false),
-                ReportItem::Final(snapshot, done) => {
-                    // Written (or counted) first, so that the final summary has the last counts.
-                    if let Some(sink) = self.records.take() {
-                        let closed = tokio::task::spawn_blocking(move || sink.close(CLOSE_GRACE));
-                        self.record_drops = closed.await.context("close the record file")?;
-                    }
-                    self.summary(&snapshot, true);
-                    let _ = done.send(());
-                    return Ok(true);
-                }
+    /// Handles one item, a comparison by adding it to `run` (reported with its neighbours by
+    /// [`Self::report_run`]); true once the final item has been answered.
+    async fn item(&mut self, item: ReportItem, run: &mut Vec<(Complete, Arc<[ShadowInfo]>)>) -> Result<bool> {
+        if !matches!(item, ReportItem::Replayed(..)) {
+            // The comparisons before this item go first, with the settings they came under.
+            self.report_run(run)?;
+        }
+        match item {
+            ReportItem::Replayed(complete, shadows) => {
+                run.push((complete, shadows));
+                return Ok(false);
             }
-            if self.verdict.due(std::time::Instant::now()) {
-                self.publish_verdict(&self.aggregator.summary());
+            ReportItem::Exchange { exchange, reason, .. } => self.exchange(&exchange, reason)?,
+            ReportItem::Reconfigure(settings) => {
+                let ReporterSettings { shadows, production_model, rules, criteria } = *settings;
+                self.shadows = shadows;
+                self.production_model = production_model;
+                self.rules = rules;
+                self.criteria = criteria;
+                // New shadows or criteria: the verdict changes with them.
+                self.verdict.changed();
             }
+            ReportItem::Summary(snapshot) => self.summary(&snapshot, false),
+            ReportItem::Final(snapshot, done) => {
+                // Written (or counted) first, so that the final summary has the last counts.
+                if let Some(sink) = self.records.take() {
+                    let closed = tokio::task::spawn_blocking(move || sink.close(CLOSE_GRACE));
+                    self.record_drops = closed.await.context("close the record file")?;
+                }
+                self.summary(&snapshot, true);
+                let _ = done.send(());
+                return Ok(true);
+            }
+        }
+        if self.verdict.due(std::time::Instant::now()) {
+            self.publish_verdict(&self.aggregator.summary());
         }
         Ok(false)
     }
