@@ -16,8 +16,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mirror_daemon::{
     compare::{self, CompareRules, Message, RequestView, Schemas, ShadowOutcome},
     exchange::{Exchange, Header, Request, Response, Timing},
+    mirror::{PrepareContext, RuleSet, ShadowInfo},
     replay::{
-        join::{ShadowAnswer, ShadowResult},
+        join::{Complete, ShadowAnswer, ShadowResult},
         target::parse_model,
     },
     report::{
@@ -102,7 +103,8 @@ fn bench(c: &mut Criterion) {
     reporter(c, &exchange, &options);
 }
 
-/// What `Reporter::replayed` does for one exchange and one shadow that answered the same.
+/// The reporter's work for one exchange and one shadow that answered the same: its own
+/// preparation ([`PrepareContext::prepare`]) and the observation added to the aggregates.
 fn reporter(c: &mut Criterion, exchange: &Exchange, options: &RecordOptions) {
     let model = parse_model("candidate@2", false);
     let production_model = parse_model("production@1", true);
@@ -117,35 +119,25 @@ fn reporter(c: &mut Criterion, exchange: &Exchange, options: &RecordOptions) {
         latency_ns: 450_000,
     };
     let (rules, schemas) = (CompareRules::default(), Schemas::builtin());
+    let rule_set = RuleSet { default: rules.clone(), routes: Vec::new(), schemas: schemas.clone() };
+    let context = PrepareContext {
+        rules: &rule_set,
+        record: options,
+        production_model: Some(&production_model),
+        lines: true,
+    };
+    let shadows = [ShadowInfo { model: model.clone(), endpoint: "http://198.18.0.3:8080".into() }];
+    let complete = Complete { exchange: exchange.clone(), results: vec![result.clone()], held: Vec::new() };
     let mut aggregator = Aggregator::default();
     let mut group = c.benchmark_group("reporter");
     group.throughput(Throughput::Elements(1));
     group.bench_function("compared_1KiB", |b| {
-        let mut line = Vec::with_capacity(4096);
         b.iter_custom(|iters| {
             cpu_time_of(iters, || {
-                let exchange = std::hint::black_box(exchange);
-                let (record, production_read) = ExchangeRecord::new_reading(exchange, options);
-                let request = RequestView::of(&exchange.request);
-                let production = Message::of(&exchange.response);
-                let outcome = ShadowOutcome::of(&result).expect("an answer");
-                let (shadow_record, shadow_read) =
-                    ShadowRecord::from_result_reading(&model, "http://198.18.0.3:8080", &result, options);
-                let read = [production_read.as_ref(), shadow_read.as_ref()];
-                let comparison =
-                    compare::compare_read(&request, &production, &outcome, &rules, &schemas, read);
-                let compared = ComparisonRecord::compared(
-                    &record,
-                    "POST /v2/models/demo/infer",
-                    Some(&production_model),
-                    shadow_record,
-                    &comparison,
-                );
-                line.clear();
-                serde_json::to_writer(&mut line, &compared).expect("serialisable");
-                line.push(b'\n');
-                aggregator.add(&Observation::from_comparison(&compared).expect("a comparison record"));
-                std::hint::black_box(&line);
+                let prepared = context.prepare(std::hint::black_box(&complete), &shadows).expect("prepared");
+                let compared = prepared.shadows[0].as_ref().expect("compared");
+                aggregator.add(compared.observation.as_ref().expect("a comparison record"));
+                std::hint::black_box(&prepared);
             })
         });
     });

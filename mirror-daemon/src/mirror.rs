@@ -681,31 +681,35 @@ const PER_THREAD_MIN: usize = 16;
 
 /// What a reporter's settings give the preparing of comparisons: shared by the threads that
 /// prepare a batch.
-struct PrepareContext<'a> {
-    rules: &'a RuleSet,
-    record: &'a RecordOptions,
-    production_model: Option<&'a ModelInfo>,
+#[derive(Debug)]
+pub struct PrepareContext<'a> {
+    pub rules: &'a RuleSet,
+    pub record: &'a RecordOptions,
+    pub production_model: Option<&'a ModelInfo>,
     /// Whether record lines are written (`--record`).
-    lines: bool,
+    pub lines: bool,
 }
 
 /// A replayed exchange's record and comparisons, made before anything is counted: this is most
 /// of a comparison's cost and depends on nothing but the exchange and the settings, so a backlog
 /// is prepared on several threads, and then counted, aggregated and written in order.
-struct Prepared {
-    route: String,
-    record: ExchangeRecord,
+#[derive(Debug)]
+pub struct Prepared {
+    pub route: String,
+    pub record: ExchangeRecord,
     /// Indexed like the shadows; `None` where there is nothing to compare.
-    shadows: Vec<Option<PreparedComparison>>,
+    pub shadows: Vec<Option<PreparedComparison>>,
 }
 
-struct PreparedComparison {
-    comparison: compare::Comparison,
+/// One shadow's comparison, prepared.
+#[derive(Debug)]
+pub struct PreparedComparison {
+    pub comparison: compare::Comparison,
     /// The record line (with `--record`).
-    line: Option<Vec<u8>>,
-    observation: Result<Observation, RecordError>,
-    shadow_ttft_ms: Option<f64>,
-    shadow_tpot_ms: Option<f64>,
+    pub line: Option<Vec<u8>>,
+    pub observation: Result<Observation, RecordError>,
+    pub shadow_ttft_ms: Option<f64>,
+    pub shadow_tpot_ms: Option<f64>,
 }
 
 /// One record line, as written.
@@ -717,7 +721,8 @@ fn record_line(record: &impl serde::Serialize) -> Result<Vec<u8>> {
 }
 
 impl PrepareContext<'_> {
-    fn prepare(&self, complete: &Complete, shadows: &[ShadowInfo]) -> Result<Prepared> {
+    /// The records and comparisons of one replayed exchange, before anything is counted.
+    pub fn prepare(&self, complete: &Complete, shadows: &[ShadowInfo]) -> Result<Prepared> {
         let exchange = &complete.exchange;
         let route = route(&exchange.request.method, &exchange.request.target);
         // Production's event stream is read once, for the record and every comparison.
