@@ -50,7 +50,7 @@
 //! Flags: `--which pipeline|pipeline-h2|records|mirror|mirror-grpc|mirror-llm|verdict|kernel|all`,
 //! `--seconds S` (load per rate and mode, default 5), `--rates R,...` (HTTP/1.1 requests/s or `max`, default 6000,10000,20000,max),
 //! `--repeats N` (default 2), `--short-rates R,...` (new connections/s, default 1000,2000,5000),
-//! `--slow-rate R` (default 1000), `--daemon-workers N` (the daemon's `--workers`), `--perf-record DIR` (`perf record` each shadow-mirror run),
+//! `--slow-rate R` (default 1000), `--daemon-workers N` (the daemon's `--workers`), `--perf-record DIR` (`perf record` each shadow-mirror run), `--daemon-logs DIR` (keep each run's log, a summary a second),
 //! `--grpc-rates R,...` (calls/s, default 250,500,1000,2000,3000), `--grpc-connections N,...`
 //! (default 1,4), `--grpc-concurrency C` (calls in flight at most, across the connections, default
 //! 64: the pacing is open-loop until that many are waiting), `--grpc-client h2load|python`

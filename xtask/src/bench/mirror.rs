@@ -409,8 +409,7 @@ impl<'a> Bench<'a> {
         let status = daemon.0.wait()?;
         let log = log.join().unwrap_or_default();
         if let Some(dir) = &self.args.daemon_logs {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-            let path = dir.join(format!("daemon-{}.log", label.replace('/', "")));
+            let path = run_file(dir, "daemon", label, "log")?;
             std::fs::write(&path, &log).with_context(|| format!("write {}", path.display()))?;
         }
         if !status.success() {
@@ -430,11 +429,16 @@ impl<'a> Bench<'a> {
     }
 }
 
+/// `dir/KIND-LABEL.EXT` for one run (`label` as `20000/s-1` gives `20000s-1`), `dir` created.
+fn run_file(dir: &Path, kind: &str, label: &str, ext: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir.join(format!("{kind}-{}.{ext}", label.replace('/', ""))))
+}
+
 /// `perf record` on the daemon (`pid`) into `dir/perf-LABEL.data`, DWARF call graphs (the
 /// release build keeps line tables and has no frame pointers).
 fn perf_record(dir: &Path, label: &str, pid: u32) -> Result<ChildGuard> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let out = dir.join(format!("perf-{}.data", label.replace('/', "")));
+    let out = run_file(dir, "perf", label, "data")?;
     let child = std::process::Command::new("perf")
         .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-p", &pid.to_string(), "-o"])
         .arg(&out)
